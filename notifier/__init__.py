@@ -1,0 +1,3 @@
+"""notifier: email alerts about clinical-trial changes."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,153 @@
+"""`notifier web|worker|dev|migrate|preview`: build Settings once, then dispatch."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from aiohttp import web
+from pydantic import ValidationError
+
+from notifier.logs import setup_logging
+from notifier.settings import ConfigError, Settings, check_secrets
+
+log = logging.getLogger("notifier")
+
+
+def _settings(dev: bool, *, secrets: bool = True) -> Settings:
+    overrides: dict[str, object] = {"env": "dev"} if dev else {}
+    try:
+        raw = Settings(**overrides)  # type: ignore[arg-type]  # pydantic accepts kwargs
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"NOTIFIER_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
+            for e in exc.errors()
+        )
+        raise ConfigError(f"invalid configuration: {problems}") from exc
+    if not secrets:
+        return raw
+    settings = check_secrets(raw)
+    if settings is not raw:
+        generated = [
+            name
+            for name in ("secret_keys", "event_secrets", "admin_token")
+            if getattr(settings, name) != getattr(raw, name)
+        ]
+        print(
+            "dev mode: generated throwaway "
+            + ", ".join(f"NOTIFIER_{n.upper()}" for n in generated)
+            + " (links and tokens stop working on restart; set them to keep them)",
+            file=sys.stderr,
+        )
+        if "event_secrets" in generated:
+            print(f"  NOTIFIER_EVENT_SECRETS={settings.event_secrets[0]}", file=sys.stderr)
+        if "admin_token" in generated:
+            print(f"  NOTIFIER_ADMIN_TOKEN={settings.admin_token}", file=sys.stderr)
+    return settings
+
+
+async def _require_redis(settings: Settings) -> None:
+    from notifier.resources import connect_redis
+
+    redis = await connect_redis(settings)
+    await redis.aclose()
+
+
+def cmd_migrate(settings: Settings) -> None:
+    from notifier.migrate import upgrade
+
+    upgrade(settings.database_url)
+    print(f"database is at the latest schema ({_safe_url(settings.database_url)})")
+
+
+def cmd_web(settings: Settings, host: str, port: int) -> None:
+    from notifier.app import create_app
+
+    asyncio.run(_require_redis(settings))
+    web.run_app(create_app(settings), host=host, port=port, access_log=None, print=None)
+
+
+def cmd_worker(settings: Settings) -> None:
+    from notifier.worker import build_worker
+
+    asyncio.run(_require_redis(settings))
+    build_worker(settings).run()
+
+
+async def _dev(settings: Settings, host: str, port: int) -> None:
+    from notifier.app import create_app
+    from notifier.resources import open_resources
+    from notifier.worker import build_worker
+
+    async with open_resources(settings) as resources:
+        runner = web.AppRunner(create_app(settings, resources), access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        print(
+            f"notifier dev: web on http://{host}:{port} (worker in this process); "
+            f"try http://{host}:{port}/readyz",
+            file=sys.stderr,
+        )
+        worker = build_worker(settings, resources, handle_signals=False)
+        try:
+            await worker.main()
+        finally:
+            await worker.close()
+            await runner.cleanup()
+
+
+def cmd_dev(settings: Settings, host: str, port: int) -> None:
+    from notifier.migrate import upgrade
+
+    upgrade(settings.database_url)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_dev(settings, host, port))
+
+
+def _safe_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="notifier", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, text in (("web", "HTTP API"), ("dev", "web + worker in one process, SQLite")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--host", default="127.0.0.1")
+        p.add_argument("--port", type=int, default=8080)
+    sub.add_parser("worker", help="arq worker: fan-out, sending, digests, sweeps")
+    sub.add_parser("migrate", help="create or upgrade the database schema (Alembic)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+
+    from notifier.resources import RedisUnavailable
+
+    try:
+        settings = _settings(dev=args.command == "dev", secrets=args.command != "migrate")
+        setup_logging(settings.log_level)
+        if args.command == "migrate":
+            cmd_migrate(settings)
+        elif args.command == "web":
+            cmd_web(settings, args.host, args.port)
+        elif args.command == "worker":
+            cmd_worker(settings)
+        elif args.command == "dev":
+            cmd_dev(settings, args.host, args.port)
+    except (ConfigError, RedisUnavailable) as exc:
+        print(f"notifier: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,45 @@
+"""Liveness and readiness: /readyz checks the database and Redis, each within a short timeout."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+from sqlalchemy import text
+
+from notifier.web import res
+
+routes = web.RouteTableDef()
+
+CHECK_TIMEOUT = 1.5
+
+
+@routes.get("/healthz")
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+@routes.get("/readyz")
+async def readyz(request: web.Request) -> web.Response:
+    r = res(request)
+
+    async def database() -> None:
+        async with r.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+
+    async def redis() -> None:
+        await r.redis.ping()
+
+    checks = {"database": database, "redis": redis}
+    results = await asyncio.gather(
+        *(asyncio.wait_for(check(), CHECK_TIMEOUT) for check in checks.values()),
+        return_exceptions=True,
+    )
+    status = {
+        name: "ok" if not isinstance(result, BaseException) else f"down: {type(result).__name__}"
+        for name, result in zip(checks, results, strict=True)
+    }
+    ok = all(v == "ok" for v in status.values())
+    return web.json_response(
+        {"status": "ok" if ok else "unavailable", **status}, status=200 if ok else 503
+    )

@@ -1,0 +1,144 @@
+"""The only aiosmtplib user: SMTP connections by URL, and transient vs permanent failures."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import aiosmtplib
+
+
+class SendError(Exception):
+    """A message was not accepted; `permanent` says whether retrying can help."""
+
+    def __init__(self, message: str, *, code: int | None = None, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.code = code
+        self.permanent = permanent
+
+    @property
+    def suppresses(self) -> bool:
+        """5.1.x (bad mailbox or address): the address must never be tried again."""
+        return self.permanent and " 5.1." in f" {self}"
+
+
+class ConnectionLost(SendError):
+    """The connection itself failed: this and every later message of the batch must retry."""
+
+
+@dataclass(frozen=True)
+class SMTPConfig:
+    host: str
+    port: int
+    username: str | None
+    password: str | None
+    use_tls: bool
+    start_tls: bool | None
+    validate_certs: bool
+
+    @classmethod
+    def from_url(cls, url: str) -> SMTPConfig:
+        parts = urlsplit(url)
+        query = {k: v[-1].lower() for k, v in parse_qs(parts.query).items()}
+        use_tls = parts.scheme == "smtps"
+        starttls: bool | None = None  # aiosmtplib: use STARTTLS when the server offers it
+        if "starttls" in query:
+            starttls = query["starttls"] in ("1", "true", "yes")
+        return cls(
+            host=parts.hostname or "localhost",
+            port=parts.port or (465 if use_tls else 25),
+            username=unquote(parts.username) if parts.username else None,
+            password=unquote(parts.password) if parts.password else None,
+            use_tls=use_tls,
+            start_tls=False if use_tls else starttls,
+            validate_certs=query.get("verify", "true") not in ("0", "false", "no"),
+        )
+
+    def __repr__(self) -> str:  # never show the password
+        auth = f"{self.username}:***@" if self.username else ""
+        return f"SMTPConfig(smtp{'s' if self.use_tls else ''}://{auth}{self.host}:{self.port})"
+
+
+class Connection:
+    """One open SMTP session; send() runs one transaction per recipient."""
+
+    def __init__(self, client: aiosmtplib.SMTP) -> None:
+        self._client = client
+
+    async def send(self, sender: str, recipient: str, message: bytes) -> None:
+        try:
+            errors, _ = await self._client.sendmail(sender, [recipient], message)
+        except aiosmtplib.SMTPRecipientsRefused as exc:
+            refused = exc.recipients[0] if exc.recipients else None
+            code = refused.code if refused else 550
+            raise SendError(str(refused or exc), code=code, permanent=code >= 500) from exc
+        except aiosmtplib.SMTPServerDisconnected as exc:
+            raise ConnectionLost(f"connection lost: {exc}") from exc
+        except aiosmtplib.SMTPResponseException as exc:
+            if exc.code == 421:  # the server is closing the session
+                raise ConnectionLost(f"{exc.code} {exc.message}", code=exc.code) from exc
+            raise SendError(
+                f"{exc.code} {exc.message}", code=exc.code, permanent=exc.code >= 500
+            ) from exc
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            raise ConnectionLost(f"{type(exc).__name__}: {exc}") from exc
+        if errors:
+            response = next(iter(errors.values()))
+            raise SendError(
+                f"{response.code} {response.message}",
+                code=response.code,
+                permanent=response.code >= 500,
+            )
+
+    @property
+    def is_connected(self) -> bool:
+        return self._client.is_connected
+
+
+class Mailer:
+    def __init__(self, url: str, timeout: float = 30.0) -> None:
+        self.config = SMTPConfig.from_url(url)
+        self.timeout = timeout
+
+    def _client(self) -> aiosmtplib.SMTP:
+        cfg = self.config
+        tls_context = None
+        if not cfg.validate_certs:
+            tls_context = ssl.create_default_context()
+            tls_context.check_hostname = False
+            tls_context.verify_mode = ssl.CERT_NONE
+        return aiosmtplib.SMTP(
+            hostname=cfg.host,
+            port=cfg.port,
+            username=cfg.username,
+            password=cfg.password,
+            use_tls=cfg.use_tls,
+            start_tls=cfg.start_tls,
+            validate_certs=cfg.validate_certs,
+            tls_context=tls_context,
+            timeout=self.timeout,
+        )
+
+    @asynccontextmanager
+    async def connect(self) -> AsyncIterator[Connection]:
+        client = self._client()
+        try:
+            await client.connect()
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            raise ConnectionLost(f"cannot reach SMTP server {self.config!r}: {exc}") from exc
+        try:
+            yield Connection(client)
+        finally:
+            if client.is_connected:
+                try:
+                    await asyncio.wait_for(client.quit(), timeout=5)
+                except (aiosmtplib.SMTPException, OSError, TimeoutError):
+                    client.close()
+
+    async def send_one(self, sender: str, recipient: str, message: bytes) -> None:
+        async with self.connect() as conn:
+            await conn.send(sender, recipient, message)

@@ -1,0 +1,218 @@
+"""SQLAlchemy 2 models: the database is the source of truth; idempotency lives in unique keys."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+from notifier.clock import utcnow
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# SQLite has no BIGINT autoincrement: an INTEGER primary key is its rowid.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+Json = JSON().with_variant(JSONB(), "postgresql")
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC timestamps on both dialects (SQLite stores them naive)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {  # noqa: RUF012  # read by SQLAlchemy, never mutated
+        datetime: UTCDateTime(),
+        dict[str, Any]: Json,
+        list[Any]: Json,
+    }
+
+
+ACTIVE = text("status = 'confirmed' AND paused = false")
+
+
+class Subscriber(Base):
+    """One email address. The keyed hash survives erasure through the suppression list."""
+
+    __tablename__ = "subscribers"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    email: Mapped[str] = mapped_column(String(320), unique=True)
+    email_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    timezone: Mapped[str] = mapped_column(String(64), default="UTC")
+    # Nonce carried by confirm tokens; replaced when a token is used, so each link works once.
+    confirm_nonce: Mapped[str | None] = mapped_column(String(32))
+    first_confirmed_at: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Subscription(Base):
+    """A study or condition someone follows, with the evidence of their consent."""
+
+    __tablename__ = "subscriptions"
+    __table_args__ = (
+        UniqueConstraint("subscriber_id", "match_key"),
+        Index(
+            "ix_subscriptions_active_key",
+            "match_key",
+            "subscriber_id",
+            postgresql_where=ACTIVE,
+            sqlite_where=ACTIVE,
+        ),
+        Index(
+            "ix_subscriptions_active_mesh",
+            "mesh_id",
+            "broad",
+            "subscriber_id",
+            postgresql_where=text(
+                "status = 'confirmed' AND paused = false AND mesh_id IS NOT NULL"
+            ),
+            sqlite_where=text("status = 'confirmed' AND paused = false AND mesh_id IS NOT NULL"),
+        ),
+        Index("ix_subscriptions_status_requested_at", "status", "requested_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    subscriber_id: Mapped[int] = mapped_column(
+        ForeignKey("subscribers.id", ondelete="CASCADE"), index=True
+    )
+    kind: Mapped[str] = mapped_column(String(16))  # study | condition
+    # "study:NCT01234567" or "cond:<normalised text>": what the matcher compares.
+    match_key: Mapped[str] = mapped_column(String(260))
+    label: Mapped[str] = mapped_column(String(200))  # as shown in mail: NCT id or condition
+    mesh_id: Mapped[str | None] = mapped_column(String(10))  # normalised D000000000
+    broad: Mapped[bool] = mapped_column(Boolean, default=False)
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    paused: Mapped[bool] = mapped_column(Boolean, default=False)
+    frequency: Mapped[str] = mapped_column(String(8), default="instant")
+    discreet: Mapped[bool] = mapped_column(Boolean, default=False)
+    event_kinds: Mapped[list[Any] | None]  # None: every kind this subscription can get
+    requested_at: Mapped[datetime] = mapped_column(default=utcnow)
+    request_ip: Mapped[str | None] = mapped_column(String(64))
+    request_user_agent: Mapped[str | None] = mapped_column(String(512))
+    request_source: Mapped[str | None] = mapped_column(String(512))
+    confirmed_at: Mapped[datetime | None]
+    confirm_ip: Mapped[str | None] = mapped_column(String(64))
+    confirm_user_agent: Mapped[str | None] = mapped_column(String(512))
+    unsubscribed_at: Mapped[datetime | None]
+    unsubscribe_reason: Mapped[str | None] = mapped_column(String(32))
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class Event(Base):
+    """A trial-change event as received; event_id is the pipeline's idempotency key."""
+
+    __tablename__ = "events"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    event_id: Mapped[str] = mapped_column(String(200), unique=True)
+    nct_id: Mapped[str] = mapped_column(String(11), index=True)
+    change_kind: Mapped[str] = mapped_column(String(32))
+    payload: Mapped[dict[str, Any]]
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    duplicates: Mapped[int] = mapped_column(Integer, default=0)
+    # received -> fanning_out -> fanned_out; "immaterial" when nothing a reader cares about changed.
+    status: Mapped[str] = mapped_column(String(16), default="received")
+    fanout_cursor: Mapped[int] = mapped_column(BigId, default=0)
+    matched: Mapped[int] = mapped_column(Integer, default=0)
+    fanned_out_at: Mapped[datetime | None]
+
+
+class RejectedEvent(Base):
+    """An event that failed validation on the queue path: kept for the operator, never retried."""
+
+    __tablename__ = "rejected_events"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    source: Mapped[str] = mapped_column(String(16))
+    error: Mapped[str] = mapped_column(Text)
+    payload: Mapped[str] = mapped_column(Text)
+
+
+class Delivery(Base):
+    """One mail (or digest item) for one subscriber about one event; written before sending."""
+
+    __tablename__ = "deliveries"
+    __table_args__ = (
+        UniqueConstraint("event_pk", "subscriber_id"),
+        Index("ix_deliveries_status_next_attempt_at", "status", "next_attempt_at"),
+        Index("ix_deliveries_subscriber_id_status", "subscriber_id", "status"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    event_pk: Mapped[int] = mapped_column(ForeignKey("events.id", ondelete="CASCADE"))
+    subscriber_id: Mapped[int] = mapped_column(ForeignKey("subscribers.id", ondelete="CASCADE"))
+    # pending -> sending -> sent | failed | skipped; held: waits for the subscriber's digest.
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_error: Mapped[str | None] = mapped_column(String(500))
+    message_id: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    sent_at: Mapped[datetime | None]
+
+
+class Suppression(Base):
+    """Addresses we must never mail, by keyed hash so that erasure keeps them suppressed."""
+
+    __tablename__ = "suppressions"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    email_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    reason: Mapped[str] = mapped_column(String(32))
+    detail: Mapped[str | None] = mapped_column(String(500))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Bounce(Base):
+    """Bounce and complaint reports, counted per address for the soft-bounce rule."""
+
+    __tablename__ = "bounces"
+    __table_args__ = (Index("ix_bounces_email_hash_created_at", "email_hash", "created_at"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    email_hash: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(16))  # hard | soft | complaint
+    detail: Mapped[str | None] = mapped_column(String(500))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

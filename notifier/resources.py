@@ -1,0 +1,103 @@
+"""open_resources(settings): the one composition root shared by web, worker, CLI and tests."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from arq import create_pool
+from arq.connections import ArqRedis, RedisSettings
+from jinja2 import Environment
+from limits.aio.storage import RedisStorage
+from redis.exceptions import RedisError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from notifier.db import make_engine, make_sessionmaker
+from notifier.mailer import Mailer
+from notifier.settings import Settings
+from notifier.templating import make_environment
+from notifier.tokens import Tokens
+
+
+class RedisUnavailable(Exception):
+    pass
+
+
+def redis_settings(settings: Settings, *, retries: int = 0) -> RedisSettings:
+    rs = RedisSettings.from_dsn(settings.redis_url)
+    rs.conn_timeout = 2
+    rs.conn_retries = retries
+    return rs
+
+
+def redis_missing_message(settings: Settings) -> str:
+    return (
+        f"Redis not reachable at {settings.redis_url}: start redis-server or set NOTIFIER_REDIS_URL"
+    )
+
+
+def serialize(data: dict[str, Any]) -> bytes:
+    """arq job payloads are JSON: jobs take ids and plain values, never pickled objects."""
+    return json.dumps(data, separators=(",", ":")).encode()
+
+
+def deserialize(data: bytes) -> dict[str, Any]:
+    result: dict[str, Any] = json.loads(data)
+    return result
+
+
+@dataclass
+class Resources:
+    settings: Settings
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    redis: ArqRedis
+    limits_storage: RedisStorage
+    mailer: Mailer
+    templates: Environment
+    tokens: Tokens
+
+    def email_hash(self, email: str) -> str:
+        """Keyed hash of a normalised address: lets suppression outlive erasure."""
+        key = (self.settings.email_hash_key or self.settings.secret_keys[0]).encode()
+        return hmac.new(key, email.strip().lower().encode(), hashlib.sha256).hexdigest()
+
+
+async def connect_redis(settings: Settings) -> ArqRedis:
+    try:
+        return await create_pool(
+            redis_settings(settings),
+            default_queue_name=settings.queue_name,
+            job_serializer=serialize,
+            job_deserializer=deserialize,
+        )
+    except (TimeoutError, RedisError, OSError) as exc:
+        raise RedisUnavailable(redis_missing_message(settings)) from exc
+
+
+@asynccontextmanager
+async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
+    redis = await connect_redis(settings)
+    engine = make_engine(settings.database_url)
+    limits_storage = RedisStorage(
+        settings.redis_url, implementation="redispy", key_prefix=f"{settings.queue_name}:limits"
+    )
+    try:
+        yield Resources(
+            settings=settings,
+            engine=engine,
+            sessions=make_sessionmaker(engine),
+            redis=redis,
+            limits_storage=limits_storage,
+            mailer=Mailer(settings.smtp_url, timeout=settings.smtp_timeout),
+            templates=make_environment(),
+            tokens=Tokens(settings.secret_keys, settings.confirm_max_age),
+        )
+    finally:
+        await engine.dispose()
+        await redis.aclose()

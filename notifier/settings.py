@@ -1,0 +1,174 @@
+"""Every environment variable notifier reads, typed and validated once at start-up."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+MIN_SECRET_BYTES = 32
+
+CommaList = Annotated[list[str], NoDecode]
+FloatList = Annotated[list[float], NoDecode]
+
+
+class ConfigError(Exception):
+    """Start-up configuration that cannot work; the message says what to set."""
+
+
+def _split(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="NOTIFIER_", extra="ignore", frozen=True)
+
+    env: Literal["production", "dev"] = "production"
+    database_url: str = "sqlite+aiosqlite:///./notifier.db"
+    redis_url: str = "redis://localhost:6379/0"
+    smtp_url: str = "smtp://localhost:1025"
+    smtp_timeout: float = 30.0
+    public_url: str = "http://localhost:8080"
+    secret_keys: CommaList = Field(default_factory=list)
+    email_hash_key: str = ""  # defaults to the oldest secret key; set it before retiring that key
+    event_secrets: CommaList = Field(default_factory=list)
+    admin_token: str = ""
+    mail_from: str = "Trial alerts <alerts@localhost>"
+    message_id_domain: str = ""
+    list_id: str = "Clinical trial alerts <alerts.notifier.localhost>"
+    allowed_origins: CommaList = Field(default_factory=lambda: ["http://localhost:8080"])
+    trusted_proxies: CommaList = Field(default_factory=list)
+    queue_name: str = "notifier:queue"
+    log_level: str = "INFO"
+
+    # Tokens and consent.
+    confirm_max_age: int = Field(
+        default=72 * 3600, gt=0, description="seconds a confirm link lives"
+    )
+    pending_max_age_days: int = Field(default=30, gt=0)
+
+    # Abuse limits (Redis-backed so they hold across processes).
+    signup_address_interval: int = Field(default=600, gt=0, description="seconds between mails")
+    signup_address_daily: int = Field(default=3, gt=0)
+    confirmed_address_interval: int = Field(default=60, gt=0)
+    confirmed_address_daily: int = Field(default=20, gt=0)
+    ip_requests_per_minute: int = Field(default=20, gt=0)
+    max_body_bytes: int = Field(default=64 * 1024, gt=0)
+
+    # Fan-out and sending.
+    fanout_page_size: int = Field(default=1000, gt=0)
+    send_batch_size: int = Field(default=100, gt=0)
+    send_rate: float = Field(default=0.0, ge=0, description="messages/s over all workers; 0 = off")
+    worker_max_jobs: int = Field(default=8, gt=0)
+    retry_ladder: FloatList = Field(
+        default_factory=lambda: [30.0, 120.0, 600.0, 1800.0, 3600.0, 3 * 3600.0, 6 * 3600.0]
+    )
+    retry_give_up_after: float = Field(
+        default=5 * 86400.0, gt=0, description="seconds of transient failures before 'failed'"
+    )
+    sweep_interval: float = Field(default=60.0, gt=0)
+    sweep_stale_after: float = Field(default=300.0, gt=0)
+    soft_bounce_limit: int = Field(default=3, gt=0)
+    soft_bounce_window_days: int = Field(default=14, gt=0)
+
+    @field_validator(
+        "secret_keys", "event_secrets", "allowed_origins", "trusted_proxies", mode="before"
+    )
+    @classmethod
+    def _split_list(cls, value: object) -> object:
+        return _split(value)
+
+    @field_validator("retry_ladder", mode="before")
+    @classmethod
+    def _split_floats(cls, value: object) -> object:
+        return _split(value)
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_database(cls, value: str) -> str:
+        if not value.startswith(("postgresql+asyncpg://", "sqlite+aiosqlite://")):
+            raise ValueError("use postgresql+asyncpg://… or sqlite+aiosqlite:///…")
+        return value
+
+    @field_validator("smtp_url")
+    @classmethod
+    def _known_smtp(cls, value: str) -> str:
+        if urlsplit(value).scheme not in ("smtp", "smtps"):
+            raise ValueError("use smtp://[user:pass@]host:port[?starttls=true] or smtps://…")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _known_redis(cls, value: str) -> str:
+        if urlsplit(value).scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("use redis://host:port/db")
+        return value
+
+    @field_validator("retry_ladder")
+    @classmethod
+    def _ladder(cls, value: list[float]) -> list[float]:
+        if not value or any(step <= 0 for step in value):
+            raise ValueError("needs at least one positive delay")
+        return value
+
+    @model_validator(mode="after")
+    def _public_url(self) -> Settings:
+        parts = urlsplit(self.public_url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError("NOTIFIER_PUBLIC_URL must be an absolute http(s) URL")
+        return self
+
+    @property
+    def is_production(self) -> bool:
+        return self.env == "production"
+
+    @property
+    def public_base(self) -> str:
+        return self.public_url.rstrip("/")
+
+    @property
+    def mail_domain(self) -> str:
+        if self.message_id_domain:
+            return self.message_id_domain
+        return urlsplit(self.public_url).hostname or "localhost"
+
+
+def check_secrets(settings: Settings) -> Settings:
+    """Refuse to start in production without real secrets; in dev, fill the gaps and say so."""
+    problems = []
+    fills: dict[str, object] = {}
+    for name in ("secret_keys", "event_secrets"):
+        values: list[str] = getattr(settings, name)
+        short = [v for v in values if len(v.encode()) < MIN_SECRET_BYTES]
+        if settings.is_production and (not values or short):
+            problems.append(
+                f"NOTIFIER_{name.upper()} needs comma-separated secrets of at least "
+                f"{MIN_SECRET_BYTES} bytes each"
+            )
+        elif not values:
+            fills[name] = [secrets.token_urlsafe(32)]
+    if len(settings.admin_token.encode()) < MIN_SECRET_BYTES:
+        if settings.is_production:
+            problems.append(f"NOTIFIER_ADMIN_TOKEN needs at least {MIN_SECRET_BYTES} bytes")
+        else:
+            fills["admin_token"] = secrets.token_urlsafe(32)
+    if problems:
+        raise ConfigError(
+            "cannot start in production: "
+            + "; ".join(problems)
+            + " (generate one with: python -c 'import secrets; "
+            "print(secrets.token_urlsafe(32))')"
+        )
+    if fills:
+        return settings.model_copy(update=fills)
+    return settings
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the environment (and explicit overrides) and validate secrets."""
+    return check_secrets(Settings(**overrides))  # type: ignore[arg-type]  # pydantic accepts kwargs

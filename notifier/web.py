@@ -1,0 +1,143 @@
+"""Shared web plumbing: app keys, middlewares (errors, request id, security headers), helpers."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+from pydantic import ValidationError
+from redis.exceptions import RedisError
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+from notifier.resources import Resources
+
+log = logging.getLogger("notifier.web")
+
+RESOURCES = web.AppKey("resources", Resources)
+REQUEST_ID = web.RequestKey("request_id", str)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def res(request: web.Request) -> Resources:
+    return request.app[RESOURCES]
+
+
+def wants_html(request: web.Request) -> bool:
+    accept = request.headers.get("Accept", "")
+    return "text/html" in accept and "application/json" not in accept
+
+
+def error_response(
+    request: web.Request, status: int, message: str, fields: dict[str, str] | None = None
+) -> web.Response:
+    if wants_html(request):
+        body = (
+            res(request)
+            .templates.get_template("pages/error.html")
+            .render(status=status, message=message, fields=fields or {}, home=None)
+        )
+        return web.Response(status=status, text=body, content_type="text/html")
+    payload: dict[str, Any] = {"error": message}
+    if fields:
+        payload["fields"] = fields
+    return web.json_response(payload, status=status)
+
+
+def validation_fields(exc: ValidationError) -> dict[str, str]:
+    fields: dict[str, str] = {}
+    for err in exc.errors():
+        name = ".".join(str(p) for p in err["loc"]) or "body"
+        msg = err["msg"]
+        fields.setdefault(name, msg.removeprefix("Value error, "))
+    return fields
+
+
+def client_ip(request: web.Request) -> str:
+    """The peer address, or the right-most untrusted X-Forwarded-For hop behind trusted proxies."""
+    peer = request.remote or "unknown"
+    trusted = res(request).settings.trusted_proxies
+    if not trusted or not _in_networks(peer, trusted):
+        return peer
+    hops = [h.strip() for h in request.headers.get("X-Forwarded-For", "").split(",") if h.strip()]
+    for hop in reversed(hops):
+        if not _in_networks(hop, trusted):
+            return hop
+    return peer
+
+
+def _in_networks(address: str, networks: list[str]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in ipaddress.ip_network(net, strict=False) for net in networks)
+
+
+@web.middleware
+async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    rid = request.headers.get("X-Request-Id", "")
+    if not (0 < len(rid) <= 64 and rid.replace("-", "").isalnum()):
+        rid = uuid.uuid4().hex
+    request[REQUEST_ID] = rid
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        exc.headers["X-Request-Id"] = rid
+        raise
+    response.headers["X-Request-Id"] = rid
+    return response
+
+
+TOKEN_PAGES = ("/v1/confirm/", "/v1/unsubscribe/", "/v1/manage/")
+
+
+@web.middleware
+async def security_headers_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        _secure(request, exc.headers)
+        raise
+    _secure(request, response.headers)
+    return response
+
+
+def _secure(request: web.Request, headers: Any) -> None:
+    headers.setdefault("X-Content-Type-Options", "nosniff")
+    headers.setdefault(
+        "Content-Security-Policy",
+        "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; "
+        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    )
+    headers.setdefault("X-Frame-Options", "DENY")
+    headers.setdefault("Referrer-Policy", "no-referrer")
+    if request.path.startswith(TOKEN_PAGES) or request.path.startswith("/v1/admin"):
+        headers["Cache-Control"] = "no-store"
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except web.HTTPRequestEntityTooLarge:
+        return error_response(request, 413, "request body too large")
+    except web.HTTPException as exc:
+        if exc.status >= 400 and exc.content_type != "application/json" and not exc.text:
+            return error_response(request, exc.status, exc.reason)
+        if exc.status in (404, 405) and exc.content_type == "text/plain":
+            return error_response(request, exc.status, exc.reason)
+        raise
+    except ValidationError as exc:
+        return error_response(request, 422, "invalid input", validation_fields(exc))
+    except (OperationalError, PoolTimeout, DBAPIError, OSError, RedisError) as exc:
+        # A dependency is down: say so, let the client retry; never a 500.
+        log.warning("dependency unavailable: %s", type(exc).__name__)
+        response = error_response(request, 503, "temporarily unavailable, try again shortly")
+        response.headers["Retry-After"] = "5"
+        return response

@@ -1,0 +1,110 @@
+"""A real SMTP server for tests (aiosmtpd on port 0) that records messages, with failure knobs.
+
+Knobs, never magic strings:
+    smtp.reject["bob@example.org"] = "451 4.3.0 try later"          # every attempt
+    smtp.reject["bob@example.org"] = ["451 4.3.0 a", "451 4.3.0 b"]  # these, then accept
+    smtp.drop_after_data.add("carol@example.org")  # store the message, then drop before 250
+    await smtp.stop(); await smtp.start()          # an outage on the same port
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import email.policy
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from typing import Any, cast
+
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+
+@dataclass
+class Received:
+    mail_from: str
+    rcpt_to: str
+    data: bytes
+
+    @property
+    def message(self) -> EmailMessage:
+        parsed = email.message_from_bytes(self.data, policy=email.policy.default)
+        assert isinstance(parsed, EmailMessage)
+        return parsed
+
+
+@dataclass
+class RecordingSMTP:
+    host: str = "127.0.0.1"
+    port: int = 0
+    messages: list[Received] = field(default_factory=list)
+    reject: dict[str, str | list[str]] = field(default_factory=dict)
+    drop_after_data: set[str] = field(default_factory=set)
+    transactions: int = 0  # DATA commands that reached the server
+    connections: int = 0
+    _server: asyncio.AbstractServer | None = None
+    _protocols: set[SMTP] = field(default_factory=set)
+
+    # aiosmtpd handler hooks -------------------------------------------------------------
+    async def handle_RCPT(  # aiosmtpd's hook name
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: Any
+    ) -> str:
+        answer = self._answer_for(address)
+        if answer is not None:
+            return answer
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(  # aiosmtpd's hook name
+        self, server: SMTP, session: Session, envelope: Envelope
+    ) -> str:
+        self.transactions += 1
+        content = envelope.original_content or b""
+        for rcpt in envelope.rcpt_tos:
+            self.messages.append(Received(str(envelope.mail_from), rcpt, content))
+            if rcpt in self.drop_after_data and server.transport is not None:
+                cast(
+                    asyncio.Transport, server.transport
+                ).abort()  # stored, but the client never sees 250
+        return "250 2.0.0 Message accepted"
+
+    def _answer_for(self, address: str) -> str | None:
+        rule = self.reject.get(address)
+        if rule is None:
+            return None
+        if isinstance(rule, str):
+            return rule
+        if rule:
+            return rule.pop(0)
+        return None
+
+    # lifecycle -------------------------------------------------------------------------
+    def _factory(self) -> SMTP:
+        protocol = SMTP(self, hostname="smtp.test", ident="test-smtp", enable_SMTPUTF8=True)
+        self._protocols.add(protocol)
+        self.connections += 1
+        return protocol
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            self._factory, self.host, self.port, reuse_address=True
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        """Stop listening and cut every open session: an outage."""
+        if self._server is not None:
+            self._server.close()
+            for protocol in list(self._protocols):
+                if protocol.transport is not None:
+                    cast(asyncio.Transport, protocol.transport).abort()
+            self._protocols.clear()
+            await self._server.wait_closed()
+            self._server = None
+
+    @property
+    def url(self) -> str:
+        return f"smtp://{self.host}:{self.port}"
+
+    def to(self, address: str) -> list[Received]:
+        return [m for m in self.messages if m.rcpt_to == address]

@@ -1,0 +1,153 @@
+"""Foundation: health and readiness, settings validation, migrations match the models."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import Connection
+
+from notifier.__main__ import main
+from notifier.mailer import SMTPConfig
+from notifier.models import Base
+from notifier.resources import Resources
+from notifier.settings import ConfigError, Settings, check_secrets
+from tests.conftest import run_worker
+
+
+async def test_healthz_and_readyz(client: TestClient[Any, Any]) -> None:
+    resp = await client.get("/healthz")
+    assert resp.status == 200
+    resp = await client.get("/readyz")
+    assert resp.status == 200
+    assert await resp.json() == {"status": "ok", "database": "ok", "redis": "ok"}
+    assert resp.headers["X-Content-Type-Options"] == "nosniff"
+    assert len(resp.headers["X-Request-Id"]) == 32
+
+
+async def test_unknown_route_is_json_404(client: TestClient[Any, Any]) -> None:
+    resp = await client.get("/nope")
+    assert resp.status == 404
+    assert (await resp.json())["error"]
+
+
+@pytest.mark.postgres_only
+async def test_migrations_match_models(resources: Resources) -> None:
+    def diff(conn: Connection) -> list[Any]:
+        ctx = MigrationContext.configure(conn, opts={"compare_type": True})
+        return list(compare_metadata(ctx, Base.metadata))
+
+    async with resources.engine.connect() as conn:
+        differences = await conn.run_sync(diff)
+    assert differences == []
+
+
+def test_production_refuses_short_or_missing_secrets() -> None:
+    with pytest.raises(ConfigError, match="NOTIFIER_SECRET_KEYS"):
+        check_secrets(Settings(env="production", secret_keys=["short"]))
+    with pytest.raises(ConfigError, match="NOTIFIER_ADMIN_TOKEN"):
+        check_secrets(Settings(env="production", secret_keys=["x" * 32], event_secrets=["y" * 32]))
+
+
+def test_dev_generates_throwaway_secrets() -> None:
+    settings = check_secrets(Settings(env="dev"))
+    assert len(settings.secret_keys[0]) >= 32
+    assert len(settings.admin_token) >= 32
+
+
+def test_lists_come_from_comma_separated_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NOTIFIER_SECRET_KEYS", "old" + "a" * 32 + ", new" + "b" * 32)
+    monkeypatch.setenv("NOTIFIER_ALLOWED_ORIGINS", "https://a.example,https://b.example")
+    settings = Settings()
+    assert settings.secret_keys == ["old" + "a" * 32, "new" + "b" * 32]
+    assert settings.allowed_origins == ["https://a.example", "https://b.example"]
+
+
+def test_cli_reports_missing_secrets(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("NOTIFIER_SECRET_KEYS", raising=False)
+    assert main(["web"]) == 2
+    assert "NOTIFIER_SECRET_KEYS" in capsys.readouterr().err
+
+
+def test_cli_reports_missing_redis(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NOTIFIER_ENV", "dev")
+    monkeypatch.setenv("NOTIFIER_REDIS_URL", "redis://127.0.0.1:1/0")
+    assert main(["worker"]) == 2
+    err = capsys.readouterr().err
+    assert "Redis not reachable at redis://127.0.0.1:1/0" in err
+    assert "NOTIFIER_REDIS_URL" in err
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("smtp://localhost:1025", ("localhost", 1025, None, False, None)),
+        (
+            "smtp://u%40x:p%3Aw@relay.example:587?starttls=true",
+            ("relay.example", 587, "u@x", False, True),
+        ),
+        ("smtps://relay.example", ("relay.example", 465, None, True, False)),
+    ],
+)
+def test_smtp_url(url: str, expected: tuple[Any, ...]) -> None:
+    cfg = SMTPConfig.from_url(url)
+    assert (cfg.host, cfg.port, cfg.username, cfg.use_tls, cfg.start_tls) == expected
+    assert "p:w" not in repr(cfg)
+
+
+async def test_worker_runs_in_burst_mode(resources: Resources) -> None:
+    await resources.redis.enqueue_job("purge_pending")
+    worker = await run_worker(resources)
+    assert worker.jobs_complete == 1
+
+
+@pytest.mark.postgres_only
+@pytest.mark.parametrize("dependency", ["redis", "database"])
+async def test_readyz_follows_an_outage_without_restart(
+    settings: Settings, dependency: str
+) -> None:
+    """Cut Redis or PostgreSQL off behind a proxy: 503 within 2 s, then 200 once it is back."""
+    from urllib.parse import urlsplit
+
+    from aiohttp.test_utils import TestServer
+
+    from notifier.app import create_app
+    from notifier.resources import open_resources
+    from tests.proxy import TcpProxy
+
+    url = settings.redis_url if dependency == "redis" else settings.database_url
+    target = urlsplit(url)
+    proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 0)
+    await proxy.start()
+    proxied = url.replace(f":{target.port}/", f":{proxy.port}/")
+    key = "redis_url" if dependency == "redis" else "database_url"
+    cut_settings = settings.model_copy(update={key: proxied})
+    loop = asyncio.get_running_loop()
+    try:
+        async with (
+            open_resources(cut_settings) as r,
+            TestClient(TestServer(create_app(cut_settings, r))) as c,
+        ):
+            assert (await c.get("/readyz")).status == 200
+            await proxy.stop()
+            start = loop.time()
+            resp = await c.get("/readyz")
+            assert resp.status == 503
+            assert loop.time() - start < 2
+            assert (await resp.json())[dependency].startswith("down")
+            await proxy.start()
+            for _ in range(20):
+                if (await c.get("/readyz")).status == 200:
+                    break
+                await asyncio.sleep(0.1)
+            assert (await c.get("/readyz")).status == 200
+    finally:
+        await proxy.stop()
