@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from notifier.handlers import health
+from notifier.openapi import build_spec
 from notifier.resources import Resources, open_resources
 from notifier.settings import Settings
 from notifier.web import (
@@ -16,7 +17,13 @@ from notifier.web import (
     security_headers_middleware,
 )
 
-ROUTE_TABLES = (health.routes,)
+# Every handler module: its `routes` go in the route table, its OPENAPI_* into /openapi.json.
+HANDLER_MODULES = (health,)
+
+
+async def openapi_json(request: web.Request) -> web.Response:
+    settings = request.app[RESOURCES].settings
+    return web.json_response(build_spec(HANDLER_MODULES, settings.public_base))
 
 
 def create_app(settings: Settings, resources: Resources | None = None) -> web.Application:
@@ -36,6 +43,7 @@ def create_app(settings: Settings, resources: Resources | None = None) -> web.Ap
             yield
 
     app.cleanup_ctx.append(resources_ctx)
-    for table in ROUTE_TABLES:
-        app.router.add_routes(table)
+    for module in HANDLER_MODULES:
+        app.router.add_routes(module.routes)
+    app.router.add_get("/openapi.json", openapi_json)
     return app

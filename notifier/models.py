@@ -83,6 +83,7 @@ class Subscriber(Base):
     # Nonce carried by confirm tokens; replaced when a token is used, so each link works once.
     confirm_nonce: Mapped[str | None] = mapped_column(String(32))
     first_confirmed_at: Mapped[datetime | None]
+    last_digest_at: Mapped[datetime | None]  # end of the last digest period mailed
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

@@ -75,6 +75,7 @@ def upgrade() -> None:
         sa.Column("timezone", sa.String(length=64), nullable=False),
         sa.Column("confirm_nonce", sa.String(length=32), nullable=True),
         sa.Column("first_confirmed_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("last_digest_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_subscribers")),
         sa.UniqueConstraint("email", name=op.f("uq_subscribers_email")),

@@ -11,6 +11,16 @@ from notifier.web import res
 
 routes = web.RouteTableDef()
 
+OPENAPI_PATHS = {
+    "/healthz": {"get": {"summary": "Process alive", "responses": {"200": {"description": "ok"}}}},
+    "/readyz": {
+        "get": {
+            "summary": "Database and Redis reachable",
+            "responses": {"200": {"description": "ready"}, "503": {"description": "not ready"}},
+        }
+    },
+}
+
 CHECK_TIMEOUT = 1.5
 
 

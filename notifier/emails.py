@@ -1,0 +1,68 @@
+"""Pure mail building: (subject, text, html, headers) -> RFC 5322 bytes with CRLF line ends."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from email.policy import SMTP
+from email.utils import formatdate
+
+from notifier.settings import Settings
+
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]+")
+SUBJECT_MAX = 200
+
+
+def header_safe(value: str, limit: int = SUBJECT_MAX) -> str:
+    """No CR, LF, NUL, Unicode line breaks or other controls can reach a header; bounded length."""
+    cleaned = " ".join(_UNSAFE.sub(" ", value).split())
+    if len(cleaned) > limit:
+        cleaned = cleaned[: limit - 1].rstrip() + "…"
+    return cleaned
+
+
+@dataclass(frozen=True)
+class Mail:
+    to: str
+    subject: str
+    text: str
+    html: str
+    unsubscribe_url: str | None = None  # List-Unsubscribe (RFC 8058 one-click when set)
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def message_id(settings: Settings) -> str:
+    return f"<{uuid.uuid4().hex}@{settings.mail_domain}>"
+
+
+def build_message(settings: Settings, mail: Mail, *, msgid: str | None = None) -> EmailMessage:
+    msg = EmailMessage(policy=SMTP)
+    msg["From"] = settings.mail_from
+    msg["To"] = header_safe(mail.to, 320)
+    msg["Subject"] = header_safe(mail.subject)
+    msg["Date"] = formatdate(usegmt=True)
+    msg["Message-ID"] = msgid or message_id(settings)
+    msg["Auto-Submitted"] = "auto-generated"
+    msg["List-Id"] = header_safe(settings.list_id)
+    if mail.unsubscribe_url:
+        msg["List-Unsubscribe"] = f"<{header_safe(mail.unsubscribe_url, 900)}>"
+        msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+    for name, value in mail.headers.items():
+        msg[header_safe(name, 60)] = header_safe(value, 900)
+    msg.set_content(mail.text)
+    msg.add_alternative(mail.html, subtype="html")
+    return msg
+
+
+def to_bytes(settings: Settings, mail: Mail, *, msgid: str | None = None) -> bytes:
+    """The wire form: CRLF line ends, no line over 998 octets (quoted-printable as needed)."""
+    return build_message(settings, mail, msgid=msgid).as_bytes(policy=SMTP)
+
+
+def sender_address(settings: Settings) -> str:
+    """The envelope sender: the address part of NOTIFIER_MAIL_FROM."""
+    from email.utils import parseaddr
+
+    return parseaddr(settings.mail_from)[1] or "alerts@localhost"

@@ -1,0 +1,59 @@
+"""Normalisation shared by signup and matching: NCT ids, MeSH ids, condition text."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+NCT_RE = re.compile(r"^NCT\d{8}$")
+MESH_RE = re.compile(r"^([DC])(\d{6}|\d{9})$")
+_PUNCT_OR_SPACE = re.compile(r"[\W_]+", re.UNICODE)
+_PARENS = re.compile(r"\(([^()]*)\)")
+
+CONDITION_MIN, CONDITION_MAX = 2, 200
+
+
+def normalize_nct(value: str) -> str | None:
+    """'nct05879978 ' -> 'NCT05879978'; None when it is not an NCT id."""
+    candidate = value.strip().upper()
+    return candidate if NCT_RE.match(candidate) else None
+
+
+def normalize_mesh_id(value: str) -> str | None:
+    """MeSH UIs come as D055752 and as D000055752: both become D000055752."""
+    match = MESH_RE.match(value.strip().upper())
+    if not match:
+        return None
+    letter, digits = match.groups()
+    return f"{letter}{int(digits):09d}"
+
+
+def normalize_condition(value: str) -> str:
+    """Fold case, accents, punctuation, spaces: 'Non-Small-Cell  Lung' -> 'non small cell lung'."""
+    text = unicodedata.normalize("NFKD", value)
+    text = "".join(ch for ch in text if not unicodedata.combining(ch))
+    return _PUNCT_OR_SPACE.sub(" ", text.casefold()).strip()
+
+
+def condition_keys(value: str) -> set[str]:
+    """Every normalised form a condition text stands for.
+
+    'Small Cell Lung Carcinoma (SCLC)' -> {'small cell lung carcinoma sclc',
+    'small cell lung carcinoma', 'sclc'}: registries put acronyms in parentheses.
+    """
+    keys = {normalize_condition(value)}
+    outside = _PARENS.sub(" ", value)
+    keys.add(normalize_condition(outside))
+    for inside in _PARENS.findall(value):
+        keys.add(normalize_condition(inside))
+    return {k for k in keys if len(k) >= CONDITION_MIN}
+
+
+def clean_label(value: str) -> str:
+    """A condition as typed, made safe to show: one line, single spaces."""
+    return " ".join(value.split())
+
+
+def has_control_chars(value: str) -> bool:
+    """CR, LF, NUL, tabs, Unicode line/paragraph separators and other control characters."""
+    return any(unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") for ch in value)
