@@ -39,6 +39,7 @@ class Settings(BaseSettings):
     event_secrets: CommaList = Field(default_factory=list)
     admin_token: str = ""
     mail_from: str = "Trial alerts <alerts@localhost>"
+    site_name: str = "the clinical-trials site"  # "who asked": named in every mail
     message_id_domain: str = ""
     list_id: str = "Clinical trial alerts <alerts.notifier.localhost>"
     allowed_origins: CommaList = Field(default_factory=lambda: ["http://localhost:8080"])
