@@ -6,19 +6,20 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from notifier.handlers import health
+from notifier.handlers import health, ops
 from notifier.openapi import build_spec
 from notifier.resources import Resources, open_resources
 from notifier.settings import Settings
 from notifier.web import (
     RESOURCES,
     error_middleware,
+    metrics_middleware,
     request_id_middleware,
     security_headers_middleware,
 )
 
 # Every handler module: its `routes` go in the route table, its OPENAPI_* into /openapi.json.
-HANDLER_MODULES = (health,)
+HANDLER_MODULES = (health, ops)
 
 
 async def openapi_json(request: web.Request) -> web.Response:
@@ -30,7 +31,12 @@ def create_app(settings: Settings, resources: Resources | None = None) -> web.Ap
     """Build the app; pass `resources` to share them (dev mode, tests), else it opens its own."""
     app = web.Application(
         client_max_size=settings.max_body_bytes,
-        middlewares=[request_id_middleware, security_headers_middleware, error_middleware],
+        middlewares=[
+            metrics_middleware,
+            request_id_middleware,
+            security_headers_middleware,
+            error_middleware,
+        ],
     )
 
     async def resources_ctx(app: web.Application) -> AsyncIterator[None]:

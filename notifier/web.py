@@ -14,6 +14,7 @@ from redis.exceptions import RedisError
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
+from notifier.metrics import HTTP_REQUESTS
 from notifier.resources import Resources
 
 log = logging.getLogger("notifier.web")
@@ -77,6 +78,23 @@ def _in_networks(address: str, networks: list[str]) -> bool:
     except ValueError:
         return False
     return any(ip in ipaddress.ip_network(net, strict=False) for net in networks)
+
+
+@web.middleware
+async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Count requests by route template (never the raw path: it may hold a token)."""
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        info = request.match_info.route.resource
+        route = info.canonical if info is not None else "unmatched"
+        HTTP_REQUESTS.labels(route=route, method=request.method, status=str(status)).inc()
 
 
 @web.middleware
