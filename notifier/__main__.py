@@ -75,6 +75,13 @@ def cmd_worker(settings: Settings) -> None:
     from notifier.worker import build_worker
 
     asyncio.run(_require_redis(settings))
+    if settings.worker_metrics_port:
+        from prometheus_client import start_http_server
+
+        from notifier.metrics import REGISTRY
+
+        # The worker's own counters (deliveries, sends, sweeps) for Prometheus to scrape.
+        start_http_server(settings.worker_metrics_port, addr="0.0.0.0", registry=REGISTRY)  # noqa: S104
     build_worker(settings).run()
 
 

@@ -45,6 +45,7 @@ class Settings(BaseSettings):
     allowed_origins: CommaList = Field(default_factory=lambda: ["http://localhost:8080"])
     trusted_proxies: CommaList = Field(default_factory=list)
     queue_name: str = "notifier:queue"
+    worker_metrics_port: int = Field(default=9101, ge=0, le=65535, description="0 = off")
     log_level: str = "INFO"
 
     # Tokens and consent.
