@@ -85,7 +85,9 @@ def build_worker(
         poll_delay=0.05 if burst else 0.2,
         job_serializer=serialize,
         job_deserializer=deserialize,
-        job_completion_wait=0,
+        # SIGTERM: stop taking jobs and let the ones in flight finish (a send batch takes
+        # seconds); whatever is still running after the grace period is recovered by the sweep.
+        job_completion_wait=0 if burst else settings.shutdown_grace,
     )
 
 
