@@ -1,0 +1,141 @@
+"""Unsubscribe links: GET shows one button, POST unsubscribes (RFC 8058 one-click included)."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import parse_qs
+
+from aiohttp import web
+
+from notifier import preferences
+from notifier.models import Subscription
+from notifier.resources import Resources
+from notifier.tokens import TokenInvalid
+from notifier.web import res
+
+routes = web.RouteTableDef()
+
+_TOKEN = {"name": "token", "in": "path", "required": True, "schema": {"type": "string"}}
+_NOT_FOUND = {"description": "tampered or unknown token; nothing changed"}
+OPENAPI_PATHS: dict[str, Any] = {
+    "/v1/unsubscribe/{token}": {
+        "get": {
+            "summary": "A page with one button that unsubscribes; changes nothing",
+            "parameters": [_TOKEN],
+            "responses": {
+                "200": {"description": "the page", "content": {"text/html": {}}},
+                "404": _NOT_FOUND,
+            },
+        },
+        "post": {
+            "summary": "Unsubscribe (RFC 8058 one-click); idempotent, no cookie or CSRF token",
+            "parameters": [_TOKEN],
+            "requestBody": {
+                "required": False,
+                "content": {
+                    "application/x-www-form-urlencoded": {
+                        "schema": {
+                            "type": "object",
+                            "properties": {"List-Unsubscribe": {"const": "One-Click"}},
+                        }
+                    },
+                    "multipart/form-data": {"schema": {"type": "object"}},
+                },
+            },
+            "responses": {
+                "200": {
+                    "description": "unsubscribed (also when it already was); never a redirect",
+                    "content": {
+                        "text/html": {},
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "properties": {"status": {"const": "unsubscribed"}},
+                            }
+                        },
+                    },
+                },
+                "404": _NOT_FOUND,
+            },
+        },
+    }
+}
+
+
+@routes.get("/v1/unsubscribe/{token}")
+async def unsubscribe_page(request: web.Request) -> web.Response:
+    r = res(request)
+    subscription_id = read_token(request)
+    if subscription_id is None:
+        return not_found(request)
+    async with r.sessions.begin() as session:
+        sub = await session.get(Subscription, subscription_id)
+    if sub is None or sub.status == "unsubscribed":
+        return done(request, r, sub.label if sub else None, sub.subscriber_id if sub else None)
+    page = r.templates.get_template("pages/unsubscribe.html").render(
+        label=sub.label,
+        action=request.path,
+        manage_url=preferences.manage_url(r, sub.subscriber_id),
+    )
+    return web.Response(text=page, content_type="text/html")
+
+
+@routes.post("/v1/unsubscribe/{token}")
+async def unsubscribe(request: web.Request) -> web.Response:
+    r = res(request)
+    subscription_id = read_token(request)
+    if subscription_id is None:
+        return not_found(request)
+    via: preferences.Via = "link" if await _from_our_page(request) else "one_click"
+    async with r.sessions.begin() as session:  # committed before the answer
+        result = await preferences.unsubscribe(session, subscription_id, via)
+    return done(request, r, result.label, result.subscriber_id)
+
+
+def read_token(request: web.Request) -> int | None:
+    try:
+        return res(request).tokens.read_unsubscribe(request.match_info["token"])
+    except TokenInvalid:
+        return None
+
+
+async def _from_our_page(request: web.Request) -> bool:
+    """Our page's button sends via=page; anything else (mail clients' one-click) is one_click.
+
+    Bodies are read leniently: RFC 8058 senders vary, and a body we cannot parse must still
+    unsubscribe.
+    """
+    if request.content_type == "multipart/form-data":
+        try:
+            form = await request.post()
+        except ValueError:
+            return False
+        return form.get("via") == "page"
+    raw = await request.read()
+    fields = parse_qs(raw.decode("utf-8", "replace"), keep_blank_values=True)
+    return fields.get("via") == ["page"]
+
+
+def done(
+    request: web.Request, r: Resources, label: str | None, subscriber_id: int | None
+) -> web.Response:
+    if "application/json" in request.headers.get("Accept", ""):
+        return web.json_response({"status": "unsubscribed"})
+    page = r.templates.get_template("pages/unsubscribed.html").render(
+        label=label,
+        manage_url=preferences.manage_url(r, subscriber_id) if subscriber_id else None,
+        site_name=r.settings.site_name,
+    )
+    return web.Response(text=page, content_type="text/html")
+
+
+def not_found(request: web.Request) -> web.Response:
+    """A page for people (mail links), JSON only for clients that ask for it."""
+    if "application/json" in request.headers.get("Accept", ""):
+        return web.json_response({"error": "unknown or damaged link"}, status=404)
+    page = (
+        res(request)
+        .templates.get_template("pages/error.html")
+        .render(status=404, message="this link is unknown or damaged", fields={}, home=None)
+    )
+    return web.Response(status=404, text=page, content_type="text/html")

@@ -1,0 +1,197 @@
+"""Unsubscribe links: RFC 8058 one-click from mail clients, the page button, tokens, rotation."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import aiohttp
+import pytest
+import time_machine
+from aiohttp.test_utils import TestClient
+
+from notifier.clock import utcnow
+from notifier.metrics import REGISTRY
+from notifier.models import Subscription
+from notifier.resources import Resources
+from notifier.tokens import Tokens
+from tests.conftest import SECRET_KEYS
+from tests.factories import make_subscription
+
+ONE_CLICK = {"List-Unsubscribe": "One-Click"}
+
+
+async def _subscription(resources: Resources, **kwargs: Any) -> Subscription:
+    async with resources.sessions.begin() as session:
+        return await make_subscription(session, resources, **kwargs)
+
+
+async def _reload(resources: Resources, subscription_id: int) -> Subscription | None:
+    async with resources.sessions.begin() as session:
+        return await session.get(Subscription, subscription_id)
+
+
+def _path(resources: Resources, subscription_id: int) -> str:
+    return f"/v1/unsubscribe/{resources.tokens.unsubscribe(subscription_id)}"
+
+
+def _unsubscribes(via: str) -> float:
+    return REGISTRY.get_sample_value("notifier_unsubscribes_total", {"via": via}) or 0.0
+
+
+async def test_get_shows_one_button_and_changes_nothing(
+    client: TestClient[Any, Any], resources: Resources
+) -> None:
+    sub = await _subscription(resources)
+    path = _path(resources, sub.id)
+    resp = await client.get(path, allow_redirects=False)
+    assert resp.status == 200
+    page = await resp.text()
+    assert 'method="post"' in page
+    assert f'action="{path}"' in page
+    assert page.count("<button") == 1
+    assert "NCT05879978" in page
+    assert "/v1/manage/" in page  # a way to fewer mails instead of none
+    assert resp.headers["Cache-Control"] == "no-store"
+    again = await _reload(resources, sub.id)
+    assert again is not None
+    assert again.status == "confirmed"
+    assert again.unsubscribed_at is None
+
+
+def _multipart() -> aiohttp.FormData:
+    form = aiohttp.FormData()
+    form.add_field("List-Unsubscribe", "One-Click")
+    form.add_field("extra", b"x" * 10, filename="f.bin")  # forces multipart/form-data
+    return form
+
+
+@pytest.mark.parametrize(
+    ("body", "headers"),
+    [
+        pytest.param(ONE_CLICK, {}, id="urlencoded"),
+        pytest.param("List-Unsubscribe=One-Click", {}, id="urlencoded-no-type"),
+        pytest.param("multipart", {}, id="multipart"),
+        pytest.param(None, {}, id="empty"),
+        pytest.param(b"", {"Content-Type": "text/plain"}, id="empty-text-plain"),
+        pytest.param(b"\xff\xfe{not a form", {"Content-Type": "application/json"}, id="junk"),
+        pytest.param(
+            b"--broken\r\nno headers",
+            {"Content-Type": "multipart/form-data; boundary=zzz"},
+            id="broken-multipart",
+        ),
+    ],
+)
+async def test_one_click_post_unsubscribes_with_any_body(
+    client: TestClient[Any, Any], resources: Resources, body: Any, headers: dict[str, str]
+) -> None:
+    sub = await _subscription(resources)
+    before = _unsubscribes("one_click")
+    data = _multipart() if body == "multipart" else body
+    resp = await client.post(
+        _path(resources, sub.id), data=data, headers=headers, allow_redirects=False
+    )
+    assert resp.status == 200
+    assert "Location" not in resp.headers
+    assert "You're unsubscribed" in await resp.text()
+    after = await _reload(resources, sub.id)
+    assert after is not None
+    assert (after.status, after.unsubscribe_reason) == ("unsubscribed", "one_click")
+    assert after.unsubscribed_at is not None
+    assert _unsubscribes("one_click") == before + 1
+
+
+async def test_repeating_is_harmless(client: TestClient[Any, Any], resources: Resources) -> None:
+    sub = await _subscription(resources)
+    path = _path(resources, sub.id)
+    assert (await client.post(path, data=ONE_CLICK)).status == 200
+    first = await _reload(resources, sub.id)
+    before = _unsubscribes("one_click")
+    with time_machine.travel(utcnow() + timedelta(hours=1), tick=True):
+        resp = await client.post(path, data=ONE_CLICK, headers={"Accept": "application/json"})
+    assert resp.status == 200
+    assert await resp.json() == {"status": "unsubscribed"}
+    second = await _reload(resources, sub.id)
+    assert first is not None
+    assert second is not None
+    assert second.unsubscribed_at == first.unsubscribed_at  # the first time stands
+    assert _unsubscribes("one_click") == before  # counted once
+
+
+async def test_page_button_is_counted_as_link(
+    client: TestClient[Any, Any], resources: Resources
+) -> None:
+    sub = await _subscription(resources)
+    other = await _subscription(resources, label="NCT03801200")
+    before = _unsubscribes("link")
+    resp = await client.post(_path(resources, sub.id), data={"via": "page"})
+    assert resp.status == 200
+    page = await resp.text()
+    assert "NCT05879978" in page
+    assert "/v1/manage/" in page
+    after = await _reload(resources, sub.id)
+    assert after is not None
+    assert (after.status, after.unsubscribe_reason) == ("unsubscribed", "link")
+    assert _unsubscribes("link") == before + 1
+    untouched = await _reload(resources, other.id)
+    assert untouched is not None
+    assert untouched.status == "confirmed"  # only the one subscription ends
+
+
+async def test_token_from_a_rotated_key_still_works_months_later(
+    client: TestClient[Any, Any], resources: Resources
+) -> None:
+    sub = await _subscription(resources)
+    # Minted a year ago, when the (now older) first key was the only one and so signed everything.
+    with time_machine.travel(utcnow() - timedelta(days=365)):
+        old_token = Tokens(SECRET_KEYS[:1], 3600).unsubscribe(sub.id)
+    assert resources.settings.secret_keys[-1] != SECRET_KEYS[0]  # a newer key signs today
+    assert old_token != resources.tokens.unsubscribe(sub.id)
+    resp = await client.post(f"/v1/unsubscribe/{old_token}", data=ONE_CLICK)
+    assert resp.status == 200
+    after = await _reload(resources, sub.id)
+    assert after is not None
+    assert after.status == "unsubscribed"
+
+
+def _tampered(resources: Resources, subscription_id: int) -> list[str]:
+    good = resources.tokens.unsubscribe(subscription_id)
+    flipped = good[:-3] + ("A" if good[-3] != "A" else "B") + good[-2:]
+    forged = Tokens(["an-unknown-key-" + "z" * 40], 3600).unsubscribe(subscription_id)
+    wrong_purpose = resources.tokens.manage(subscription_id)
+    return [flipped, forged, wrong_purpose, "not-a-token", good + "x"]
+
+
+async def test_tampered_tokens_get_404_and_change_nothing(
+    client: TestClient[Any, Any], resources: Resources
+) -> None:
+    sub = await _subscription(resources)
+    for token in _tampered(resources, sub.id):
+        resp = await client.post(f"/v1/unsubscribe/{token}", data=ONE_CLICK)
+        assert resp.status == 404, token
+        assert "unknown or damaged" in await resp.text()
+        assert (await client.get(f"/v1/unsubscribe/{token}")).status == 404
+        json_resp = await client.post(
+            f"/v1/unsubscribe/{token}", headers={"Accept": "application/json"}
+        )
+        assert json_resp.status == 404
+        assert (await json_resp.json())["error"]
+    after = await _reload(resources, sub.id)
+    assert after is not None
+    assert after.status == "confirmed"
+    assert after.unsubscribed_at is None
+
+
+async def test_token_of_a_deleted_subscription_answers_unsubscribed(
+    client: TestClient[Any, Any], resources: Resources
+) -> None:
+    sub = await _subscription(resources)
+    path = _path(resources, sub.id)
+    async with resources.sessions.begin() as session:
+        await session.delete(await session.get(Subscription, sub.id))
+    resp = await client.post(path, data=ONE_CLICK)
+    assert resp.status == 200
+    assert "You're unsubscribed" in await resp.text()
+    resp = await client.get(path)
+    assert resp.status == 200
+    assert "You're unsubscribed" in await resp.text()
