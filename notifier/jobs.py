@@ -1,3 +1,3 @@
 """Imports every module that registers arq jobs, so the worker sees one explicit list."""
 
-from notifier import maintenance  # noqa: F401  # registers jobs
+from notifier import maintenance, preferences  # noqa: F401  # registers jobs
