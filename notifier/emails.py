@@ -6,13 +6,34 @@ import re
 import uuid
 from dataclasses import dataclass, field
 from email.message import EmailMessage
-from email.policy import SMTP
+from email.policy import EmailPolicy
 from email.utils import formatdate
+from typing import Any
 
 from notifier.settings import Settings
 
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]+")
 SUBJECT_MAX = 200
+# Written as given: the stdlib would turn a URL longer than a folded line into RFC 2047 encoded
+# words, which mail providers do not decode in List-Unsubscribe (the one-click button vanishes).
+_VERBATIM = frozenset({"list-unsubscribe", "list-unsubscribe-post", "list-id", "message-id"})
+
+
+class _MailPolicy(EmailPolicy):
+    def fold(self, name: str, value: Any) -> str:
+        if name.lower() in _VERBATIM and str(value).isascii():
+            return f"{name}: {value}{self.linesep}"
+        folded: str = super().fold(name, value)
+        return folded
+
+    def fold_binary(self, name: str, value: Any) -> bytes:
+        if name.lower() in _VERBATIM and str(value).isascii():
+            return f"{name}: {value}{self.linesep}".encode("ascii")
+        folded: bytes = super().fold_binary(name, value)
+        return folded
+
+
+SMTP = _MailPolicy(linesep="\r\n")  # the stdlib's SMTP policy, with the exception above
 
 
 def header_safe(value: str, limit: int = SUBJECT_MAX) -> str:
