@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from notifier.handlers import admin, health, manage, ops, unsubscribe
+from notifier.handlers import admin, events, health, manage, ops, unsubscribe
 from notifier.openapi import build_spec
 from notifier.resources import Resources, open_resources
 from notifier.settings import Settings
@@ -19,7 +19,7 @@ from notifier.web import (
 )
 
 # Every handler module: its `routes` go in the route table, its OPENAPI_* into /openapi.json.
-HANDLER_MODULES = (health, ops, unsubscribe, manage, admin)
+HANDLER_MODULES = (health, ops, unsubscribe, manage, admin, events)
 
 
 async def openapi_json(request: web.Request) -> web.Response:

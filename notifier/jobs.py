@@ -1,3 +1,4 @@
 """Imports every module that registers arq jobs, so the worker sees one explicit list."""
 
-from notifier import maintenance, preferences  # noqa: F401  # registers jobs
+# ruff: noqa: F401  # every import here is for its registration side effect
+from notifier import events, fanout, maintenance, preferences, sending

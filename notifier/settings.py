@@ -61,6 +61,7 @@ class Settings(BaseSettings):
     confirmed_address_daily: int = Field(default=20, gt=0)
     ip_requests_per_minute: int = Field(default=20, gt=0)
     max_body_bytes: int = Field(default=64 * 1024, gt=0)
+    max_event_body_bytes: int = Field(default=8 * 1024 * 1024, gt=0)  # POST /v1/events batches
 
     # Fan-out and sending.
     fanout_page_size: int = Field(default=1000, gt=0)

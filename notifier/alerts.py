@@ -1,0 +1,97 @@
+"""One alert mail for one subscriber about one event, naming every subscription that matched."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+from notifier.ctgov_labels import status_label
+from notifier.emails import Mail
+from notifier.models import Subscription
+from notifier.resources import Resources
+from notifier.summaries import match_reason, summarize
+
+NEUTRAL_STUDY_SUBJECT = "Update on a study you follow"
+NEUTRAL_CONDITION_SUBJECT = "A new study matches a condition you follow"
+NEUTRAL_PREHEADER = "Open this message to read what changed."
+
+
+def is_material(event: dict[str, Any]) -> bool:
+    """False when nothing a participant cares about changed: no mail at all."""
+    return summarize(event).material
+
+
+def study_url(event: dict[str, Any]) -> str:
+    """The study page: the pipeline's URL when it is http(s), else built from the NCT id."""
+    url = str((event.get("study") or {}).get("url") or "")
+    if urlsplit(url).scheme in ("http", "https") and urlsplit(url).netloc:
+        return url
+    return f"https://clinicaltrials.gov/study/{event.get('nct_id', '')}"
+
+
+def _subject(
+    event: dict[str, Any], headline: str, subscriptions: Sequence[Subscription]
+) -> tuple[str, str | None]:
+    """(subject, preheader or None for the default); neutral when any subscription is discreet."""
+    if any(sub.discreet for sub in subscriptions):
+        new_for_condition = event.get("change_kind") == "new_study" and any(
+            sub.kind == "condition" for sub in subscriptions
+        )
+        subject = NEUTRAL_CONDITION_SUBJECT if new_for_condition else NEUTRAL_STUDY_SUBJECT
+        return subject, NEUTRAL_PREHEADER
+    title = str((event.get("study") or {}).get("brief_title") or "")
+    return f"{headline} · {event.get('nct_id', '')}: {title}", None
+
+
+def render_alert(
+    r: Resources,
+    event: dict[str, Any],
+    *,
+    subscriber_id: int,
+    email: str,
+    subscriptions: Sequence[Subscription],
+) -> Mail:
+    """Text and HTML parts with the same facts; List-Unsubscribe ends the first subscription."""
+    if not subscriptions:
+        raise ValueError("an alert needs at least one matching subscription")
+    summary = summarize(event)
+    study = event.get("study") or {}
+    base = r.settings.public_base
+    items = [
+        {
+            "label": sub.label,
+            "kind": sub.kind,
+            "reason": match_reason(sub.kind, sub.label, event, mesh_id=sub.mesh_id),
+            "unsubscribe_url": f"{base}/v1/unsubscribe/{r.tokens.unsubscribe(sub.id)}",
+        }
+        for sub in subscriptions
+    ]
+    subject, preheader = _subject(event, summary.headline, subscriptions)
+    first_line = summary.lines[0] if summary.lines else None
+    default_preheader = (
+        f"{first_line.label}: {first_line.new or first_line.old or ''}".strip(": ")
+        if first_line
+        else str(study.get("brief_title") or "")
+    )
+    context = {
+        "site_name": r.settings.site_name,
+        "subject": subject,
+        "preheader": preheader if preheader is not None else default_preheader,
+        "headline": summary.headline,
+        "lines": summary.lines,
+        "is_new_study": event.get("change_kind") == "new_study",
+        "nct_id": str(event.get("nct_id") or ""),
+        "title": str(study.get("brief_title") or ""),
+        "status": status_label(study.get("overall_status")) if study.get("overall_status") else "",
+        "study_url": study_url(event),
+        "items": items,
+        "manage_url": f"{base}/v1/manage/{r.tokens.manage(subscriber_id)}",
+    }
+    return Mail(
+        to=email,
+        subject=subject,
+        text=r.templates.get_template("mail/alert.txt").render(context),
+        html=r.templates.get_template("mail/alert.html").render(context),
+        unsubscribe_url=items[0]["unsubscribe_url"],
+    )

@@ -1,0 +1,164 @@
+"""arq jobs that turn a stored event into delivery rows and send jobs, and the sweep behind them.
+
+PostgreSQL is the source of truth and Redis only triggers work: delivery rows (unique per event
+and subscriber) are committed before any send job exists, and the sweep re-enqueues whatever
+waits too long, so a lost job, a flushed Redis or a killed worker loses nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import select, update
+
+from notifier.alerts import is_material
+from notifier.clock import utcnow
+from notifier.matching import match_keys, matching_page
+from notifier.metrics import SWEEP_RECOVERED
+from notifier.models import Delivery, Event
+from notifier.queries import insert_for
+from notifier.resources import Resources
+from notifier.worker import register, register_cron, resources_of
+
+log = logging.getLogger("notifier.fanout")
+
+OPEN_EVENT = ("received", "fanning_out")
+SWEEP_CHUNK = (
+    10_000  # rows per sweep transaction: a flushed Redis with a huge backlog stays bounded
+)
+
+
+async def enqueue_sends(r: Resources, delivery_ids: list[int], job_prefix: str) -> None:
+    """One send job per `send_batch_size` ids, with ids that make a re-run enqueue nothing new."""
+    size = r.settings.send_batch_size
+    for start in range(0, len(delivery_ids), size):
+        chunk = delivery_ids[start : start + size]
+        await r.redis.enqueue_job("send_deliveries", chunk, _job_id=f"{job_prefix}:{chunk[0]}")
+
+
+@register("fanout_event")
+async def fanout_event(ctx: dict[str, Any], event_pk: int) -> dict[str, Any]:
+    """Walk the matching subscribers page by page from the event's cursor; idempotent."""
+    r = resources_of(ctx)
+    async with r.sessions.begin() as session:
+        event = await session.get(Event, event_pk)
+    if event is None or event.status not in OPEN_EVENT:
+        return {"event_pk": event_pk, "status": event.status if event else "missing"}
+    if not is_material(event.payload):
+        async with r.sessions.begin() as session:
+            await session.execute(
+                update(Event)
+                .where(Event.id == event_pk, Event.status.in_(OPEN_EVENT))
+                .values(status="immaterial", fanned_out_at=utcnow())
+            )
+        return {"event_pk": event_pk, "status": "immaterial"}
+    mk = match_keys(event.payload)
+    page_size = r.settings.fanout_page_size
+    created = 0
+    while True:
+        async with r.sessions.begin() as session:
+            # The UPDATE comes first: it locks the event row, so two runs of this job (a retry, a
+            # sweep) take turns page by page instead of walking the same page together.
+            cursor = await session.scalar(
+                update(Event)
+                .where(Event.id == event_pk, Event.status.in_(OPEN_EVENT))
+                .values(status="fanning_out")
+                .returning(Event.fanout_cursor)
+            )
+            if cursor is None:
+                break  # another run finished it
+            subscriber_ids = await matching_page(session, mk, cursor, page_size)
+            new_ids: list[int] = []
+            if subscriber_ids:
+                now = utcnow()
+                rows = [
+                    {
+                        "event_pk": event_pk,
+                        "subscriber_id": sid,
+                        "status": "pending",
+                        "attempts": 0,
+                        "next_attempt_at": now,
+                        "created_at": now,
+                    }
+                    for sid in subscriber_ids
+                ]
+                stmt = (
+                    insert_for(session, Delivery)
+                    .values(rows)
+                    .on_conflict_do_nothing(index_elements=["event_pk", "subscriber_id"])
+                    .returning(Delivery.id)
+                )
+                new_ids = sorted((await session.scalars(stmt)).all())
+            done = len(subscriber_ids) < page_size
+            values: dict[str, Any] = {"matched": Event.matched + len(new_ids)}
+            if subscriber_ids:
+                values["fanout_cursor"] = subscriber_ids[-1]
+            if done:
+                values.update(status="fanned_out", fanned_out_at=utcnow())
+            await session.execute(update(Event).where(Event.id == event_pk).values(**values))
+        # After commit: a crash between commit and enqueue leaves pending rows for the sweep.
+        await enqueue_sends(r, new_ids, f"send:{event_pk}")
+        created += len(new_ids)
+        if done:
+            break
+    return {"event_pk": event_pk, "deliveries": created}
+
+
+@register("sweep")
+async def sweep(ctx: dict[str, Any]) -> dict[str, int]:
+    """Re-enqueue deliveries and events that waited longer than `sweep_stale_after`.
+
+    Pending rows whose job was lost, and `sending` rows whose worker died (the claim time is kept
+    in next_attempt_at and refreshed while a batch is in progress), go back to pending with a
+    fresh timestamp, so the next sweep leaves them alone while their new job waits in the queue.
+    """
+    r = resources_of(ctx)
+    now = utcnow()
+    cutoff = now - timedelta(seconds=r.settings.sweep_stale_after)
+    recovered = 0
+    while True:
+        async with r.sessions.begin() as session:
+            stale = (
+                select(Delivery.id)
+                .where(
+                    Delivery.status.in_(("pending", "sending")), Delivery.next_attempt_at < cutoff
+                )
+                .order_by(Delivery.id)
+                .limit(SWEEP_CHUNK)
+            )
+            ids = sorted(
+                (
+                    await session.scalars(
+                        update(Delivery)
+                        .where(Delivery.id.in_(stale.scalar_subquery()))
+                        .values(status="pending", next_attempt_at=now)
+                        .returning(Delivery.id)
+                        .execution_options(synchronize_session=False)
+                    )
+                ).all()
+            )
+        if not ids:
+            break
+        await enqueue_sends(r, ids, f"sweep:{int(now.timestamp())}")
+        recovered += len(ids)
+        if len(ids) < SWEEP_CHUNK:
+            break
+    async with r.sessions.begin() as session:
+        events = list(
+            await session.scalars(
+                select(Event.id).where(Event.status.in_(OPEN_EVENT), Event.received_at < cutoff)
+            )
+        )
+    for pk in events:
+        # A fresh job id: the original may still sit in the queue behind a dead worker's claim.
+        await r.redis.enqueue_job("fanout_event", pk, _job_id=f"fanout:{pk}:{int(now.timestamp())}")
+    if recovered:
+        SWEEP_RECOVERED.inc(recovered)
+    if recovered or events:
+        log.info("sweep re-enqueued %d deliveries and %d events", recovered, len(events))
+    return {"deliveries": recovered, "events": len(events)}
+
+
+register_cron("sweep_cron", second={0})(sweep)

@@ -1,0 +1,295 @@
+"""The send job: claim delivery rows, re-check them, mail over one SMTP connection, record outcomes.
+
+Outcomes are written at least every FLUSH_SECONDS and at the end of the batch, so a worker killed
+with SIGKILL can at most repeat the messages of its batch in flight that it had not yet recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections import deque
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from limits import RateLimitItemPerSecond
+from limits.aio.strategies import MovingWindowRateLimiter
+from redis.exceptions import RedisError
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from notifier import queries
+from notifier.alerts import render_alert
+from notifier.clock import utcnow
+from notifier.emails import message_id, sender_address, to_bytes
+from notifier.mailer import ConnectionLost, SendError
+from notifier.matching import MatchKeys, active_matches, match_keys
+from notifier.metrics import DELIVERIES, MAILS, SEND_SECONDS
+from notifier.models import Delivery, Event, Subscriber
+from notifier.resources import Resources
+from notifier.worker import register, resources_of
+
+log = logging.getLogger("notifier.sending")
+
+FLUSH_SECONDS = 1.0
+DIGEST_FREQUENCIES = ("daily", "weekly")
+DEFER_MARGIN = 0.01  # a retry job never wakes before its rows' next_attempt_at
+
+
+@dataclass(frozen=True)
+class Claimed:
+    id: int
+    event_pk: int
+    subscriber_id: int
+    attempts: int
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    delivery: Claimed
+    email: str
+    data: bytes
+    message_id: str
+
+
+@dataclass(frozen=True)
+class Outcome:
+    delivery: Claimed
+    status: str  # sent | retry | failed | skipped | held
+    error: str | None = None
+    message_id: str | None = None
+    suppress: bool = False  # 5.1.x: the address goes on the suppression list
+
+
+class SendRate:
+    """`send_rate` messages/s over every worker, kept in Redis; waits rather than drops."""
+
+    def __init__(self, r: Resources) -> None:
+        rate = r.settings.send_rate
+        self.enabled = rate > 0
+        # An integer count per whole-second window that never exceeds the configured rate.
+        window = max(1, math.ceil(1 / rate)) if self.enabled else 1
+        self.item = RateLimitItemPerSecond(max(1, int(rate * window)), window)
+        self.limiter = MovingWindowRateLimiter(r.limits_storage)
+
+    async def acquire(self) -> None:
+        if not self.enabled:
+            return
+        while not await self.limiter.hit(self.item, "send"):
+            stats = await self.limiter.get_window_stats(self.item, "send")
+            await asyncio.sleep(min(1.0, max(0.005, stats.reset_time - time.time())))
+
+
+async def claim(r: Resources, ids: list[int]) -> list[Claimed]:
+    """pending -> sending, atomically: two workers given the same ids never both get a row."""
+    now = utcnow()
+    async with r.sessions.begin() as session:
+        rows = await session.execute(
+            update(Delivery)
+            .where(
+                Delivery.id.in_(ids),
+                Delivery.status == "pending",
+                Delivery.next_attempt_at <= now,
+            )
+            # While sending, next_attempt_at holds the claim time: the sweep's dead-worker clock.
+            .values(status="sending", attempts=Delivery.attempts + 1, next_attempt_at=now)
+            .returning(
+                Delivery.id,
+                Delivery.event_pk,
+                Delivery.subscriber_id,
+                Delivery.attempts,
+                Delivery.created_at,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        return sorted((Claimed(*row) for row in rows), key=lambda c: c.id)
+
+
+async def prepare(
+    r: Resources, claimed: list[Claimed]
+) -> tuple[list[Outgoing], list[Outcome], dict[int, str]]:
+    """Re-check each row against current subscriptions and suppressions; render what remains."""
+    outgoing: list[Outgoing] = []
+    outcomes: list[Outcome] = []
+    event_pks = {c.event_pk for c in claimed}
+    async with r.sessions() as session:
+        payloads: dict[int, dict[str, Any]] = dict(
+            (
+                await session.execute(
+                    select(Event.id, Event.payload).where(Event.id.in_(event_pks))
+                )
+            ).all()
+        )
+        keys = {pk: match_keys(payload) for pk, payload in payloads.items()}
+        subscribers = {
+            s.id: s
+            for s in await session.scalars(
+                select(Subscriber).where(Subscriber.id.in_({c.subscriber_id for c in claimed}))
+            )
+        }
+        matches = await _matches(session, keys, claimed)
+        suppressed = await queries.suppressed_hashes(
+            session, (s.email_hash for s in subscribers.values())
+        )
+    for c in claimed:
+        subscriber = subscribers.get(c.subscriber_id)
+        subs = matches.get((c.event_pk, c.subscriber_id), [])
+        if subscriber is None or c.event_pk not in payloads:
+            outcomes.append(Outcome(c, "skipped", "subscriber or event gone"))
+        elif subscriber.email_hash in suppressed:
+            outcomes.append(Outcome(c, "skipped", "suppressed"))
+            DELIVERIES.labels("suppressed").inc()
+        elif not subs:
+            outcomes.append(Outcome(c, "skipped", "no active matching subscription"))
+        elif all(sub.frequency in DIGEST_FREQUENCIES for sub in subs):
+            outcomes.append(Outcome(c, "held"))  # the digest job mails it
+        else:
+            try:
+                mail = render_alert(
+                    r,
+                    payloads[c.event_pk],
+                    subscriber_id=subscriber.id,
+                    email=subscriber.email,
+                    subscriptions=subs,
+                )
+            except Exception as exc:  # one unrenderable event must not wedge the whole batch
+                log.exception("cannot render delivery %d", c.id)
+                outcomes.append(Outcome(c, "failed", f"render: {type(exc).__name__}: {exc}"))
+                continue
+            msgid = message_id(r.settings)
+            outgoing.append(
+                Outgoing(c, subscriber.email, to_bytes(r.settings, mail, msgid=msgid), msgid)
+            )
+    return outgoing, outcomes, {s.id: s.email_hash for s in subscribers.values()}
+
+
+async def _matches(
+    session: AsyncSession, keys: dict[int, MatchKeys], claimed: list[Claimed]
+) -> dict[tuple[int, int], list[Any]]:
+    found: dict[tuple[int, int], list[Any]] = {}
+    for pk, mk in keys.items():
+        ids = [c.subscriber_id for c in claimed if c.event_pk == pk]
+        for sid, subs in (await active_matches(session, mk, ids)).items():
+            found[(pk, sid)] = subs
+    return found
+
+
+def _failure(r: Resources, c: Claimed, exc: SendError, now: datetime) -> Outcome:
+    error = str(exc)[:500]
+    if exc.permanent:
+        return Outcome(c, "failed", error, suppress=exc.suppresses)
+    if (now - c.created_at).total_seconds() > r.settings.retry_give_up_after:
+        return Outcome(c, "failed", f"gave up after {c.attempts} attempts: {error}"[:500])
+    return Outcome(c, "retry", error)
+
+
+def retry_delay(r: Resources, attempts: int) -> float:
+    """The visible backoff ladder: settings.retry_ladder, its last step repeated."""
+    ladder = r.settings.retry_ladder
+    return ladder[min(max(attempts, 1) - 1, len(ladder) - 1)]
+
+
+async def record(
+    r: Resources, outcomes: list[Outcome], hashes: dict[int, str], still_sending: list[int]
+) -> None:
+    """Write outcomes in one transaction (and refresh the claim of rows not yet sent)."""
+    if not outcomes and not still_sending:
+        return
+    now = utcnow()
+    retries: dict[float, list[int]] = {}
+    params: list[dict[str, Any]] = []
+    async with r.sessions.begin() as session:
+        for o in outcomes:
+            row: dict[str, Any] = {
+                "id": o.delivery.id,
+                "status": o.status,
+                "last_error": o.error,
+                "message_id": o.message_id,
+                "sent_at": now if o.status == "sent" else None,
+                "next_attempt_at": now,
+            }
+            if o.status == "retry":
+                delay = retry_delay(r, o.delivery.attempts)
+                row.update(status="pending", next_attempt_at=now + timedelta(seconds=delay))
+                retries.setdefault(delay, []).append(o.delivery.id)
+            params.append(row)
+            if o.suppress and o.delivery.subscriber_id in hashes:
+                await queries.suppress(
+                    session, hashes[o.delivery.subscriber_id], "hard_bounce", o.error
+                )
+            DELIVERIES.labels(o.status).inc()
+        if params:
+            # ORM bulk UPDATE by primary key: one executemany for the whole group.
+            await session.execute(update(Delivery), params)
+        if still_sending:
+            await session.execute(
+                update(Delivery)
+                .where(Delivery.id.in_(still_sending), Delivery.status == "sending")
+                .values(next_attempt_at=now)
+                .execution_options(synchronize_session=False)
+            )
+    for delay, ids in retries.items():
+        try:
+            await r.redis.enqueue_job(
+                "send_deliveries",
+                ids,
+                _job_id=f"retry:{ids[0]}:{now.timestamp():.6f}",
+                _defer_by=delay + DEFER_MARGIN,
+            )
+        except (RedisError, OSError) as exc:
+            log.warning("retry not enqueued (the sweep will): %s", exc)
+
+
+async def deliver(r: Resources, outgoing: list[Outgoing], hashes: dict[int, str]) -> None:
+    """Send over one SMTP connection at the configured rate, recording outcomes as it goes."""
+    rate = SendRate(r)
+    sender = sender_address(r.settings)
+    queue = deque(outgoing)
+    done: list[Outcome] = []
+    last_flush = time.monotonic()
+    try:
+        async with r.mailer.connect() as conn:
+            while queue:
+                item = queue[0]
+                await rate.acquire()
+                started = time.perf_counter()
+                try:
+                    await conn.send(sender, item.email, item.data)
+                except ConnectionLost:
+                    raise
+                except SendError as exc:
+                    done.append(_failure(r, item.delivery, exc, utcnow()))
+                else:
+                    done.append(Outcome(item.delivery, "sent", message_id=item.message_id))
+                    MAILS.labels("alert").inc()
+                finally:
+                    SEND_SECONDS.observe(time.perf_counter() - started)
+                queue.popleft()
+                if time.monotonic() - last_flush >= FLUSH_SECONDS:
+                    await record(r, done, hashes, [i.delivery.id for i in queue])
+                    done, last_flush = [], time.monotonic()
+    except ConnectionLost as exc:
+        # This message and every later one of the batch: the connection is gone, try again later.
+        now = utcnow()
+        done.extend(_failure(r, item.delivery, exc, now) for item in queue)
+        log.warning("SMTP connection lost, %d message(s) will be retried: %s", len(queue), exc)
+    finally:
+        # Also on any other error: what was sent is recorded; the rest stays claimed for the sweep.
+        await record(r, done, hashes, [])
+
+
+@register("send_deliveries")
+async def send_deliveries(ctx: dict[str, Any], delivery_ids: list[int]) -> dict[str, int]:
+    r = resources_of(ctx)
+    claimed = await claim(r, [int(i) for i in delivery_ids])
+    if not claimed:
+        return {"claimed": 0}
+    outgoing, outcomes, hashes = await prepare(r, claimed)
+    await record(r, outcomes, hashes, [o.delivery.id for o in outgoing])
+    if outgoing:
+        await deliver(r, outgoing, hashes)
+    return {"claimed": len(claimed), "sent_or_tried": len(outgoing)}

@@ -1,0 +1,74 @@
+"""HMAC-SHA256 signatures of event bodies: `Notifier-Signature: t=<unix>,v1=<hex>[,v1=<hex>…]`."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Sequence
+
+HEADER = "Notifier-Signature"
+TOLERANCE_SECONDS = 300
+MAX_HEADER_CHARS = 4096  # room for a handful of v1= values during a key rotation, no more
+HEX_CHARS = frozenset("0123456789abcdef")
+
+
+class SignatureError(Exception):
+    """The request is not provably from the pipeline: answer 401 and store nothing."""
+
+
+def signature(secret: str, timestamp: int, body: bytes) -> str:
+    """Hex HMAC-SHA256 of `"<t>." + body` under one secret."""
+    return hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+
+
+def header_value(body: bytes, secret: str, timestamp: int) -> str:
+    return f"t={timestamp},v1={signature(secret, timestamp, body)}"
+
+
+def parse(header: str) -> tuple[int, list[str]]:
+    """`t=…,v1=…,v1=…` -> (t, [v1, …]); anything else is a SignatureError."""
+    if not header or len(header) > MAX_HEADER_CHARS:
+        raise SignatureError(f"missing or oversized {HEADER} header")
+    timestamps: list[str] = []
+    candidates: list[str] = []
+    for part in header.split(","):
+        key, sep, value = part.strip().partition("=")
+        if not sep:
+            raise SignatureError(f"malformed {HEADER} header")
+        if key == "t":
+            timestamps.append(value.strip())
+        elif key == "v1":
+            candidates.append(value.strip().lower())
+        # Unknown schemes (v0, v2…) are ignored so that a future scheme can be added alongside.
+    if len(timestamps) != 1 or not timestamps[0].isdigit() or len(timestamps[0]) > 12:
+        raise SignatureError(f"{HEADER} needs exactly one t=<unix seconds>")
+    candidates = [c for c in candidates if len(c) == 64 and set(c) <= HEX_CHARS]
+    if not candidates:
+        raise SignatureError(f"{HEADER} has no v1=<hex HMAC-SHA256>")
+    return int(timestamps[0]), candidates
+
+
+def verify(
+    header: str,
+    body: bytes,
+    secrets: Sequence[str],
+    now: float,
+    tolerance: int = TOLERANCE_SECONDS,
+) -> None:
+    """Raise SignatureError unless some v1 is the HMAC of this exact body under some secret.
+
+    The timestamp is checked first (cheap) and is part of the signed text, so a captured request
+    cannot be replayed after `tolerance` seconds; duplicate deliveries within it are harmless
+    because event_id is the idempotency key.
+    """
+    timestamp, candidates = parse(header)
+    if abs(now - timestamp) > tolerance:
+        raise SignatureError(f"timestamp outside the {tolerance} s tolerance")
+    matched = False
+    for secret in secrets:
+        expected = signature(secret, timestamp, body)
+        for candidate in candidates:
+            # No early return: every comparison runs, each in constant time.
+            matched |= hmac.compare_digest(expected, candidate)
+    if not matched:
+        raise SignatureError("signature does not match")
