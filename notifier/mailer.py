@@ -75,7 +75,9 @@ class Connection:
         except aiosmtplib.SMTPRecipientsRefused as exc:
             refused = exc.recipients[0] if exc.recipients else None
             code = refused.code if refused else 550
-            raise SendError(str(refused or exc), code=code, permanent=code >= 500) from exc
+            # "550 5.1.1 …", not the exception's tuple repr: `suppresses` reads the status code.
+            text = f"{refused.code} {refused.message}" if refused else str(exc)
+            raise SendError(text, code=code, permanent=code >= 500) from exc
         except aiosmtplib.SMTPServerDisconnected as exc:
             raise ConnectionLost(f"connection lost: {exc}") from exc
         except aiosmtplib.SMTPResponseException as exc:
