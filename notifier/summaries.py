@@ -347,6 +347,8 @@ def match_reason(
 
 
 def _listing(label: str, condition: str) -> str:
+    if normalize_condition(condition) == normalize_condition(label):
+        return f"You follow {label}; this study lists it as a condition."
     return f"You follow {label}; this study lists {condition}."
 
 

@@ -346,7 +346,9 @@ def test_condition_reasons_name_what_matched() -> None:
 
 def test_condition_reason_without_mesh_uses_the_text() -> None:
     apple = build_event(RECORDS["NCT02856893"], "new_study")  # NSCLC, no MeSH mapping at all
-    assert match_reason("condition", "NSCLC", apple) == "You follow NSCLC; this study lists NSCLC."
+    assert match_reason("condition", "nsclc", apple) == (
+        "You follow nsclc; this study lists it as a condition."
+    )
     assert match_reason("condition", "Osimertinib", apple) == (
         "You follow Osimertinib; this study has the keyword Osimertinib."
     )
