@@ -4,19 +4,24 @@ from __future__ import annotations
 
 from datetime import timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
 import time_machine
 from aiohttp.test_utils import TestClient
+from sqlalchemy import select
 
 from notifier.clock import utcnow
 from notifier.metrics import REGISTRY
-from notifier.models import Subscription
+from notifier.models import Delivery, Subscription
+from notifier.pipeline import encode, sign
 from notifier.resources import Resources
+from notifier.signing import HEADER
 from notifier.tokens import Tokens
-from tests.conftest import SECRET_KEYS
-from tests.factories import make_subscription
+from tests.conftest import EVENT_SECRETS, PUBLIC_URL, SECRET_KEYS, run_worker
+from tests.factories import event_payload, make_delivery, make_event, make_subscription
+from tests.smtp_server import RecordingSMTP
 
 ONE_CLICK = {"List-Unsubscribe": "One-Click"}
 
@@ -195,3 +200,81 @@ async def test_token_of_a_deleted_subscription_answers_unsubscribed(
     resp = await client.get(path)
     assert resp.status == 200
     assert "You're unsubscribed" in await resp.text()
+
+
+# ---- end to end with the send job ------------------------------------------------------------
+
+
+async def _post_event(client: TestClient[Any, Any], payload: dict[str, Any]) -> None:
+    body = encode([payload])
+    resp = await client.post(
+        "/v1/events",
+        data=body,
+        headers={HEADER: sign(body, EVENT_SECRETS[0]), "Content-Type": "application/json"},
+    )
+    assert resp.status == 202, await resp.text()
+
+
+async def test_list_unsubscribe_of_a_real_notification_works_with_one_click(
+    client: TestClient[Any, Any], resources: Resources, smtp: RecordingSMTP
+) -> None:
+    sub = await _subscription(resources, email="ada@example.org")
+    await _post_event(client, event_payload(nct_id="NCT05879978"))
+    await run_worker(resources)
+    [received] = smtp.to("ada@example.org")
+    message = received.message
+    assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    header = message["List-Unsubscribe"]
+    assert header.startswith(f"<{PUBLIC_URL}/v1/unsubscribe/")
+    assert header.endswith(">")
+    url = header[1:-1]
+    # The body carries the same link, and a manage link.
+    text = message.get_body(("plain",))
+    html = message.get_body(("html",))
+    assert text is not None
+    assert html is not None
+    assert url in text.get_content()
+    assert url in html.get_content()
+    assert f"{PUBLIC_URL}/v1/manage/" in text.get_content()
+
+    # What Gmail's button does: a bare POST, no cookies, no CSRF token, no Origin.
+    client.session.cookie_jar.clear()
+    resp = await client.post(
+        urlsplit(url).path,
+        data=b"List-Unsubscribe=One-Click",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+        allow_redirects=False,
+    )
+    assert resp.status == 200
+    assert "Location" not in resp.headers
+    assert "Set-Cookie" not in resp.headers
+    after = await _reload(resources, sub.id)
+    assert after is not None
+    assert (after.status, after.unsubscribe_reason) == ("unsubscribed", "one_click")
+
+    # And nothing more reaches the address.
+    await _post_event(client, event_payload(nct_id="NCT05879978", change_kind="status_changed"))
+    await run_worker(resources)
+    assert len(smtp.to("ada@example.org")) == 1
+
+
+async def test_deliveries_queued_before_unsubscribing_are_never_sent(
+    client: TestClient[Any, Any], resources: Resources, smtp: RecordingSMTP
+) -> None:
+    async with resources.sessions.begin() as session:
+        sub = await make_subscription(session, resources, email="ada@example.org")
+        ids = []
+        for _ in range(5):
+            event = await make_event(session)
+            delivery = await make_delivery(session, event=event, subscriber_id=sub.subscriber_id)
+            ids.append(delivery.id)
+    await resources.redis.enqueue_job("send_deliveries", ids)
+
+    resp = await client.post(_path(resources, sub.id), data=ONE_CLICK)
+    assert resp.status == 200
+    await run_worker(resources)
+
+    assert smtp.transactions == 0
+    async with resources.sessions.begin() as session:
+        statuses = list(await session.scalars(select(Delivery.status).where(Delivery.id.in_(ids))))
+    assert statuses == ["skipped"] * 5
