@@ -13,7 +13,7 @@ from sqlalchemy import select
 from notifier import queries
 from notifier.models import Subscriber, Subscription, Suppression
 from notifier.resources import Resources
-from tests.conftest import PUBLIC_URL, run_worker
+from tests.conftest import PUBLIC_URL, SITE_ORIGIN, run_worker
 from tests.factories import make_subscription
 from tests.smtp_server import RecordingSMTP
 
@@ -282,3 +282,16 @@ async def test_rate_limits_per_address_and_per_ip(
     await run_worker(resources)
     # Twenty requests, one mail: the address's own allowance holds too.
     assert len(smtp.to(ADA)) == 1
+
+
+async def test_the_website_may_ask_with_fetch(client: TestClient[Any, Any]) -> None:
+    resp = await client.options(
+        "/v1/manage",
+        headers={
+            "Origin": SITE_ORIGIN,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "Content-Type",
+        },
+    )
+    assert resp.status == 200
+    assert resp.headers["Access-Control-Allow-Origin"] == SITE_ORIGIN

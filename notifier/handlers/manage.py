@@ -17,6 +17,8 @@ from notifier.tokens import TokenInvalid
 from notifier.web import client_ip, error_response, res
 
 routes = web.RouteTableDef()
+# The website may ask for a manage link with fetch() as well as with a plain form.
+CORS_PATHS = ("/v1/manage",)
 
 
 class ManageAction(BaseModel):
