@@ -1,19 +1,26 @@
-"""Periodic housekeeping: purge pending subscriptions that were never confirmed."""
+"""Periodic housekeeping: purge pending subscriptions (and addresses) that were never confirmed."""
 
 from __future__ import annotations
 
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import delete
+from sqlalchemy import delete, exists, select
 
 from notifier.clock import utcnow
-from notifier.models import Subscription
+from notifier.models import Subscriber, Subscription
 from notifier.worker import register, register_cron, resources_of
+
+ORPHAN_BATCH = 5000  # per run, so one statement stays small; the next run takes the rest
 
 
 @register("purge_pending")
 async def purge_pending(ctx: dict[str, Any]) -> int:
+    """Delete pending subscriptions older than NOTIFIER_PENDING_MAX_AGE_DAYS; returns how many.
+
+    An address that never confirmed anything and has nothing left is deleted too: without
+    consent there is no reason to keep it (its suppression, if any, is a separate hash).
+    """
     r = resources_of(ctx)
     cutoff = utcnow() - timedelta(days=r.settings.pending_max_age_days)
     async with r.sessions.begin() as session:
@@ -22,6 +29,26 @@ async def purge_pending(ctx: dict[str, Any]) -> int:
                 Subscription.status == "pending", Subscription.requested_at < cutoff
             )
         )
+    has_subscriptions = exists().where(Subscription.subscriber_id == Subscriber.id)
+    async with r.sessions.begin() as session:
+        # Lock first (skipping addresses a signup holds), then delete in a second statement,
+        # whose fresh snapshot sees any subscription committed in between.
+        orphans = list(
+            await session.scalars(
+                select(Subscriber.id)
+                .where(
+                    Subscriber.first_confirmed_at.is_(None),
+                    Subscriber.created_at < cutoff,
+                    ~has_subscriptions,
+                )
+                .limit(ORPHAN_BATCH)
+                .with_for_update(skip_locked=True)
+            )
+        )
+        if orphans:
+            await session.execute(
+                delete(Subscriber).where(Subscriber.id.in_(orphans), ~has_subscriptions)
+            )
     return int(result.rowcount or 0)  # type: ignore[attr-defined]  # CursorResult has rowcount
 
 
