@@ -1,0 +1,111 @@
+"""POST /v1/subscriptions (JSON or a plain HTML form) and the built-in "check your inbox" page."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+from pydantic import ValidationError
+
+from notifier.metrics import SIGNUPS
+from notifier.openapi import error_response as error_doc
+from notifier.ratelimit import refuse_if_ip_limited
+from notifier.signup import Evidence, sign_up
+from notifier.validation import FORM, JSON, BodyError, SignupRequest, decode_body, parse_signup
+from notifier.validation import single_values as form_values
+from notifier.web import client_ip, error_response, res
+
+routes = web.RouteTableDef()
+
+# Paths a website may call with fetch() from its allowed origins (app.py wires CORS for them).
+CORS_PATHS = ("/v1/subscriptions",)
+CHECK_INBOX = "/v1/subscriptions/check-inbox"
+PENDING = {"status": "pending"}
+
+
+@routes.post("/v1/subscriptions")
+async def create_subscription(request: web.Request) -> web.Response:
+    r = res(request)
+    if (refusal := await refuse_if_ip_limited(request)) is not None:
+        SIGNUPS.labels(outcome="ip_limited").inc()
+        return refusal
+    is_form = request.content_type == FORM
+    try:
+        data = decode_body(request.content_type, await request.read())
+        req = parse_signup(form_values(data) if is_form else data, r.settings.allowed_origins)
+    except BodyError as exc:
+        SIGNUPS.labels(outcome="invalid").inc()
+        return error_response(request, exc.status, exc.message)
+    except ValidationError:
+        SIGNUPS.labels(outcome="invalid").inc()
+        raise
+    headers = request.headers
+    evidence = Evidence.of(
+        client_ip(request), headers.get("User-Agent"), req.source or headers.get("Referer")
+    )
+    outcome = await sign_up(r, req, evidence)
+    SIGNUPS.labels(outcome=outcome).inc()
+    # The same answer whatever happened: it must not tell whether the address is known.
+    if is_form:
+        location = req.redirect or f"{r.settings.public_base}{CHECK_INBOX}"
+        return web.Response(status=303, headers={"Location": location})
+    return web.json_response(PENDING, status=202)
+
+
+@routes.get(CHECK_INBOX)
+async def check_inbox(request: web.Request) -> web.Response:
+    settings = res(request).settings
+    home = settings.allowed_origins[0] if settings.allowed_origins else None
+    page = res(request).templates.get_template("pages/check_inbox.html")
+    return web.Response(
+        text=page.render(site_name=settings.site_name, home=home), content_type="text/html"
+    )
+
+
+_SIGNUP_SCHEMA: dict[str, Any] = {"$ref": "#/components/schemas/SignupRequest"}
+
+OPENAPI_SCHEMAS = {"SignupRequest": SignupRequest.model_json_schema()}
+
+OPENAPI_PATHS: dict[str, Any] = {
+    "/v1/subscriptions": {
+        "post": {
+            "summary": "Sign up for alerts about a study or a condition (double opt-in)",
+            "description": (
+                "Records a pending subscription and mails one confirmation link (at most one "
+                "per address per interval; the link's page lists every pending subscription of "
+                "the address). The answer is the same for new, pending, confirmed, "
+                "unsubscribed and suppressed addresses. Rate-limited per IP."
+            ),
+            "requestBody": {
+                "required": True,
+                "content": {JSON: {"schema": _SIGNUP_SCHEMA}, FORM: {"schema": _SIGNUP_SCHEMA}},
+            },
+            "responses": {
+                "202": {
+                    "description": "JSON posts: accepted (whatever the address's state)",
+                    "content": {
+                        JSON: {
+                            "schema": {
+                                "type": "object",
+                                "properties": {"status": {"const": "pending"}},
+                            }
+                        }
+                    },
+                },
+                "303": {"description": "form posts: to `redirect` or the check-inbox page"},
+                "400": error_doc("body cannot be decoded"),
+                "413": error_doc("body too large"),
+                "415": error_doc("not JSON or a urlencoded form"),
+                "422": error_doc("invalid fields"),
+                "429": error_doc("too many requests from this IP; see Retry-After"),
+                "503": error_doc("database or Redis unavailable; retry"),
+            },
+        }
+    },
+    CHECK_INBOX: {
+        "get": {
+            "summary": "Page shown after a form signup",
+            "responses": {"200": {"description": "HTML page", "content": {"text/html": {}}}},
+        }
+    },
+}
