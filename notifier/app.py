@@ -4,9 +4,19 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+import aiohttp_cors
 from aiohttp import web
 
-from notifier.handlers import admin, events, health, manage, ops, unsubscribe
+from notifier.handlers import (
+    admin,
+    confirm,
+    events,
+    health,
+    manage,
+    ops,
+    subscriptions,
+    unsubscribe,
+)
 from notifier.openapi import build_spec
 from notifier.resources import Resources, open_resources
 from notifier.settings import Settings
@@ -19,7 +29,7 @@ from notifier.web import (
 )
 
 # Every handler module: its `routes` go in the route table, its OPENAPI_* into /openapi.json.
-HANDLER_MODULES = (health, ops, unsubscribe, manage, admin, events)
+HANDLER_MODULES = (health, ops, unsubscribe, manage, admin, subscriptions, confirm, events)
 
 
 async def openapi_json(request: web.Request) -> web.Response:
@@ -52,4 +62,22 @@ def create_app(settings: Settings, resources: Resources | None = None) -> web.Ap
     for module in HANDLER_MODULES:
         app.router.add_routes(module.routes)
     app.router.add_get("/openapi.json", openapi_json)
+    _allow_cors(app, settings)
     return app
+
+
+def _allow_cors(app: web.Application, settings: Settings) -> None:
+    """fetch() from the website's own origins, for the paths handler modules list in CORS_PATHS."""
+    options = aiohttp_cors.ResourceOptions(  # type: ignore[no-untyped-call]  # untyped library
+        allow_credentials=False,  # nothing public uses cookies
+        allow_headers=("Content-Type", "Accept"),
+        expose_headers=("Retry-After",),
+        allow_methods=("POST",),
+    )
+    cors = aiohttp_cors.setup(
+        app, defaults={origin.rstrip("/"): options for origin in settings.allowed_origins}
+    )
+    paths = {path for module in HANDLER_MODULES for path in getattr(module, "CORS_PATHS", ())}
+    for route in list(app.router.routes()):
+        if route.resource is not None and route.resource.canonical in paths:
+            cors.add(route)
