@@ -116,6 +116,18 @@ def cmd_dev(settings: Settings, host: str, port: int) -> None:
         asyncio.run(_dev(settings, host, port))
 
 
+def cmd_preview(settings: Settings, out: str) -> None:
+    from pathlib import Path
+
+    from notifier.preview import run
+    from notifier.sample_events import NoRecords
+
+    try:
+        run(settings, Path(out))
+    except NoRecords as exc:
+        raise ConfigError(str(exc)) from exc
+
+
 def _safe_url(url: str) -> str:
     from sqlalchemy.engine import make_url
 
@@ -131,6 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--port", type=int, default=8080)
     sub.add_parser("worker", help="arq worker: fan-out, sending, digests, sweeps")
     sub.add_parser("migrate", help="create or upgrade the database schema (Alembic)")
+    p = sub.add_parser("preview", help="render every mail from sample studies into a folder")
+    p.add_argument("--out", default="mail-preview", help="folder to write (default ./mail-preview)")
     return parser
 
 
@@ -140,7 +154,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from notifier.resources import RedisUnavailable
 
     try:
-        settings = _settings(dev=args.command == "dev", secrets=args.command != "migrate")
+        settings = _settings(
+            dev=args.command == "dev", secrets=args.command not in ("migrate", "preview")
+        )
         setup_logging(settings.log_level)
         if args.command == "migrate":
             cmd_migrate(settings)
@@ -150,6 +166,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             cmd_worker(settings)
         elif args.command == "dev":
             cmd_dev(settings, args.host, args.port)
+        elif args.command == "preview":
+            cmd_preview(settings, args.out)
     except (ConfigError, RedisUnavailable) as exc:
         print(f"notifier: {exc}", file=sys.stderr)
         return 2

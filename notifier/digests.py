@@ -308,7 +308,7 @@ def digest_item(
         "discreet": any(s.discreet for s in subs),
         "reasons": [
             {
-                "text": match_reason(s.kind, s.label, event, mesh_id=s.mesh_id),
+                "reason": match_reason(s.kind, s.label, event, mesh_id=s.mesh_id),
                 "label": s.label,
                 "unsubscribe_url": f"{base}/v1/unsubscribe/{r.tokens.unsubscribe(s.id)}",
             }
