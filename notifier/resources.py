@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -22,6 +23,9 @@ from notifier.mailer import Mailer
 from notifier.settings import Settings
 from notifier.templating import make_environment
 from notifier.tokens import Tokens
+
+
+log = logging.getLogger("notifier.resources")
 
 
 class RedisUnavailable(Exception):
@@ -101,3 +105,14 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
     finally:
         await engine.dispose()
         await redis.aclose()
+        await close_limits(limits_storage)
+
+
+async def close_limits(storage: RedisStorage) -> None:
+    """The limits library opens its own redis-py client (lazily) and has no close of its own."""
+    bridge: Any = getattr(storage, "bridge", None)  # the redis-py bridge, typed as its base
+    if bridge is not None:
+        try:
+            await bridge.get_connection().aclose()
+        except (RedisError, OSError, AttributeError):
+            log.debug("rate-limit Redis client already closed")
