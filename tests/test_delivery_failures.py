@@ -1,0 +1,336 @@
+"""Failures on the way to the inbox: SMTP 4xx/5xx, an SMTP outage, a flushed Redis, a dead worker.
+
+Each test checks the one promise: every matching subscriber gets the mail exactly once (or, for a
+permanent failure, a visible `failed` row), and the only duplicate is the documented one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from collections import Counter
+from datetime import timedelta
+from typing import Any
+
+import pytest
+import time_machine
+from aiohttp.test_utils import TestClient
+from sqlalchemy import func, insert, select
+
+from notifier.clock import utcnow
+from notifier.fanout import fanout_event
+from notifier.models import Delivery, Event, Subscriber, Subscription, Suppression
+from notifier.resources import Resources
+from notifier.sending import claim
+from tests.conftest import run_worker
+from tests.events_factory import new_study, post_events, subscribe
+from tests.smtp_server import RecordingSMTP
+
+
+async def rows(r: Resources) -> list[Delivery]:
+    async with r.sessions() as session:
+        return list(await session.scalars(select(Delivery).order_by(Delivery.id)))
+
+
+def per_address(smtp: RecordingSMTP) -> Counter[str]:
+    return Counter(m.rcpt_to for m in smtp.messages)
+
+
+async def test_451_twice_then_250_gives_exactly_one_mail(
+    client: TestClient[Any, Any], resources: Resources, smtp: RecordingSMTP
+) -> None:
+    await subscribe(resources, "ada@example.org", study="NCT05879978")
+    await subscribe(resources, "bob@example.org", study="NCT05879978")
+    smtp.reject["ada@example.org"] = ["451 4.3.0 try later", "451 4.3.0 still busy"]
+    await post_events(client, [new_study("NCT05879978")])
+    await run_worker(resources)
+    assert per_address(smtp) == {"ada@example.org": 1, "bob@example.org": 1}
+    by_status = {(d.status, d.attempts) for d in await rows(resources)}
+    assert by_status == {("sent", 3), ("sent", 1)}
+
+
+async def test_550_5_1_1_is_not_retried_and_suppresses_the_address(
+    client: TestClient[Any, Any], resources: Resources, smtp: RecordingSMTP
+) -> None:
+    r = resources
+    await subscribe(r, "gone@example.org", study="NCT05879978")
+    await subscribe(r, "gone@example.org", condition="SCLC")
+    await subscribe(r, "policy@example.org", study="NCT05879978")
+    smtp.reject["gone@example.org"] = "550 5.1.1 no such user"
+    smtp.reject["policy@example.org"] = "550 5.7.1 rejected by policy"
+    await post_events(client, [new_study("NCT05879978")])
+    await run_worker(r)
+    assert smtp.messages == []
+    failed = await rows(r)
+    assert [(d.status, d.attempts) for d in failed] == [("failed", 1), ("failed", 1)]
+    assert "5.1.1" in (failed[0].last_error or "")
+    async with r.sessions() as session:
+        suppressed = set(await session.scalars(select(Suppression.email_hash)))
+        statuses = set(await session.scalars(select(Subscription.status)))
+    # 5.1.x: the mailbox does not exist; 5.7.1 is about this message, not the address.
+    assert suppressed == {r.email_hash("gone@example.org")}
+    assert statuses == {"unsubscribed", "confirmed"}
+
+
+async def test_an_smtp_outage_loses_nothing_and_mails_once(
+    client: TestClient[Any, Any], resources: Resources, smtp: RecordingSMTP
+) -> None:
+    emails = [f"o{i}@example.org" for i in range(6)]
+    for email in emails:
+        await subscribe(resources, email, study="NCT05879978")
+    await smtp.stop()
+    await post_events(client, [new_study("NCT05879978")])
+    worker = asyncio.create_task(run_worker(resources))
+    await asyncio.sleep(0.8)  # several refused attempts along the retry ladder
+    assert smtp.messages == []
+    attempts = {d.attempts for d in await rows(resources)}
+    assert max(attempts) >= 2, attempts
+    await smtp.start()  # same port
+    await asyncio.wait_for(worker, 20)
+    assert per_address(smtp) == dict.fromkeys(emails, 1)
+    assert {d.status for d in await rows(resources)} == {"sent"}
+
+
+class TestGiveUp:
+    @pytest.fixture
+    def settings_overrides(self) -> dict[str, Any]:
+        return {"retry_give_up_after": 0.3}
+
+    async def test_transient_failures_end_as_visible_failed_rows(
+        self, client: TestClient[Any, Any], resources: Resources, smtp: RecordingSMTP
+    ) -> None:
+        await subscribe(resources, "slow@example.org", study="NCT05879978")
+        smtp.reject["slow@example.org"] = "451 4.3.0 try later"
+        event = new_study("NCT05879978")
+        await post_events(client, [event])
+        await run_worker(resources)
+        (delivery,) = await rows(resources)
+        assert delivery.status == "failed"
+        assert delivery.attempts >= 2
+        assert (delivery.last_error or "").startswith("gave up after")
+        resp = await client.get(
+            f"/v1/admin/events/{event['event_id']}",
+            headers={"Authorization": f"Bearer {resources.settings.admin_token}"},
+        )
+        assert (await resp.json())["failed"] == 1
+
+
+async def test_redis_flushed_after_ingestion_the_sweep_delivers_each_mail_once(
+    client: TestClient[Any, Any], resources: Resources, smtp: RecordingSMTP
+) -> None:
+    r = resources
+    early = [f"early{i}@example.org" for i in range(3)]
+    for email in early:
+        await subscribe(r, email, study="NCT05844332")
+    await post_events(client, [new_study("NCT05844332")])
+    await run_worker(r)  # the first event is fully sent
+    late = [f"late{i}@example.org" for i in range(4)]
+    for email in late:
+        await subscribe(r, email, study="NCT05879978")
+    await post_events(client, [new_study("NCT05879978")])  # stored, fan-out queued…
+    await r.redis.flushdb()  # …and lost
+    await run_worker(r)
+    assert per_address(smtp) == dict.fromkeys(early, 1)
+    stale_after = r.settings.sweep_stale_after
+    with time_machine.travel(utcnow() + timedelta(seconds=stale_after + 1), tick=True):
+        await r.redis.enqueue_job("sweep")
+        await run_worker(r)
+    assert per_address(smtp) == dict.fromkeys(early + late, 1)
+    # Flushed after the fan-out wrote delivery rows: their send jobs are lost, the rows are not.
+    more = [f"more{i}@example.org" for i in range(2)]
+    for email in more:
+        await subscribe(r, email, study="NCT05835778")
+    await post_events(client, [new_study("NCT05835778")])
+    await r.redis.flushdb()
+    async with r.sessions() as session:
+        pk = await session.scalar(select(Event.id).where(Event.nct_id == "NCT05835778"))
+    assert pk is not None
+    await fanout_event({"resources": r}, pk)
+    await r.redis.flushdb()
+    await run_worker(r)
+    assert per_address(smtp) == dict.fromkeys(early + late, 1)
+    with time_machine.travel(utcnow() + timedelta(seconds=stale_after + 1), tick=True):
+        await r.redis.enqueue_job("sweep")
+        await run_worker(r)
+    everyone = dict.fromkeys(early + late + more, 1)
+    assert per_address(smtp) == everyone
+    # Later sweeps find nothing to do: sent stays sent.
+    with time_machine.travel(utcnow() + timedelta(seconds=3 * stale_after), tick=True):
+        await r.redis.enqueue_job("sweep")
+        await run_worker(r)
+    assert per_address(smtp) == everyone
+    assert {d.status for d in await rows(r)} == {"sent"}
+
+
+async def test_the_sweep_recovers_rows_claimed_by_a_dead_worker(
+    client: TestClient[Any, Any], resources: Resources, smtp: RecordingSMTP
+) -> None:
+    r = resources
+    for i in range(3):
+        await subscribe(r, f"d{i}@example.org", study="NCT05879978")
+    await post_events(client, [new_study("NCT05879978")])
+    await r.redis.flushdb()
+    async with r.sessions() as session:
+        event_pk = await session.scalar(select(Event.id))
+    assert event_pk is not None
+    await fanout_event({"resources": r}, event_pk)
+    await r.redis.flushdb()  # the send jobs die with their worker…
+    claimed = await claim(r, [d.id for d in await rows(r)])  # …after claiming the rows
+    assert len(claimed) == 3
+    await run_worker(r)
+    assert smtp.messages == []  # still claimed: nobody else may send them yet
+    with time_machine.travel(utcnow() + timedelta(seconds=r.settings.sweep_stale_after + 1)):
+        await r.redis.enqueue_job("sweep")
+        await run_worker(r)
+    assert per_address(smtp) == {f"d{i}@example.org": 1 for i in range(3)}
+
+
+class TestDroppedAfterData:
+    @pytest.fixture
+    def settings_overrides(self) -> dict[str, Any]:
+        return {"retry_ladder": [0.5]}
+
+    async def test_the_only_duplicate_is_a_drop_between_data_and_250(
+        self, client: TestClient[Any, Any], resources: Resources, smtp: RecordingSMTP
+    ) -> None:
+        """Documented in the README: the server stored it, we never heard 250, we send again."""
+        await subscribe(resources, "carol@example.org", study="NCT05879978")
+        smtp.drop_after_data.add("carol@example.org")
+        await post_events(client, [new_study("NCT05879978")])
+        worker = asyncio.create_task(run_worker(resources))
+        for _ in range(100):
+            if smtp.messages:
+                break
+            await asyncio.sleep(0.02)
+        smtp.drop_after_data.clear()
+        await asyncio.wait_for(worker, 10)
+        assert per_address(smtp) == {"carol@example.org": 2}
+        (delivery,) = await rows(resources)
+        assert (delivery.status, delivery.attempts) == ("sent", 2)
+
+
+# --- SIGKILL mid-fan-out: real worker processes ----------------------------------------------
+
+
+def worker_env(r: Resources, **extra: str) -> dict[str, str]:
+    s = r.settings
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NOTIFIER_")}
+    env.update(
+        {
+            "NOTIFIER_ENV": "production",
+            "NOTIFIER_DATABASE_URL": s.database_url,
+            "NOTIFIER_REDIS_URL": s.redis_url,
+            "NOTIFIER_SMTP_URL": s.smtp_url,
+            "NOTIFIER_PUBLIC_URL": s.public_url,
+            "NOTIFIER_SECRET_KEYS": ",".join(s.secret_keys),
+            "NOTIFIER_EVENT_SECRETS": ",".join(s.event_secrets),
+            "NOTIFIER_ADMIN_TOKEN": s.admin_token,
+            "NOTIFIER_MAIL_FROM": s.mail_from,
+            "NOTIFIER_QUEUE_NAME": s.queue_name,
+            "NOTIFIER_WORKER_METRICS_PORT": "0",
+            "NOTIFIER_LOG_LEVEL": "WARNING",
+            **extra,
+        }
+    )
+    return env
+
+
+async def start_worker(env: dict[str, str]) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "notifier",
+        "worker",
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+
+
+@pytest.mark.postgres_only
+@pytest.mark.slow
+async def test_a_worker_killed_mid_fanout_then_restarted_mails_everyone(
+    client: TestClient[Any, Any], resources: Resources, smtp: RecordingSMTP
+) -> None:
+    r = resources
+    n, batch, max_jobs = 1000, 10, 4
+    async with r.sessions.begin() as session:
+        ids = (
+            await session.scalars(
+                insert(Subscriber).returning(Subscriber.id),
+                [
+                    {
+                        "email": f"k{i:04d}@example.org",
+                        "email_hash": r.email_hash(f"k{i:04d}@example.org"),
+                    }
+                    for i in range(n)
+                ],
+            )
+        ).all()
+        await session.execute(
+            insert(Subscription),
+            [
+                {
+                    "subscriber_id": sid,
+                    "kind": "condition",
+                    "match_key": "cond:sclc",
+                    "label": "SCLC",
+                    "status": "confirmed",
+                    "confirmed_at": utcnow(),
+                }
+                for sid in ids
+            ],
+        )
+    env = worker_env(
+        r,
+        NOTIFIER_FANOUT_PAGE_SIZE="20",
+        NOTIFIER_SEND_BATCH_SIZE=str(batch),
+        NOTIFIER_WORKER_MAX_JOBS=str(max_jobs),
+        NOTIFIER_SWEEP_STALE_AFTER="1",
+        NOTIFIER_RETRY_LADDER="0.05,0.1,0.2",
+        NOTIFIER_SHUTDOWN_GRACE="0",
+    )
+    event = new_study("NCT05879978")
+    await post_events(client, [event])
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    first = await start_worker(env)
+    # A cold `python -m notifier worker` takes a few seconds on a busy 2-core machine.
+    while len(smtp.messages) < 50 and loop.time() - started < 60:  # noqa: ASYNC110  # polls SMTP
+        await asyncio.sleep(0.01)
+    assert smtp.messages, "the first worker never sent anything"
+    first.send_signal(signal.SIGKILL)
+    await first.wait()
+    killed_after = loop.time() - started
+    received_at_kill = len(smtp.messages)
+    async with r.sessions() as session:
+        at_kill = await session.scalar(select(Event.status))
+        rows_at_kill = await session.scalar(select(func.count()).select_from(Delivery))
+    second = await start_worker(env)
+    try:
+        await asyncio.sleep(1.2)  # the dead worker's claims become stale (1 s here)
+        await r.redis.enqueue_job("sweep")
+        while loop.time() - started < 120:
+            async with r.sessions() as session:
+                sent = await session.scalar(
+                    select(func.count()).select_from(Delivery).where(Delivery.status == "sent")
+                )
+                status = await session.scalar(select(Event.status))
+            if sent == n and status == "fanned_out":
+                break
+            await asyncio.sleep(0.2)
+    finally:
+        second.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(second.wait(), 10)
+    counts = Counter(m.rcpt_to for m in smtp.messages)
+    duplicates = sum(c - 1 for c in counts.values())
+    print(  # noqa: T201  # the figure the issue asks this test to report
+        f"\nSIGKILL after {received_at_kill} mails (event {at_kill}, {rows_at_kill} delivery rows);"
+        f" after restart: {len(counts)}/{n} addresses, {duplicates} duplicate(s);"
+        f" killed at {killed_after:.1f} s, done at {loop.time() - started:.1f} s"
+    )
+    assert len(counts) == n, f"{n - len(counts)} subscriber(s) never got the mail"
+    # Only messages sent but not yet recorded when the process died can repeat.
+    assert duplicates <= max_jobs * batch

@@ -1,0 +1,224 @@
+"""Fan-out and sending end to end: POST /v1/events -> arq worker -> aiosmtpd -> follow the links."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections import Counter
+from email.message import EmailMessage
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+from sqlalchemy import select, update
+
+from notifier.fanout import fanout_event
+from notifier.models import Delivery, Event, Subscription
+from notifier.queries import suppress
+from notifier.resources import Resources
+from tests.conftest import PUBLIC_URL, run_worker
+from tests.events_factory import new_study, post_events, status_change, subscribe
+from tests.smtp_server import RecordingSMTP
+
+
+def text_of(msg: EmailMessage) -> str:
+    part = msg.get_body(("plain",))
+    assert part is not None
+    return str(part.get_content())
+
+
+def html_of(msg: EmailMessage) -> str:
+    part = msg.get_body(("html",))
+    assert part is not None
+    return str(part.get_content())
+
+
+async def deliveries(r: Resources) -> list[Delivery]:
+    async with r.sessions() as session:
+        return list(await session.scalars(select(Delivery).order_by(Delivery.id)))
+
+
+async def event_row(r: Resources, event_id: str) -> Event:
+    async with r.sessions() as session:
+        found = await session.scalar(select(Event).where(Event.event_id == event_id))
+        assert found is not None
+        return found
+
+
+async def test_posted_twice_and_fanned_out_twice_gives_one_delivery_and_one_mail_each(
+    client: TestClient[Any, Any], resources: Resources, smtp: RecordingSMTP
+) -> None:
+    r = resources
+    emails = [f"s{i}@example.org" for i in range(5)]
+    for email in emails:
+        await subscribe(r, email, condition="Small Cell Lung Carcinoma")
+    event = new_study("NCT05879978")
+    assert await post_events(client, [event]) == {"accepted": 1, "duplicates": 0}
+    assert await post_events(client, [event]) == {"accepted": 0, "duplicates": 1}
+    await run_worker(r)
+    # A crash after the first pages and a rerun: rewind the event and fan out again, twice.
+    row = await event_row(r, event["event_id"])
+    async with r.sessions.begin() as session:
+        await session.execute(
+            update(Event).where(Event.id == row.id).values(status="fanning_out", fanout_cursor=0)
+        )
+    await r.redis.enqueue_job("fanout_event", row.id, _job_id="rerun-1")
+    await r.redis.enqueue_job("fanout_event", row.id, _job_id="rerun-2")
+    await run_worker(r)
+    rows = await deliveries(r)
+    assert Counter(d.subscriber_id for d in rows).most_common(1)[0][1] == 1
+    assert [d.status for d in rows] == ["sent"] * 5
+    assert Counter(m.rcpt_to for m in smtp.messages) == dict.fromkeys(emails, 1)
+    row = await event_row(r, event["event_id"])
+    assert (row.status, row.matched, row.duplicates) == ("fanned_out", 5, 1)
+
+
+async def test_three_matching_subscriptions_get_one_mail_naming_all_three(
+    client: TestClient[Any, Any], resources: Resources, smtp: RecordingSMTP
+) -> None:
+    r = resources
+    subs = [
+        await subscribe(r, "ada@example.org", study="NCT05879978"),
+        await subscribe(r, "ada@example.org", condition="Neuroendocrine Tumors"),
+        await subscribe(r, "ada@example.org", condition="SCLC", mesh_id="D055752"),
+    ]
+    await subscribe(r, "bob@example.org", condition="Melanoma", mesh_id="D008545", broad=True)
+    event = new_study("NCT05879978")
+    await post_events(client, [event])
+    await run_worker(r)
+    assert len(smtp.messages) == 1
+    received = smtp.messages[0]
+    assert received.rcpt_to == "ada@example.org"
+    msg = received.message
+    text, html = text_of(msg), html_of(msg)
+    for label in ("NCT05879978", "Neuroendocrine Tumors", "SCLC"):
+        assert f"Stop alerts for {label}" in text
+        assert f"Stop alerts for {label}" in html
+    assert "You follow Neuroendocrine Tumors" in text
+    links = re.findall(rf"{re.escape(PUBLIC_URL)}/v1/unsubscribe/[\w.\-]+", text)
+    assert len(set(links)) == 3
+    assert msg["List-Unsubscribe"] == f"<{links[0]}>"
+    assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert msg["Auto-Submitted"] == "auto-generated"
+    assert msg["Subject"].startswith("New study")
+    assert "NCT05879978" in msg["Subject"]
+    assert f"{PUBLIC_URL}/v1/manage/" in text
+    (delivery,) = await deliveries(r)
+    assert delivery.message_id == msg["Message-ID"]
+
+    # Follow the one-click link of the condition subscription: the next alert names the others.
+    token_path = links[1].removeprefix(PUBLIC_URL)
+    resp = await client.post(token_path, data={"List-Unsubscribe": "One-Click"})
+    assert resp.status == 200
+    async with r.sessions() as session:
+        statuses = {s.id: s.status for s in await session.scalars(select(Subscription))}
+    assert [statuses[s.id] for s in subs] == ["confirmed", "unsubscribed", "confirmed"]
+    await post_events(client, [status_change("NCT05879978", "RECRUITING", "COMPLETED")])
+    await run_worker(r)
+    assert len(smtp.to("ada@example.org")) == 2
+    second = text_of(smtp.to("ada@example.org")[1].message)
+    assert "Stop alerts for NCT05879978" in second
+    assert "Stop alerts for Neuroendocrine Tumors" not in second
+    assert "Completed" in smtp.to("ada@example.org")[1].message["Subject"]
+
+
+async def test_an_immaterial_change_mails_nobody(
+    client: TestClient[Any, Any], resources: Resources, smtp: RecordingSMTP
+) -> None:
+    await subscribe(resources, "ada@example.org", study="NCT05879978")
+    event = status_change("NCT05879978", "RECRUITING", "RECRUITING")
+    event["change_kind"] = "study_updated"
+    event["changes"] = [
+        {
+            "path": "protocolSection.statusModule.statusVerifiedDate",
+            "op": "replace",
+            "old": "2023-05",
+            "new": "2023-06",
+        }
+    ]
+    await post_events(client, [event])
+    await run_worker(resources)
+    assert (await event_row(resources, event["event_id"])).status == "immaterial"
+    assert await deliveries(resources) == []
+    assert smtp.messages == []
+
+
+async def test_digest_subscribers_are_held_and_discreet_ones_get_a_neutral_subject(
+    client: TestClient[Any, Any], resources: Resources, smtp: RecordingSMTP
+) -> None:
+    r = resources
+    await subscribe(r, "daily@example.org", condition="SCLC", frequency="daily")
+    await subscribe(r, "private@example.org", condition="SCLC", discreet=True)
+    await post_events(client, [new_study("NCT05879978")])
+    await run_worker(r)
+    rows = {d.status for d in await deliveries(r)}
+    assert rows == {"held", "sent"}
+    (mail,) = smtp.messages
+    assert mail.rcpt_to == "private@example.org"
+    assert mail.message["Subject"] == "A new study matches a condition you follow"
+    assert "SCLC" not in mail.message["Subject"]
+    assert "Small Cell" in text_of(mail.message)  # the body still says what it is about
+
+
+@pytest.mark.parametrize("change", ["unsubscribe", "pause", "suppress"])
+async def test_unsubscribe_pause_and_suppression_are_checked_again_before_sending(
+    client: TestClient[Any, Any], resources: Resources, smtp: RecordingSMTP, change: str
+) -> None:
+    r = resources
+    sub = await subscribe(r, "ada@example.org", study="NCT05879978")
+    await subscribe(r, "bob@example.org", study="NCT05879978")
+    event = new_study("NCT05879978")
+    await post_events(client, [event])
+    row = await event_row(r, event["event_id"])
+    await r.redis.flushdb()  # drop the queued fan-out: run it by hand, then change things
+    await fanout_event({"resources": r}, row.id)
+    async with r.sessions.begin() as session:
+        if change == "suppress":
+            await suppress(session, r.email_hash("ada@example.org"), "complaint")
+        else:
+            values = {"status": "unsubscribed"} if change == "unsubscribe" else {"paused": True}
+            await session.execute(
+                update(Subscription).where(Subscription.id == sub.id).values(**values)
+            )
+    await run_worker(r)
+    assert [m.rcpt_to for m in smtp.messages] == ["bob@example.org"]
+    assert sorted(d.status for d in await deliveries(r)) == ["sent", "skipped"]
+
+
+class TestPagedFanout:
+    @pytest.fixture
+    def settings_overrides(self) -> dict[str, Any]:
+        return {"fanout_page_size": 3, "send_batch_size": 2}
+
+    async def test_small_pages_and_batches_reach_everyone_once(
+        self, client: TestClient[Any, Any], resources: Resources, smtp: RecordingSMTP
+    ) -> None:
+        emails = [f"p{i:02d}@example.org" for i in range(11)]
+        for i, email in enumerate(emails):
+            await subscribe(resources, email, condition=["SCLC", "Neuroendocrine Tumors"][i % 2])
+            if i % 3 == 0:
+                await subscribe(resources, email, study="NCT05879978")
+        await post_events(client, [new_study("NCT05879978")])
+        worker = await run_worker(resources)
+        assert worker.jobs_complete >= 1 + 6  # one fan-out, at least ceil(11 / 2) send batches
+        assert Counter(m.rcpt_to for m in smtp.messages) == dict.fromkeys(emails, 1)
+
+
+class TestSendRate:
+    @pytest.fixture
+    def settings_overrides(self) -> dict[str, Any]:
+        return {"send_rate": 20.0, "send_batch_size": 10}
+
+    async def test_the_configured_rate_is_kept_without_dropping_mail(
+        self, client: TestClient[Any, Any], resources: Resources, smtp: RecordingSMTP
+    ) -> None:
+        emails = [f"r{i:02d}@example.org" for i in range(30)]
+        for email in emails:
+            await subscribe(resources, email, study="NCT05879978")
+        await post_events(client, [new_study("NCT05879978")])
+        started = time.monotonic()
+        await run_worker(resources)
+        elapsed = time.monotonic() - started
+        assert Counter(m.rcpt_to for m in smtp.messages) == dict.fromkeys(emails, 1)
+        # 20/s over a moving 1 s window: 30 mails need a second window.
+        assert elapsed >= 0.95, elapsed

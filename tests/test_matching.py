@@ -1,0 +1,202 @@
+"""Matching on real records: NCT ids and aliases, condition text, MeSH ids, broad ancestors only
+when chosen, only active subscriptions; keyset pages; index scans only (EXPLAIN on PostgreSQL)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from sqlalchemy import select, text
+
+from notifier.matching import active_matches, iter_matching, match_keys, page_query
+from notifier.models import Subscriber
+from notifier.resources import Resources
+from tests.events_factory import new_study, status_change, subscribe
+
+
+async def matched_emails(r: Resources, event: dict[str, Any], page_size: int = 1000) -> set[str]:
+    ids: list[int] = []
+    async for page in iter_matching(r.sessions, match_keys(event), page_size):
+        ids.extend(page)
+    assert len(ids) == len(set(ids)), "a subscriber appeared twice"
+    assert ids == sorted(ids)
+    async with r.sessions() as session:
+        rows = await session.scalars(select(Subscriber.email).where(Subscriber.id.in_(ids)))
+        return set(rows)
+
+
+def test_match_keys_of_a_new_study() -> None:
+    mk = match_keys(new_study("NCT05879978"))
+    assert "study:NCT05879978" in mk.keys
+    # Condition texts, their parenthesised acronyms, and the MeSH terms' names.
+    assert {
+        "cond:small cell lung carcinoma sclc",
+        "cond:small cell lung carcinoma",
+        "cond:sclc",
+        "cond:neuroendocrine neoplasms",
+        "cond:neuroendocrine tumors",
+        "cond:lung neoplasms",
+    } <= set(mk.keys)
+    assert "D000055752" in mk.mesh_ids
+    assert "D000013899" in mk.broad_mesh_ids  # Thoracic Neoplasms, an ancestor
+    assert not set(mk.mesh_ids) & set(mk.broad_mesh_ids)
+
+
+def test_other_events_match_the_study_and_its_aliases_only() -> None:
+    event = status_change("NCT05879978", "RECRUITING", "ACTIVE_NOT_RECRUITING")
+    event["nct_id_aliases"] = ["NCT01234567"]
+    mk = match_keys(event)
+    assert mk.keys == ("study:NCT01234567", "study:NCT05879978")
+    assert mk.mesh_ids == mk.broad_mesh_ids == ()
+
+
+def test_unpadded_mesh_ids_are_normalised() -> None:
+    mk = match_keys(new_study("NCT06610240"))  # 2025 format: D002289
+    assert mk.mesh_ids == ("D000002289",)
+
+
+async def test_nct05879978_reaches_net_and_sclc_followers_not_melanoma(
+    resources: Resources,
+) -> None:
+    r = resources
+    await subscribe(r, "net@example.org", condition="Neuroendocrine Tumors")
+    await subscribe(r, "sclc@example.org", condition="Small Cell Lung Carcinoma")
+    await subscribe(r, "sclc-acronym@example.org", condition="SCLC")
+    await subscribe(r, "net-mesh@example.org", condition="NET", mesh_id="D018358")
+    # MeSH files Melanoma under Neuroendocrine Tumors; a melanoma follower must not get this.
+    await subscribe(r, "melanoma@example.org", condition="Melanoma", mesh_id="D008545", broad=True)
+    await subscribe(r, "lung-cancer@example.org", condition="Lung cancer")
+    # Thoracic Neoplasms is an ancestor: only the broad form reaches it.
+    await subscribe(
+        r, "thoracic-broad@example.org", condition="Thoracic tumours", mesh_id="D013899", broad=True
+    )
+    await subscribe(
+        r, "thoracic-narrow@example.org", condition="Thoracic tumours", mesh_id="D13899"
+    )
+    await subscribe(r, "study@example.org", study="nct05879978")
+    await subscribe(r, "other-study@example.org", study="NCT05844332")
+
+    assert await matched_emails(r, new_study("NCT05879978")) == {
+        "net@example.org",
+        "sclc@example.org",
+        "sclc-acronym@example.org",
+        "net-mesh@example.org",
+        "thoracic-broad@example.org",
+        "study@example.org",
+    }
+    # The NET-only study reaches NET followers but not SCLC ones.
+    assert await matched_emails(r, new_study("NCT05844332")) == {
+        "net@example.org",
+        "net-mesh@example.org",
+        "other-study@example.org",
+    }
+
+
+async def test_studies_without_mesh_match_by_text(resources: Resources) -> None:
+    r = resources
+    await subscribe(r, "gastric@example.org", condition="gastric or GASTROESOPHAGEAL  cancer")
+    await subscribe(r, "nsclc@example.org", condition="NSCLC")
+    await subscribe(r, "stomach@example.org", condition="Stomach Neoplasms", mesh_id="D013274")
+    assert await matched_emails(r, new_study("NCT05913115")) == {"gastric@example.org"}
+    assert await matched_emails(r, new_study("NCT02856893")) == {"nsclc@example.org"}
+
+
+async def test_both_mesh_id_forms_match_one_subscription(resources: Resources) -> None:
+    await subscribe(resources, "nsclc-mesh@example.org", condition="Lung cancer", mesh_id="D002289")
+    for nct in ("NCT05826366", "NCT06610240", "NCT05701787"):  # D000002289 and D002289
+        assert await matched_emails(resources, new_study(nct)) == {"nsclc-mesh@example.org"}
+
+
+async def test_only_confirmed_unpaused_subscriptions_match(resources: Resources) -> None:
+    r = resources
+    await subscribe(r, "active@example.org", study="NCT05879978")
+    await subscribe(r, "pending@example.org", study="NCT05879978", status="pending")
+    await subscribe(r, "gone@example.org", study="NCT05879978", status="unsubscribed")
+    await subscribe(r, "paused@example.org", study="NCT05879978", paused=True)
+    await subscribe(r, "cond-paused@example.org", condition="SCLC", paused=True)
+    assert await matched_emails(r, new_study("NCT05879978")) == {"active@example.org"}
+
+
+async def test_condition_subscriptions_get_new_studies_only(resources: Resources) -> None:
+    await subscribe(resources, "study@example.org", study="NCT05879978")
+    await subscribe(resources, "cond@example.org", condition="Neuroendocrine Tumors")
+    event = status_change("NCT05879978", "RECRUITING", "COMPLETED")
+    assert await matched_emails(resources, event) == {"study@example.org"}
+
+
+async def test_aliases_reach_subscriptions_made_under_an_old_id(resources: Resources) -> None:
+    await subscribe(resources, "old-id@example.org", study="NCT00000001")
+    event = status_change("NCT05879978", "RECRUITING", "COMPLETED")
+    event["nct_id_aliases"] = ["NCT00000001"]
+    assert await matched_emails(resources, event) == {"old-id@example.org"}
+
+
+async def test_keyset_pages_cover_everyone_once(resources: Resources) -> None:
+    r = resources
+    expected = set()
+    for i in range(40):
+        email = f"p{i:02d}@example.org"
+        expected.add(email)
+        # Overlapping subscriptions: many subscribers match through two or three keys.
+        await subscribe(r, email, condition=["SCLC", "Neuroendocrine Tumors"][i % 2])
+        if i % 3 == 0:
+            await subscribe(r, email, study="NCT05879978")
+        if i % 4 == 0:
+            await subscribe(r, email, condition="Lung tumours", mesh_id="D008175")
+    event = new_study("NCT05879978")
+    for page_size in (1, 7, 40, 1000):
+        assert await matched_emails(r, event, page_size) == expected
+
+
+async def test_active_matches_rechecks_and_honours_event_kinds(resources: Resources) -> None:
+    r = resources
+    a = await subscribe(r, "a@example.org", study="NCT05879978", event_kinds=["results_posted"])
+    b = await subscribe(r, "b@example.org", study="NCT05879978", event_kinds=["status_changed"])
+    c1 = await subscribe(r, "c@example.org", study="NCT05879978")
+    c2 = await subscribe(r, "c@example.org", condition="SCLC")  # no status events for conditions
+    mk = match_keys(status_change("NCT05879978", "RECRUITING", "COMPLETED"))
+    async with r.sessions() as session:
+        found = await active_matches(
+            session, mk, [a.subscriber_id, b.subscriber_id, c1.subscriber_id]
+        )
+    assert {sid: [s.id for s in subs] for sid, subs in found.items()} == {
+        b.subscriber_id: [b.id],
+        c1.subscriber_id: [c1.id],
+    }
+    assert c2.subscriber_id == c1.subscriber_id
+
+
+@pytest.mark.postgres_only
+async def test_the_page_query_uses_the_partial_indexes_not_a_scan(resources: Resources) -> None:
+    """20,000 subscribers with 60,000 subscriptions: every branch is an index range scan."""
+    async with resources.engine.begin() as conn:
+        await conn.execute(
+            text(
+                "INSERT INTO subscribers (email, email_hash, timezone, created_at) "
+                "SELECT 'u' || g || '@example.org', md5(g::text), 'UTC', now() "
+                "FROM generate_series(1, 20000) g"
+            )
+        )
+        await conn.execute(
+            text(
+                "INSERT INTO subscriptions (subscriber_id, kind, match_key, label, mesh_id, broad,"
+                " status, paused, frequency, discreet, requested_at, updated_at) "
+                "SELECT s.id, 'condition',"
+                " CASE WHEN s.id % 50 = 0 AND k = 1 THEN 'cond:sclc'"
+                "  ELSE 'cond:topic ' || k || '-' || s.id % 997 END, 'topic',"
+                " CASE WHEN s.id % 40 = 0 THEN 'D000055752'"
+                "  ELSE 'D' || lpad(((s.id * k) % 1013)::text, 9, '0') END, k = 2,"
+                " CASE WHEN s.id % 10 = 0 THEN 'pending' ELSE 'confirmed' END,"
+                " false, 'instant', false, now(), now() "
+                "FROM subscribers s CROSS JOIN generate_series(1, 3) k"
+            )
+        )
+        await conn.execute(text("ANALYZE subscribers"))
+        await conn.execute(text("ANALYZE subscriptions"))
+        query = page_query(match_keys(new_study("NCT05879978")), 1234, 1000)
+        assert query is not None
+        sql = query.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True})
+        plan = "\n".join(row[0] for row in await conn.execute(text(f"EXPLAIN {sql}")))
+    assert "Seq Scan" not in plan, plan
+    assert "ix_subscriptions_active_key" in plan, plan
+    assert "ix_subscriptions_active_mesh" in plan, plan
