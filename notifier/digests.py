@@ -15,16 +15,15 @@ from sqlalchemy import and_, exists, func, not_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from notifier import queries
-from notifier.alerts import study_url
 from notifier.clock import utcnow
-from notifier.ctgov_labels import status_label
+from notifier.digest_mail import render_digest
 from notifier.emails import Mail, message_id, sender_address, to_bytes
 from notifier.mailer import SendError
 from notifier.matching import active_matches, match_keys
 from notifier.metrics import DELIVERIES, MAILS
 from notifier.models import Delivery, Event, Subscriber, Subscription
 from notifier.resources import Resources
-from notifier.summaries import match_reason, summarize
+from notifier.summaries import summarize
 from notifier.worker import register, register_cron, resources_of
 
 log = logging.getLogger("notifier.digests")
@@ -36,8 +35,6 @@ TICK_PAGE = 1000
 # A claim older than this was left by a worker that died mid-send: the items go back to held.
 STALE_CLAIM = timedelta(minutes=30)
 CLAIMED = "digesting"
-PERIOD_WORDS = {"daily": "once a day", "weekly": "once a week"}
-NEUTRAL_PREHEADER = "Open this message to read what changed."
 
 
 def zone(name: str | None) -> ZoneInfo:
@@ -54,7 +51,7 @@ def period_start(now: datetime, tz_name: str | None, frequency: str) -> datetime
     A held item created before it belongs to a period that has ended, so it is due now.
     Instant subscriptions have no period: their held items (frequency changed since) are due.
     """
-    if frequency not in PERIOD_WORDS:
+    if frequency not in ("daily", "weekly"):
         return now
     tz = zone(tz_name)
     local = now.astimezone(tz)
@@ -286,74 +283,3 @@ async def _failed(ctx: dict[str, Any], r: Resources, digest: Digest, exc: SendEr
         raise Retry(defer=ladder[attempt - 1]) from exc
     # Past the ladder the items stay held: the hourly tick tries again, for as long as SMTP is out.
     return "deferred"
-
-
-# -- the mail ---------------------------------------------------------------------------------
-
-
-def digest_item(
-    r: Resources, event: dict[str, Any], subs: Sequence[Subscription]
-) -> dict[str, Any]:
-    """One event as a digest item: headline, study, changes, and each subscription's reason."""
-    summary = summarize(event)
-    study = event.get("study") or {}
-    base = r.settings.public_base
-    return {
-        "headline": summary.headline,
-        "lines": summary.lines,
-        "nct_id": str(event.get("nct_id") or ""),
-        "title": str(study.get("brief_title") or event.get("nct_id") or ""),
-        "status": status_label(study["overall_status"]) if study.get("overall_status") else "",
-        "study_url": study_url(event),
-        "discreet": any(s.discreet for s in subs),
-        "reasons": [
-            {
-                "reason": match_reason(s.kind, s.label, event, mesh_id=s.mesh_id),
-                "label": s.label,
-                "unsubscribe_url": f"{base}/v1/unsubscribe/{r.tokens.unsubscribe(s.id)}",
-            }
-            for s in subs
-        ],
-    }
-
-
-def render_digest(
-    r: Resources,
-    subscriber: Subscriber,
-    entries: Sequence[tuple[Event, Sequence[Subscription]]],
-    *,
-    frequency: str,
-    now: datetime,
-) -> Mail:
-    items = [digest_item(r, event.payload, subs) for event, subs in entries]
-    count = len(items)
-    updates = f"{count} update{'s' if count != 1 else ''}"
-    period = "daily" if frequency != "weekly" else "weekly"
-    heading = f"Your {period} trial alerts"
-    if any(item["discreet"] for item in items):
-        # Lock screens and shared inboxes show subject and preview: name nothing there.
-        subject = f"Your {period} summary: {updates} on studies you follow"
-        preheader = NEUTRAL_PREHEADER
-    else:
-        first = items[0]
-        more = f" and {count - 1} more" if count > 1 else ""
-        subject = f"Your {period} summary: {first['nct_id']} {first['headline']}{more}"
-        preheader = "; ".join(f"{i['nct_id']}: {i['headline']}" for i in items)[:200]
-    context = {
-        "site_name": r.settings.site_name,
-        "subject": subject,
-        "preheader": preheader,
-        "heading": heading,
-        "intro": f"{updates} on studies you follow since your last summary.",
-        "items": items,
-        "period_words": PERIOD_WORDS[period],
-        "manage_url": f"{r.settings.public_base}/v1/manage/{r.tokens.manage(subscriber.id)}",
-    }
-    first_reason = items[0]["reasons"][0]
-    return Mail(
-        to=subscriber.email,
-        subject=subject,
-        text=r.templates.get_template("mail/digest.txt").render(context),
-        html=r.templates.get_template("mail/digest.html").render(context),
-        unsubscribe_url=first_reason["unsubscribe_url"],
-    )

@@ -20,7 +20,7 @@ from notifier.alerts import render_alert
 from notifier.clock import utcnow
 from notifier.confirmations import Item, render_confirmation
 from notifier.db import make_engine, make_sessionmaker
-from notifier.digests import render_digest
+from notifier.digest_mail import render_digest
 from notifier.emails import Mail, to_bytes
 from notifier.mailer import Mailer
 from notifier.models import Event, Subscriber, Subscription

@@ -23,7 +23,7 @@ from sqlalchemy import select
 
 from notifier.alerts import render_alert
 from notifier.ctgov_labels import STATUS_LABELS
-from notifier.digests import render_digest
+from notifier.digest_mail import render_digest
 from notifier.emails import Mail, to_bytes
 from notifier.models import Event, Subscriber, Subscription
 from notifier.preview import offline_resources, subscription
