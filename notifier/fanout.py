@@ -25,9 +25,9 @@ from notifier.worker import register, register_cron, resources_of
 log = logging.getLogger("notifier.fanout")
 
 OPEN_EVENT = ("received", "fanning_out")
-SWEEP_CHUNK = (
-    10_000  # rows per sweep transaction: a flushed Redis with a huge backlog stays bounded
-)
+# Rows per sweep transaction: a flushed Redis over a huge backlog stays bounded in memory.
+SWEEP_CHUNK = 10_000
+INSERT_ROWS = 2_000  # delivery rows per INSERT: asyncpg takes at most 32,767 parameters
 
 
 async def enqueue_sends(r: Resources, delivery_ids: list[int], job_prefix: str) -> None:
@@ -84,13 +84,16 @@ async def fanout_event(ctx: dict[str, Any], event_pk: int) -> dict[str, Any]:
                     }
                     for sid in subscriber_ids
                 ]
-                stmt = (
-                    insert_for(session, Delivery)
-                    .values(rows)
-                    .on_conflict_do_nothing(index_elements=["event_pk", "subscriber_id"])
-                    .returning(Delivery.id)
-                )
-                new_ids = sorted((await session.scalars(stmt)).all())
+                # Multi-row INSERTs of bounded size (the page size is configurable).
+                for start in range(0, len(rows), INSERT_ROWS):
+                    stmt = (
+                        insert_for(session, Delivery)
+                        .values(rows[start : start + INSERT_ROWS])
+                        .on_conflict_do_nothing(index_elements=["event_pk", "subscriber_id"])
+                        .returning(Delivery.id)
+                    )
+                    new_ids.extend((await session.scalars(stmt)).all())
+                new_ids.sort()
             done = len(subscriber_ids) < page_size
             values: dict[str, Any] = {"matched": Event.matched + len(new_ids)}
             if subscriber_ids:
