@@ -1,4 +1,4 @@
-"""Structured JSON logs on stderr; addresses are masked and tokens never logged."""
+"""Structured JSON logs on stderr with the request id; addresses, tokens and secrets masked."""
 
 from __future__ import annotations
 
@@ -6,40 +6,109 @@ import json
 import logging
 import re
 import sys
+from collections.abc import Iterable
+from contextvars import ContextVar
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING, TextIO
+from urllib.parse import unquote, urlsplit
+
+if TYPE_CHECKING:
+    from notifier.settings import Settings
+
+# The id of the request being served; set by the web's request-id middleware for its duration.
+REQUEST_ID: ContextVar[str | None] = ContextVar("notifier_request_id", default=None)
 
 EMAIL = re.compile(r"([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*@([A-Za-z0-9.-]+)")
-TOKEN_PATH = re.compile(r"(/v1/(?:confirm|unsubscribe|manage)/)[^\s/?\"']+")
+TOKEN_PATH = re.compile(r"(/v1/(?:confirm|unsubscribe|manage)/)(?!\{token\})[^\s/?\"'<>]+")
+# itsdangerous tokens (payload.timestamp.signature, URL-safe base64) wherever they appear: by
+# their payload, base64 JSON ("eyJ…") or compressed "." + base64 zlib ("eJ…"), or by the shape
+# of their tail (a 6-character timestamp and a 27-character HMAC-SHA1), so that the tail of a
+# token cut by a line break (quoted-printable mail bodies) is caught as well.
+_B64 = "[A-Za-z0-9_-]"
+SIGNED_TOKEN = re.compile(
+    rf"\.?e(?:yJ|J){_B64}*\.{_B64}{{4,8}}\.{_B64}{{20,}}|{_B64}+\.{_B64}{{6}}\.{_B64}{{27}}(?!{_B64})"
+)
+SECRET_MIN = 8  # shorter "secrets" (dev placeholders) would mask ordinary words
+MASKED = "***"
+
+# Attributes every LogRecord has; anything else on a record came from `extra=` and is logged.
+_STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
+    "message",
+    "asctime",
+}
 
 
-def mask(text: str) -> str:
-    """j***@example.org, and /v1/confirm/*** instead of a token."""
-    text = EMAIL.sub(lambda m: f"{m.group(1)}***@{m.group(2)}", text)
-    return TOKEN_PATH.sub(lambda m: f"{m.group(1)}***", text)
+def mask(text: str, secrets: Iterable[str] = ()) -> str:
+    """j***@example.org, /v1/confirm/*** for token paths, *** for signed tokens and secrets."""
+    for secret in secrets:
+        text = text.replace(secret, MASKED)
+    text = TOKEN_PATH.sub(lambda m: f"{m.group(1)}{MASKED}", text)
+    text = SIGNED_TOKEN.sub(MASKED, text)
+    return EMAIL.sub(lambda m: f"{m.group(1)}***@{m.group(2)}", text)
+
+
+def secrets_of(settings: Settings) -> list[str]:
+    """Every configured secret, including passwords inside service URLs, longest first."""
+    values = [*settings.secret_keys, *settings.event_secrets, settings.admin_token]
+    values.append(settings.email_hash_key)
+    for url in (settings.database_url, settings.redis_url, settings.smtp_url):
+        password = urlsplit(url).password
+        if password:
+            values += [password, unquote(password)]
+    found = {v for v in values if len(v) >= SECRET_MIN}
+    return sorted(found, key=len, reverse=True)  # a secret containing another goes first
+
+
+class RequestIdFilter(logging.Filter):
+    """Stamps every record passing the handler with the id of the request it belongs to."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "request_id", None) is None:
+            rid = REQUEST_ID.get()
+            if rid is not None:
+                record.request_id = rid
+        return True
 
 
 class JSONFormatter(logging.Formatter):
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        super().__init__()
+        self._secrets = tuple(secrets)
+
+    def _mask(self, text: str) -> str:
+        return mask(text, self._secrets)
+
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, object] = {
             "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "msg": mask(record.getMessage()),
+            "msg": self._mask(record.getMessage()),
         }
-        for key in ("request_id", "event_id", "job"):
-            value = getattr(record, key, None)
-            if value is not None:
+        for key, value in vars(record).items():
+            if key in _STANDARD or key.startswith("_") or key in entry:
+                continue
+            if value is None or isinstance(value, bool | int | float):
                 entry[key] = value
+            else:
+                entry[key] = self._mask(str(value))
         if record.exc_info:
-            entry["exc"] = mask(self.formatException(record.exc_info))
+            entry["exc"] = self._mask(self.formatException(record.exc_info))
         return json.dumps(entry, ensure_ascii=False)
 
 
-def setup_logging(level: str = "INFO") -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JSONFormatter())
+def json_handler(stream: TextIO, secrets: Iterable[str] = ()) -> logging.Handler:
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JSONFormatter(secrets))
+    handler.addFilter(RequestIdFilter())
+    return handler
+
+
+def setup_logging(
+    level: str = "INFO", *, secrets: Iterable[str] = (), stream: TextIO | None = None
+) -> None:
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = [json_handler(stream or sys.stderr, secrets)]
     root.setLevel(level.upper())
     for noisy in ("alembic", "arq.worker"):  # per-job lines at INFO would drown the rest
         logging.getLogger(noisy).setLevel(logging.WARNING)

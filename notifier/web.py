@@ -1,9 +1,11 @@
-"""Shared web plumbing: app keys, middlewares (errors, request id, security headers), helpers."""
+"""Shared web plumbing: app keys, middlewares (errors, request id and access log, security
+headers, metrics), helpers."""
 
 from __future__ import annotations
 
 import ipaddress
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -14,10 +16,12 @@ from redis.exceptions import RedisError
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
+from notifier import logs
 from notifier.metrics import HTTP_REQUESTS
 from notifier.resources import Resources
 
 log = logging.getLogger("notifier.web")
+access_log = logging.getLogger("notifier.access")
 
 RESOURCES = web.AppKey("resources", Resources)
 REQUEST_ID = web.RequestKey("request_id", str)
@@ -80,9 +84,15 @@ def _in_networks(address: str, networks: list[str]) -> bool:
     return any(ip in ipaddress.ip_network(net, strict=False) for net in networks)
 
 
+def route_template(request: web.Request) -> str:
+    """The matched route's template (never the raw path: it may hold a token), or "unmatched"."""
+    info = request.match_info.route.resource
+    return info.canonical if info is not None else "unmatched"
+
+
 @web.middleware
 async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Count requests by route template (never the raw path: it may hold a token)."""
+    """Count requests by route template."""
     status = 500
     try:
         response = await handler(request)
@@ -92,24 +102,58 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
         status = exc.status
         raise
     finally:
-        info = request.match_info.route.resource
-        route = info.canonical if info is not None else "unmatched"
-        HTTP_REQUESTS.labels(route=route, method=request.method, status=str(status)).inc()
+        HTTP_REQUESTS.labels(
+            route=route_template(request), method=request.method, status=str(status)
+        ).inc()
+
+
+# Probes and scrapes arrive every few seconds: logged at DEBUG so they do not drown the rest.
+QUIET_ROUTES = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 @web.middleware
 async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Give each request an id (the caller's X-Request-Id if sane), log lines carry it, and
+    write one access line: method, route template, status, duration. Never the path or query."""
     rid = request.headers.get("X-Request-Id", "")
     if not (0 < len(rid) <= 64 and rid.replace("-", "").isalnum()):
         rid = uuid.uuid4().hex
     request[REQUEST_ID] = rid
+    # Reset afterwards: requests on one keep-alive connection share the connection's task.
+    context = logs.REQUEST_ID.set(rid)
+    started = time.perf_counter()
+    status = 500
     try:
         response = await handler(request)
+        status = response.status
     except web.HTTPException as exc:
         exc.headers["X-Request-Id"] = rid
+        status = exc.status
         raise
+    finally:
+        _access(request, status, (time.perf_counter() - started) * 1000)
+        logs.REQUEST_ID.reset(context)
     response.headers["X-Request-Id"] = rid
     return response
+
+
+def _access(request: web.Request, status: int, ms: float) -> None:
+    route = route_template(request)
+    if status >= 500:
+        level = logging.WARNING
+    elif route in QUIET_ROUTES:
+        level = logging.DEBUG
+    else:
+        level = logging.INFO
+    access_log.log(
+        level,
+        "%s %s %d %.1fms",
+        request.method,
+        route,
+        status,
+        ms,
+        extra={"method": request.method, "route": route, "status": status, "ms": round(ms, 1)},
+    )
 
 
 TOKEN_PAGES = ("/v1/confirm/", "/v1/unsubscribe/", "/v1/manage/")
