@@ -1,0 +1,84 @@
+"""notifier.mime writes what the stdlib parser reads back, for every header and body shape."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+from email.message import EmailMessage
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from notifier.emails import Mail, to_bytes
+from notifier.settings import Settings
+
+SETTINGS = Settings(
+    env="dev",
+    public_url="https://notify.example.org",
+    mail_from="Études cliniques — alertes <alerts@notify.example.org>",
+)
+
+
+def parse(data: bytes) -> EmailMessage:
+    msg = email.message_from_bytes(data, policy=email.policy.default)
+    assert isinstance(msg, EmailMessage)
+    return msg
+
+
+def parts(msg: EmailMessage) -> tuple[str, str]:
+    text = msg.get_body(("plain",))
+    html = msg.get_body(("html",))
+    assert text is not None
+    assert html is not None
+    return text.get_content(), html.get_content()
+
+
+def test_round_trip_of_a_typical_alert() -> None:
+    mail = Mail(
+        to="patient@example.org",
+        subject="Recruiting → Active, not recruiting: BI 764532 in small cell lung cancer",
+        text="What changed:\n  Recruiting → Active, not recruiting\n" + "long line " * 60 + "\n",
+        html="<p>Recruiting &rarr; Active</p>\n<p>" + "é" * 500 + "</p>\n",
+        unsubscribe_url="https://notify.example.org/v1/unsubscribe/" + "t" * 150,
+    )
+    data = to_bytes(SETTINGS, mail, msgid="<abc@notify.example.org>")
+    msg = parse(data)
+    assert msg.defects == []
+    assert msg["Subject"] == mail.subject
+    assert msg["From"].addresses[0].display_name == "Études cliniques — alertes"
+    assert msg["To"] == "patient@example.org"
+    assert msg["Message-ID"] == "<abc@notify.example.org>"
+    assert msg["List-Unsubscribe"] == f"<{mail.unsubscribe_url}>"
+    assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert msg["Auto-Submitted"] == "auto-generated"
+    assert msg["Date"].datetime is not None
+    text, html = parts(msg)
+    assert text.replace("\r\n", "\n") == mail.text
+    assert html.replace("\r\n", "\n") == mail.html
+    lines = data.split(b"\r\n")
+    assert max(len(line) for line in lines) <= 998
+    assert b"\n" not in data.replace(b"\r\n", b"")  # CRLF only
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    subject=st.text(min_size=0, max_size=400),
+    text=st.text(max_size=2000),
+    html=st.text(max_size=2000),
+)
+def test_any_subject_and_body_round_trip_without_injection(
+    subject: str, text: str, html: str
+) -> None:
+    data = to_bytes(SETTINGS, Mail(to="a@example.org", subject=subject, text=text, html=html))
+    msg = parse(data)
+    # One header block: exactly the headers we wrote, whatever the subject held.
+    names = [name.lower() for name in msg]
+    assert names.count("subject") == 1
+    assert names.count("bcc") == 0
+    assert "\n" not in msg["Subject"]
+    assert "\r" not in msg["Subject"]
+    assert max(len(line) for line in data.split(b"\r\n")) <= 998
+    got_text, got_html = parts(msg)
+    normal = text.replace("\r\n", "\n").replace("\r", "\n")
+    assert got_text.replace("\r\n", "\n") == normal
+    assert got_html.replace("\r\n", "\n") == html.replace("\r\n", "\n").replace("\r", "\n")
