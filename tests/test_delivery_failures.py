@@ -13,19 +13,22 @@ import sys
 from collections import Counter
 from datetime import timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import time_machine
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
 from sqlalchemy import func, insert, select
 
+from notifier.app import create_app
 from notifier.clock import utcnow
 from notifier.fanout import fanout_event
 from notifier.models import Delivery, Event, Subscriber, Subscription, Suppression
-from notifier.resources import Resources
+from notifier.resources import Resources, open_resources
 from notifier.sending import claim
 from tests.conftest import run_worker
 from tests.events_factory import new_study, post_events, subscribe
+from tests.proxy import TcpProxy
 from tests.smtp_server import RecordingSMTP
 
 
@@ -181,7 +184,9 @@ async def test_the_sweep_recovers_rows_claimed_by_a_dead_worker(
     assert len(claimed) == 3
     await run_worker(r)
     assert smtp.messages == []  # still claimed: nobody else may send them yet
-    with time_machine.travel(utcnow() + timedelta(seconds=r.settings.sweep_stale_after + 1)):
+    with time_machine.travel(
+        utcnow() + timedelta(seconds=r.settings.sweep_stale_after + 1), tick=True
+    ):
         await r.redis.enqueue_job("sweep")
         await run_worker(r)
     assert per_address(smtp) == {f"d{i}@example.org": 1 for i in range(3)}
@@ -334,3 +339,36 @@ async def test_a_worker_killed_mid_fanout_then_restarted_mails_everyone(
     assert len(counts) == n, f"{n - len(counts)} subscriber(s) never got the mail"
     # Only messages sent but not yet recorded when the process died can repeat.
     assert duplicates <= max_jobs * batch
+
+
+async def test_redis_down_at_ingestion_still_stores_and_answers_202(
+    resources: Resources, smtp: RecordingSMTP
+) -> None:
+    """The event is committed before the enqueue; with Redis cut off, the sweep fans it out."""
+    r = resources
+    await subscribe(r, "ada@example.org", study="NCT05879978")
+    target = urlsplit(r.settings.redis_url)
+    proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 6379)
+    await proxy.start()
+    cut = r.settings.model_copy(
+        update={"redis_url": r.settings.redis_url.replace(f":{target.port}/", f":{proxy.port}/")}
+    )
+    try:
+        async with (
+            open_resources(cut) as cut_resources,
+            TestClient(TestServer(create_app(cut, cut_resources))) as cut_client,
+        ):
+            await proxy.stop()
+            assert await post_events(cut_client, [new_study("NCT05879978")]) == {
+                "accepted": 1,
+                "duplicates": 0,
+            }
+    finally:
+        await proxy.stop()
+    assert await r.redis.queued_jobs(queue_name=r.settings.queue_name) == []
+    with time_machine.travel(
+        utcnow() + timedelta(seconds=r.settings.sweep_stale_after + 1), tick=True
+    ):
+        await r.redis.enqueue_job("sweep")
+        await run_worker(r)
+    assert per_address(smtp) == {"ada@example.org": 1}
