@@ -1,4 +1,4 @@
-"""`notifier web|worker|dev|migrate|preview`: build Settings once, then dispatch."""
+"""`notifier web|worker|dev|migrate|preview|send-test|replay|stats`: build Settings, dispatch."""
 
 from __future__ import annotations
 
@@ -12,10 +12,12 @@ from collections.abc import Sequence
 from aiohttp import web
 from pydantic import ValidationError
 
-from notifier.logs import setup_logging
+from notifier.logs import secrets_of, setup_logging
 from notifier.settings import ConfigError, Settings, check_secrets
 
 log = logging.getLogger("notifier")
+
+OPERATOR_COMMANDS = ("send-test", "replay", "stats")
 
 
 def _settings(dev: bool, *, secrets: bool = True) -> Settings:
@@ -145,6 +147,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("migrate", help="create or upgrade the database schema (Alembic)")
     p = sub.add_parser("preview", help="render every mail from sample studies into a folder")
     p.add_argument("--out", default="mail-preview", help="folder to write (default ./mail-preview)")
+    # Operator commands (notifier/opscli.py).
+    p = sub.add_parser("send-test", help="mail a test message through the configured SMTP relay")
+    p.add_argument("address")
+    p.add_argument("--force", action="store_true", help="send even if the address is suppressed")
+    p = sub.add_parser("replay", help="fan a stored event out again (never mails anyone twice)")
+    p.add_argument("event_id")
+    p.add_argument("--wait", action="store_true", help="follow the fan-out until it is done")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds to --wait (300)")
+    p = sub.add_parser("stats", help="subscribers, subscriptions, events, deliveries, queue")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
 
 
@@ -157,7 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = _settings(
             dev=args.command == "dev", secrets=args.command not in ("migrate", "preview")
         )
-        setup_logging(settings.log_level)
+        setup_logging(settings.log_level, secrets=secrets_of(settings))
         if args.command == "migrate":
             cmd_migrate(settings)
         elif args.command == "web":
@@ -168,6 +180,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             cmd_dev(settings, args.host, args.port)
         elif args.command == "preview":
             cmd_preview(settings, args.out)
+        elif args.command in OPERATOR_COMMANDS:
+            from notifier.opscli import run
+
+            return run(settings, args)
     except (ConfigError, RedisUnavailable) as exc:
         print(f"notifier: {exc}", file=sys.stderr)
         return 2
