@@ -8,7 +8,6 @@ production each process serves its own registry and Prometheus adds them up).
 from __future__ import annotations
 
 import re
-from collections import Counter
 from datetime import timedelta
 from typing import Any
 
@@ -33,10 +32,10 @@ NCT = "NCT05879978"
 Key = tuple[str, frozenset[tuple[str, str]]]
 
 
-async def scrape(client: Client) -> Counter[Key]:
+async def scrape(client: Client) -> dict[Key, float]:
     resp = await client.get("/metrics")
     assert resp.status == 200
-    values: Counter[Key] = Counter()
+    values: dict[Key, float] = {}
     for family in text_string_to_metric_families(await resp.text()):
         for s in family.samples:
             values[(s.name, frozenset(s.labels.items()))] = s.value
@@ -46,15 +45,15 @@ async def scrape(client: Client) -> Counter[Key]:
 class Moves:
     """What changed between two scrapes, looked up by sample name and labels."""
 
-    def __init__(self, before: Counter[Key], after: Counter[Key]) -> None:
+    def __init__(self, before: dict[Key, float], after: dict[Key, float]) -> None:
         self.before, self.after = before, after
 
     def __call__(self, name: str, **labels: str) -> float:
         key = (name, frozenset(labels.items()))
-        return self.after[key] - self.before[key]
+        return self.after.get(key, 0.0) - self.before.get(key, 0.0)
 
 
-async def moves_since(client: Client, before: Counter[Key]) -> Moves:
+async def moves_since(client: Client, before: dict[Key, float]) -> Moves:
     return Moves(before, await scrape(client))
 
 
