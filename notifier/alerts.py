@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -44,6 +45,107 @@ def _subject(
     return f"{headline} · {event.get('nct_id', '')}: {title}", None
 
 
+@dataclass(frozen=True)
+class _Rendered:
+    subject: str
+    text: str
+    html: str
+
+
+# Placeholders for the per-recipient links: plain ASCII that HTML escaping leaves alone.
+def _unsubscribe_placeholder(index: int) -> str:
+    return f"@@notifier-unsubscribe-{index}@@"
+
+
+MANAGE_PLACEHOLDER = "@@notifier-manage@@"
+
+
+class AlertRenderer:
+    """Renders one event's alerts. The templates run once per distinct set of matching
+    subscriptions (kind, label, MeSH id, discreet); each recipient's signed links are then put
+    in by string replacement. A fan-out to 100k followers of one condition renders once per
+    send batch instead of 100k times."""
+
+    def __init__(self, r: Resources, event: dict[str, Any], *, cache_size: int = 256) -> None:
+        self.r = r
+        self.event = event
+        self.summary = summarize(event)
+        self._cache: dict[tuple[Any, ...], _Rendered] = {}
+        self._cache_size = cache_size
+
+    def render(
+        self, *, subscriber_id: int, email: str, subscriptions: Sequence[Subscription]
+    ) -> Mail:
+        """Text and HTML parts with the same facts; List-Unsubscribe ends the first subscription."""
+        if not subscriptions:
+            raise ValueError("an alert needs at least one matching subscription")
+        signature = tuple((s.kind, s.label, s.mesh_id, s.discreet) for s in subscriptions)
+        cached = self._cache.get(signature)
+        if cached is None:
+            cached = self._render_templates(subscriptions)
+            if len(self._cache) >= self._cache_size:
+                self._cache.clear()
+            self._cache[signature] = cached
+        base = self.r.settings.public_base
+        links = [
+            (
+                _unsubscribe_placeholder(i),
+                f"{base}/v1/unsubscribe/{self.r.tokens.unsubscribe(s.id)}",
+            )
+            for i, s in enumerate(subscriptions)
+        ]
+        links.append(
+            (MANAGE_PLACEHOLDER, f"{base}/v1/manage/{self.r.tokens.manage(subscriber_id)}")
+        )
+        text, html = cached.text, cached.html
+        for placeholder, url in links:
+            text = text.replace(placeholder, url)
+            html = html.replace(placeholder, url)
+        return Mail(
+            to=email, subject=cached.subject, text=text, html=html, unsubscribe_url=links[0][1]
+        )
+
+    def _render_templates(self, subscriptions: Sequence[Subscription]) -> _Rendered:
+        event, summary, r = self.event, self.summary, self.r
+        study = event.get("study") or {}
+        items = [
+            {
+                "label": sub.label,
+                "kind": sub.kind,
+                "reason": match_reason(sub.kind, sub.label, event, mesh_id=sub.mesh_id),
+                "unsubscribe_url": _unsubscribe_placeholder(i),
+            }
+            for i, sub in enumerate(subscriptions)
+        ]
+        subject, preheader = _subject(event, summary.headline, subscriptions)
+        first_line = summary.lines[0] if summary.lines else None
+        default_preheader = (
+            f"{first_line.label}: {first_line.new or first_line.old or ''}".strip(": ")
+            if first_line
+            else str(study.get("brief_title") or "")
+        )
+        overall = study.get("overall_status")
+        context = {
+            "site_name": r.settings.site_name,
+            "subject": subject,
+            "preheader": preheader if preheader is not None else default_preheader,
+            "headline": summary.headline,
+            "lines": summary.lines,
+            "is_new_study": event.get("change_kind") == "new_study",
+            "nct_id": str(event.get("nct_id") or ""),
+            "title": str(study.get("brief_title") or ""),
+            "status": status_label(overall) if overall else "",
+            "study_url": study_url(event),
+            "items": items,
+            "manage_url": MANAGE_PLACEHOLDER,
+        }
+        return _Rendered(
+            subject=subject,
+            text=r.templates.get_template("mail/alert.txt").render(context),
+            html=r.templates.get_template("mail/alert.html").render(context),
+        )
+
+
 def render_alert(
     r: Resources,
     event: dict[str, Any],
@@ -52,46 +154,7 @@ def render_alert(
     email: str,
     subscriptions: Sequence[Subscription],
 ) -> Mail:
-    """Text and HTML parts with the same facts; List-Unsubscribe ends the first subscription."""
-    if not subscriptions:
-        raise ValueError("an alert needs at least one matching subscription")
-    summary = summarize(event)
-    study = event.get("study") or {}
-    base = r.settings.public_base
-    items = [
-        {
-            "label": sub.label,
-            "kind": sub.kind,
-            "reason": match_reason(sub.kind, sub.label, event, mesh_id=sub.mesh_id),
-            "unsubscribe_url": f"{base}/v1/unsubscribe/{r.tokens.unsubscribe(sub.id)}",
-        }
-        for sub in subscriptions
-    ]
-    subject, preheader = _subject(event, summary.headline, subscriptions)
-    first_line = summary.lines[0] if summary.lines else None
-    default_preheader = (
-        f"{first_line.label}: {first_line.new or first_line.old or ''}".strip(": ")
-        if first_line
-        else str(study.get("brief_title") or "")
-    )
-    context = {
-        "site_name": r.settings.site_name,
-        "subject": subject,
-        "preheader": preheader if preheader is not None else default_preheader,
-        "headline": summary.headline,
-        "lines": summary.lines,
-        "is_new_study": event.get("change_kind") == "new_study",
-        "nct_id": str(event.get("nct_id") or ""),
-        "title": str(study.get("brief_title") or ""),
-        "status": status_label(study.get("overall_status")) if study.get("overall_status") else "",
-        "study_url": study_url(event),
-        "items": items,
-        "manage_url": f"{base}/v1/manage/{r.tokens.manage(subscriber_id)}",
-    }
-    return Mail(
-        to=email,
-        subject=subject,
-        text=r.templates.get_template("mail/alert.txt").render(context),
-        html=r.templates.get_template("mail/alert.html").render(context),
-        unsubscribe_url=items[0]["unsubscribe_url"],
+    """One alert on its own (previews, tests); the send job keeps one AlertRenderer per event."""
+    return AlertRenderer(r, event).render(
+        subscriber_id=subscriber_id, email=email, subscriptions=subscriptions
     )

@@ -11,6 +11,7 @@ import logging
 import math
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -19,10 +20,12 @@ from limits import RateLimitItemPerSecond
 from limits.aio.strategies import MovingWindowRateLimiter
 from redis.exceptions import RedisError
 from sqlalchemy import select, update
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from notifier import queries
-from notifier.alerts import render_alert
+from notifier.alerts import AlertRenderer
 from notifier.clock import utcnow
 from notifier.emails import message_id, sender_address, to_bytes
 from notifier.mailer import ConnectionLost, SendError
@@ -35,6 +38,9 @@ from notifier.worker import register, resources_of
 log = logging.getLogger("notifier.sending")
 
 FLUSH_SECONDS = 1.0
+# How long a batch waits for an unreachable database to record what it sent. Longer than this
+# (or than NOTIFIER_SWEEP_STALE_AFTER) and the sweep may re-send the batch's unrecorded messages.
+RECORD_RETRY_FOR = 300.0
 DIGEST_FREQUENCIES = ("daily", "weekly")
 DEFER_MARGIN = 0.01  # a retry job never wakes before its rows' next_attempt_at
 
@@ -135,6 +141,7 @@ async def prepare(
         suppressed = await queries.suppressed_hashes(
             session, (s.email_hash for s in subscribers.values())
         )
+    renderers = {pk: AlertRenderer(r, payload) for pk, payload in payloads.items()}
     for c in claimed:
         subscriber = subscribers.get(c.subscriber_id)
         subs = matches.get((c.event_pk, c.subscriber_id), [])
@@ -149,9 +156,7 @@ async def prepare(
             outcomes.append(Outcome(c, "held"))  # the digest job mails it
         else:
             try:
-                mail = render_alert(
-                    r,
-                    payloads[c.event_pk],
+                mail = renderers[c.event_pk].render(
                     subscriber_id=subscriber.id,
                     email=subscriber.email,
                     subscriptions=subs,
@@ -202,36 +207,23 @@ async def record(
     now = utcnow()
     retries: dict[float, list[int]] = {}
     params: list[dict[str, Any]] = []
-    async with r.sessions.begin() as session:
-        for o in outcomes:
-            row: dict[str, Any] = {
-                "id": o.delivery.id,
-                "status": o.status,
-                "last_error": o.error,
-                "message_id": o.message_id,
-                "sent_at": now if o.status == "sent" else None,
-                "next_attempt_at": now,
-            }
-            if o.status == "retry":
-                delay = retry_delay(r, o.delivery.attempts)
-                row.update(status="pending", next_attempt_at=now + timedelta(seconds=delay))
-                retries.setdefault(delay, []).append(o.delivery.id)
-            params.append(row)
-            if o.suppress and o.delivery.subscriber_id in hashes:
-                await queries.suppress(
-                    session, hashes[o.delivery.subscriber_id], "hard_bounce", o.error
-                )
-            DELIVERIES.labels(o.status).inc()
-        if params:
-            # ORM bulk UPDATE by primary key: one executemany for the whole group.
-            await session.execute(update(Delivery), params)
-        if still_sending:
-            await session.execute(
-                update(Delivery)
-                .where(Delivery.id.in_(still_sending), Delivery.status == "sending")
-                .values(next_attempt_at=now)
-                .execution_options(synchronize_session=False)
-            )
+    for o in outcomes:
+        row: dict[str, Any] = {
+            "id": o.delivery.id,
+            "status": o.status,
+            "last_error": o.error,
+            "message_id": o.message_id,
+            "sent_at": now if o.status == "sent" else None,
+            "next_attempt_at": now,
+        }
+        if o.status == "retry":
+            delay = retry_delay(r, o.delivery.attempts)
+            row.update(status="pending", next_attempt_at=now + timedelta(seconds=delay))
+            retries.setdefault(delay, []).append(o.delivery.id)
+        params.append(row)
+    await _until_written(lambda: _write(r, outcomes, params, hashes, still_sending, now))
+    for o in outcomes:
+        DELIVERIES.labels(o.status).inc()
     for delay, ids in retries.items():
         try:
             await r.redis.enqueue_job(
@@ -242,6 +234,56 @@ async def record(
             )
         except (RedisError, OSError) as exc:
             log.warning("retry not enqueued (the sweep will): %s", exc)
+
+
+async def _write(
+    r: Resources,
+    outcomes: list[Outcome],
+    params: list[dict[str, Any]],
+    hashes: dict[int, str],
+    still_sending: list[int],
+    now: datetime,
+) -> None:
+    """Idempotent (updates by primary key, suppression ON CONFLICT): safe to run again."""
+    async with r.sessions.begin() as session:
+        for o in outcomes:
+            if o.suppress and o.delivery.subscriber_id in hashes:
+                await queries.suppress(
+                    session, hashes[o.delivery.subscriber_id], "hard_bounce", o.error
+                )
+        if params:
+            # ORM bulk UPDATE by primary key: one executemany for the whole group.
+            await session.execute(update(Delivery), params)
+        if still_sending:
+            await session.execute(
+                update(Delivery)
+                .where(Delivery.id.in_(still_sending), Delivery.status == "sending")
+                .values(next_attempt_at=now)
+                .execution_options(synchronize_session=False)
+            )
+
+
+def _database_unreachable(exc: Exception) -> bool:
+    if isinstance(exc, DBAPIError):
+        return isinstance(exc, OperationalError | InterfaceError) or exc.connection_invalidated
+    return isinstance(exc, PoolTimeout | OSError)
+
+
+async def _until_written(write: Callable[[], Awaitable[None]]) -> None:
+    """Keep trying while PostgreSQL is unreachable: mail already handed to SMTP must be recorded
+    as sent, or the sweep would send it again once the database is back. Sending waits too."""
+    deadline = time.monotonic() + RECORD_RETRY_FOR
+    delay = 0.05
+    while True:
+        try:
+            await write()
+            return
+        except (DBAPIError, PoolTimeout, OSError) as exc:
+            if not _database_unreachable(exc) or time.monotonic() >= deadline:
+                raise
+            log.warning("database unreachable, outcomes not yet recorded: %s", type(exc).__name__)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.5)
 
 
 async def deliver(r: Resources, outgoing: list[Outgoing], hashes: dict[int, str]) -> None:
