@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import os
 import re
-import uuid
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from email.policy import EmailPolicy
@@ -57,7 +57,7 @@ class Mail:
 
 
 def message_id(settings: Settings) -> str:
-    return f"<{uuid.uuid4().hex}@{settings.mail_domain}>"
+    return f"<{os.urandom(16).hex()}@{settings.mail_domain}>"
 
 
 def build_message(settings: Settings, mail: Mail, *, msgid: str | None = None) -> EmailMessage:
