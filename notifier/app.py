@@ -10,6 +10,7 @@ from aiohttp import web
 from notifier.handlers import (
     admin,
     confirm,
+    demo,
     events,
     health,
     manage,
@@ -29,7 +30,7 @@ from notifier.web import (
 )
 
 # Every handler module: its `routes` go in the route table, its OPENAPI_* into /openapi.json.
-HANDLER_MODULES = (health, ops, unsubscribe, manage, admin, subscriptions, confirm, events)
+HANDLER_MODULES = (health, ops, demo, unsubscribe, manage, admin, subscriptions, confirm, events)
 
 
 async def openapi_json(request: web.Request) -> web.Response:
