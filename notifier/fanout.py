@@ -20,7 +20,7 @@ from notifier.metrics import SWEEP_RECOVERED
 from notifier.models import Delivery, Event
 from notifier.queries import insert_for
 from notifier.resources import Resources
-from notifier.worker import register, register_cron, resources_of
+from notifier.worker import every, register, register_cron, resources_of
 
 log = logging.getLogger("notifier.fanout")
 
@@ -130,6 +130,8 @@ async def sweep(ctx: dict[str, Any]) -> dict[str, int]:
                 )
                 .order_by(Delivery.id)
                 .limit(SWEEP_CHUNK)
+                # Rows a send job is writing right now are not stale: skip them, never deadlock.
+                .with_for_update(skip_locked=True)
             )
             ids = sorted(
                 (
@@ -164,4 +166,5 @@ async def sweep(ctx: dict[str, Any]) -> dict[str, int]:
     return {"deliveries": recovered, "events": len(events)}
 
 
-register_cron("sweep_cron", second={0})(sweep)
+# Every NOTIFIER_SWEEP_INTERVAL seconds (once a minute by default).
+register_cron("sweep_cron", schedule_from=lambda s: every(s.sweep_interval), second={0})(sweep)

@@ -263,9 +263,18 @@ async def _write(
             )
 
 
-def _database_unreachable(exc: Exception) -> bool:
+TRANSIENT_SQLSTATES = frozenset({"40001", "40P01"})  # serialization failure, deadlock
+
+
+def _worth_retrying(exc: Exception) -> bool:
+    """The database is unreachable, restarting, or chose this transaction as a deadlock victim."""
     if isinstance(exc, DBAPIError):
-        return isinstance(exc, OperationalError | InterfaceError) or exc.connection_invalidated
+        sqlstate = getattr(exc.orig, "sqlstate", None)
+        return (
+            isinstance(exc, OperationalError | InterfaceError)
+            or exc.connection_invalidated
+            or sqlstate in TRANSIENT_SQLSTATES
+        )
     return isinstance(exc, PoolTimeout | OSError)
 
 
@@ -279,9 +288,9 @@ async def _until_written(write: Callable[[], Awaitable[None]]) -> None:
             await write()
             return
         except (DBAPIError, PoolTimeout, OSError) as exc:
-            if not _database_unreachable(exc) or time.monotonic() >= deadline:
+            if not _worth_retrying(exc) or time.monotonic() >= deadline:
                 raise
-            log.warning("database unreachable, outcomes not yet recorded: %s", type(exc).__name__)
+            log.warning("outcomes not yet recorded, retrying: %s", type(exc).__name__)
         await asyncio.sleep(delay)
         delay = min(delay * 2, 0.5)
 

@@ -2,18 +2,30 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar, cast
 
 from arq import cron
+from arq.connections import RedisSettings
 from arq.cron import CronJob
 from arq.worker import Function, Worker, func
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from notifier.resources import Resources, deserialize, open_resources, redis_settings, serialize
 from notifier.settings import Settings
 
+# The worker polls Redis several times a second: with this it rides out a Redis restart of up
+# to about two minutes (1 s apart at most) instead of exiting; jobs lost with Redis are swept.
+REDIS_OUTAGE_RETRIES = 120
+
 JOB_FUNCTIONS: list[Function] = []
 CRON_JOBS: list[CronJob] = []
+# Crons whose schedule comes from Settings (read when a worker is built, never at import).
+CRON_SCHEDULES: dict[str, Callable[[Settings], dict[str, Any]]] = {}
 
 
 Job = TypeVar("Job", bound=Callable[..., Awaitable[Any]])
@@ -29,14 +41,39 @@ def register(name: str, **options: Any) -> Callable[[Job], Job]:
     return wrap
 
 
-def register_cron(name: str, **schedule: Any) -> Callable[[Job], Job]:
+def register_cron(
+    name: str,
+    *,
+    schedule_from: Callable[[Settings], dict[str, Any]] | None = None,
+    **schedule: Any,
+) -> Callable[[Job], Job]:
+    """Register a cron job; `schedule_from(settings)` overrides `schedule` per worker."""
+
     def wrap(coroutine: Job) -> Job:
         CRON_JOBS.append(
             cron(cast(Any, coroutine), name=name, unique=True, run_at_startup=False, **schedule)
         )
+        if schedule_from is not None:
+            CRON_SCHEDULES[name] = schedule_from
         return coroutine
 
     return wrap
+
+
+def every(seconds: float) -> dict[str, Any]:
+    """An arq cron schedule for "every `seconds`" (at most hourly): whole seconds or minutes."""
+    step = max(1, round(seconds))
+    if step < 60:
+        return {"second": set(range(0, 60, step)), "minute": None}
+    return {"second": {0}, "minute": set(range(0, 60, min(60, step // 60)))}
+
+
+def _cron_jobs(settings: Settings) -> list[CronJob]:
+    jobs = []
+    for job in CRON_JOBS:
+        schedule = CRON_SCHEDULES.get(job.name)
+        jobs.append(dataclasses.replace(job, **schedule(settings)) if schedule else job)
+    return jobs
 
 
 def _load_jobs() -> None:
@@ -70,9 +107,9 @@ def build_worker(
 
     return Worker(
         functions=list(JOB_FUNCTIONS),
-        cron_jobs=[] if burst else list(CRON_JOBS),
+        cron_jobs=[] if burst else _cron_jobs(settings),
         queue_name=settings.queue_name,
-        redis_settings=redis_settings(settings, retries=0),
+        redis_settings=worker_redis_settings(settings),
         # The worker opens (and on close, closes) its own pool; jobs enqueue through resources.
         on_startup=on_startup,
         on_shutdown=on_shutdown,
@@ -82,13 +119,23 @@ def build_worker(
         job_timeout=600,
         keep_result=60,
         max_tries=1000,  # transient failures retry by the ladder; the sweep is the backstop
-        poll_delay=0.05 if burst else 0.2,
+        # 20 polls a second per worker is nothing for Redis, and the first mail of an event
+        # waits for two polls (fan-out, then its first send batch).
+        poll_delay=0.05,
         job_serializer=serialize,
         job_deserializer=deserialize,
         # SIGTERM: stop taking jobs and let the ones in flight finish (a send batch takes
         # seconds); whatever is still running after the grace period is recovered by the sweep.
         job_completion_wait=0 if burst else settings.shutdown_grace,
     )
+
+
+def worker_redis_settings(settings: Settings) -> RedisSettings:
+    rs = redis_settings(settings, retries=0)
+    rs.retry = Retry(ExponentialBackoff(cap=1.0, base=0.05), REDIS_OUTAGE_RETRIES)
+    # Refused connections (OSError) too: that is what a restarting Redis looks like.
+    rs.retry_on_error = [RedisConnectionError, RedisTimeoutError, OSError]
+    return rs
 
 
 def resources_of(ctx: dict[str, Any]) -> Resources:
