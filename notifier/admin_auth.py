@@ -15,7 +15,9 @@ def require_admin(request: web.Request) -> None:
     header = request.headers.get("Authorization", "")
     scheme, _, given = header.partition(" ")
     # compare_digest on equal-purpose byte strings: no early exit on the first wrong byte.
-    ok = hmac.compare_digest(given.strip().encode(), expected) and scheme.lower() == "bearer"
+    # surrogateescape: header bytes that are not UTF-8 compare as the bytes they were (no 500).
+    given_bytes = given.strip().encode("utf-8", "surrogateescape")
+    ok = hmac.compare_digest(given_bytes, expected) and scheme.lower() == "bearer"
     if not ok or not expected:
         raise web.HTTPUnauthorized(
             text='{"error": "admin token required"}',

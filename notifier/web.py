@@ -190,10 +190,12 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except web.HTTPRequestEntityTooLarge:
         return error_response(request, 413, "request body too large")
     except web.HTTPException as exc:
-        if exc.status >= 400 and exc.content_type != "application/json" and not exc.text:
-            return error_response(request, exc.status, exc.reason)
-        if exc.status in (404, 405) and exc.content_type == "text/plain":
-            return error_response(request, exc.status, exc.reason)
+        plain = exc.status >= 400 and exc.content_type != "application/json" and not exc.text
+        if plain or (exc.status in (404, 405) and exc.content_type == "text/plain"):
+            response = error_response(request, exc.status, exc.reason)
+            if "Allow" in exc.headers:  # RFC 9110: a 405 names the methods that are allowed
+                response.headers["Allow"] = exc.headers["Allow"]
+            return response
         raise
     except ValidationError as exc:
         return error_response(request, 422, "invalid input", validation_fields(exc))
