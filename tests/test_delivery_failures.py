@@ -25,7 +25,7 @@ from notifier.clock import utcnow
 from notifier.fanout import fanout_event
 from notifier.models import Delivery, Event, Subscriber, Subscription, Suppression
 from notifier.resources import Resources, open_resources
-from notifier.sending import claim
+from notifier.sending import claim, send_deliveries
 from tests.conftest import run_worker
 from tests.events_factory import new_study, post_events, subscribe
 from tests.proxy import TcpProxy
@@ -99,7 +99,9 @@ async def test_an_smtp_outage_loses_nothing_and_mails_once(
 class TestGiveUp:
     @pytest.fixture
     def settings_overrides(self) -> dict[str, Any]:
-        return {"retry_give_up_after": 0.3}
+        # Long enough that the first attempts never give up on a slow machine; the clock is
+        # then moved past it.
+        return {"retry_give_up_after": 60.0, "retry_ladder": [30.0]}
 
     async def test_transient_failures_end_as_visible_failed_rows(
         self, client: TestClient[Any, Any], resources: Resources, smtp: RecordingSMTP
@@ -108,10 +110,23 @@ class TestGiveUp:
         smtp.reject["slow@example.org"] = "451 4.3.0 try later"
         event = new_study("NCT05879978")
         await post_events(client, [event])
-        await run_worker(resources)
+        # The first attempt, by the jobs themselves: the worker would wait for the deferred retry.
+        ctx = {"resources": resources}
+        async with resources.sessions() as session:
+            event_pk = await session.scalar(select(Event.id))
+        await resources.redis.flushdb()
+        assert event_pk is not None
+        await fanout_event(ctx, event_pk)
+        (delivery,) = await rows(resources)
+        await resources.redis.flushdb()
+        await send_deliveries(ctx, [delivery.id])  # 451: pending, retry deferred by 30 s
+        (delivery,) = await rows(resources)
+        assert (delivery.status, delivery.attempts) == ("pending", 1)  # waits for its retry
+        with time_machine.travel(utcnow() + timedelta(seconds=90), tick=True):
+            await run_worker(resources)  # the deferred retry is due now
         (delivery,) = await rows(resources)
         assert delivery.status == "failed"
-        assert delivery.attempts >= 2
+        assert delivery.attempts == 2
         assert (delivery.last_error or "").startswith("gave up after")
         resp = await client.get(
             f"/v1/admin/events/{event['event_id']}",
