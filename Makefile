@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: venv run test lint format bench bench-full clean
+.PHONY: venv run test lint format bench bench-full bench-tools clean
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -32,11 +32,17 @@ format: venv
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-bench: venv
+## bench: every benchmark against its baseline, quick sizes (needs PostgreSQL, Redis, Postfix's
+## smtp-sink/smtp-source and wrk; installed from Debian's packages when missing and root)
+bench: venv bench-tools
 	$(PY) -m bench --quick
 
-bench-full: venv
+bench-full: venv bench-tools
 	$(PY) -m bench
+
+bench-tools:
+	@command -v smtp-sink >/dev/null && command -v wrk >/dev/null || \
+	  (DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postfix wrk >/dev/null)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache notifier.db*

@@ -1,0 +1,158 @@
+"""signup_api: wrk -c32 posting unique signups to `notifier web` (PostgreSQL, then SQLite),
+against an aiohttp no-op POST handler measured in the same run."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench.baselines import NOOP_APP, wait_port
+from bench.common import REDIS_URL, ROOT, Result, free_port, fresh_database, median
+from bench.seed import migrate
+
+WRK_SCRIPT = r"""
+local counter = 0
+local threads = {}
+function setup(thread)
+  thread:set("id", #threads + 1)
+  table.insert(threads, thread)
+end
+function init(args)
+  math.randomseed(os.time() * 1000 + id)
+  prefix = string.format("t%d-%d", id, math.random(1, 1000000000))
+end
+function request()
+  counter = counter + 1
+  local body = string.format('{"email":"%s-%d@example.org","study":"NCT05879978"}', prefix, counter)
+  return wrk.format("POST", "/v1/subscriptions", {["Content-Type"] = "application/json"}, body)
+end
+"""
+
+LAT = re.compile(r"^\s+99%\s+([\d.]+)(us|ms|s)", re.M)
+RPS = re.compile(r"Requests/sec:\s+([\d.]+)")
+NON2XX = re.compile(r"Non-2xx or 3xx responses:\s+(\d+)")
+SOCKERR = re.compile(r"Socket errors: (.+)")
+
+
+def wrk(port: int, seconds: int) -> tuple[float, float, int]:
+    """requests/s, p99 ms, errors (non-2xx + socket errors)."""
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        f.write(WRK_SCRIPT)
+        script = f.name
+    try:
+        out = subprocess.run(
+            [
+                "wrk",
+                "-t2",
+                "-c32",
+                f"-d{seconds}s",
+                "--latency",
+                "-s",
+                script,
+                f"http://127.0.0.1:{port}/v1/subscriptions",
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+    finally:
+        os.unlink(script)
+    rps = float(RPS.search(out).group(1))  # type: ignore[union-attr]
+    value, unit = LAT.search(out).groups()  # type: ignore[union-attr]
+    p99 = float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+    errors = int(m.group(1)) if (m := NON2XX.search(out)) else 0
+    if m := SOCKERR.search(out):
+        errors += sum(int(n) for n in re.findall(r"\d+", m.group(1)))
+    return rps, p99, errors
+
+
+def start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(cmd, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+
+
+async def measure(database_url: str, seconds: int) -> tuple[float, float, int, bool]:
+    port = free_port()
+    log = Path(tempfile.mkstemp(suffix=".log")[1])
+    env = {
+        **os.environ,
+        "NOTIFIER_ENV": "production",
+        "NOTIFIER_DATABASE_URL": database_url,
+        "NOTIFIER_REDIS_URL": REDIS_URL,
+        "NOTIFIER_SECRET_KEYS": "s" * 40,
+        "NOTIFIER_EVENT_SECRETS": "e" * 40,
+        "NOTIFIER_ADMIN_TOKEN": "a" * 40,
+        "NOTIFIER_IP_REQUESTS_PER_MINUTE": "100000000",
+        "NOTIFIER_QUEUE_NAME": "bench:signup",
+        "NOTIFIER_LOG_LEVEL": "WARNING",
+    }
+    proc = start([sys.executable, "-m", "notifier", "web", "--port", str(port)], env, log)
+    try:
+        await wait_port(port, 20)
+        wrk(port, 2)  # warm-up: pools, caches
+        rps, p99, errors = wrk(port, seconds)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    locked = "database is locked" in log.read_text(errors="replace")
+    log.unlink()
+    return rps, p99, errors, locked
+
+
+async def baseline(seconds: int) -> float:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-c", NOOP_APP, str(port)], cwd=ROOT)
+    try:
+        await wait_port(port, 20)
+        wrk(port, 1)
+        rps, _, _ = wrk(port, seconds)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    return rps
+
+
+async def run(quick: bool) -> list[Result]:
+    if not shutil.which("wrk"):
+        sys.exit("signup_api needs wrk: apt-get install wrk")
+    seconds = 2 if quick else 10
+    pg_url = await fresh_database("notifier_bench_signup")
+    migrate(pg_url)
+    sqlite_dir = tempfile.mkdtemp(prefix="notifier-bench-")
+    sqlite_url = f"sqlite+aiosqlite:///{sqlite_dir}/bench.db"
+    migrate(sqlite_url)
+    results = []
+    for name, url, target in (("postgres", pg_url, 0.10), ("sqlite", sqlite_url, 0.05)):
+        ours, bases, p99s, errors, locked = [], [], [], 0, False
+        for _ in range(3):
+            bases.append(await baseline(seconds))
+            rps, p99, errs, lk = await measure(url, seconds)
+            ours.append(rps)
+            p99s.append(p99)
+            errors += errs
+            locked = locked or lk
+            time.sleep(0.5)
+        rate, base, p99 = median(ours), median(bases), median(p99s)
+        ok = rate >= target * base and errors == 0 and not locked
+        if name == "postgres":
+            ok = ok and p99 <= 50
+        results.append(
+            Result(
+                f"signup_api/{name}",
+                "signups/s (wrk -c32)",
+                rate,
+                base,
+                "aiohttp no-op POST",
+                f">= {target:.0%} of baseline, 0 errors"
+                + (", p99 <= 50 ms" if name == "postgres" else ", no 'database is locked'"),
+                ok,
+                {"p99_ms": round(p99, 1), "errors": errors, "database_locked": locked},
+            )
+        )
+    shutil.rmtree(sqlite_dir, ignore_errors=True)
+    return results
