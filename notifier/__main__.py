@@ -66,9 +66,20 @@ def cmd_migrate(settings: Settings) -> None:
     print(f"database is at the latest schema ({_safe_url(settings.database_url)})")
 
 
+def use_uvloop() -> None:
+    """uvloop's transports cost about half of asyncio's per SMTP command and HTTP request
+    (measured in bench/, docs/PERFORMANCE.md); plain asyncio where it is not installed."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux and macOS
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
 def cmd_web(settings: Settings, host: str, port: int) -> None:
     from notifier.app import create_app
 
+    use_uvloop()
     asyncio.run(_require_redis(settings))
     web.run_app(create_app(settings), host=host, port=port, access_log=None, print=None)
 
@@ -76,6 +87,7 @@ def cmd_web(settings: Settings, host: str, port: int) -> None:
 def cmd_worker(settings: Settings) -> None:
     from notifier.worker import build_worker
 
+    use_uvloop()
     asyncio.run(_require_redis(settings))
     if settings.worker_metrics_port:
         from prometheus_client import start_http_server
