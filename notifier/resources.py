@@ -24,7 +24,6 @@ from notifier.settings import Settings
 from notifier.templating import make_environment
 from notifier.tokens import Tokens
 
-
 log = logging.getLogger("notifier.resources")
 
 
