@@ -11,6 +11,17 @@ from typing import Any
 
 from notifier import __version__
 
+JSON = "application/json"
+# An address as the admin endpoints take it: one "@", no spaces or control characters. (Signup
+# validates more strictly; the operator must reach any address that may be stored.)
+ADDRESS_PATTERN = r"^[^\s@\u0000-\u001f\u007f]+@[^\s@\u0000-\u001f\u007f]+$"
+# An address signup accepts (email-validator's syntax, ASCII form): dot-atoms, a dotted domain.
+_ATEXT = "[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]"
+_LABEL = "[A-Za-z0-9](?:[A-Za-z0-9-]{0,20}[A-Za-z0-9])?"
+SIGNUP_EMAIL_PATTERN = (
+    rf"^{_ATEXT}{{1,30}}(?:\.{_ATEXT}{{1,30}})?@(?:{_LABEL}\.){{1,3}}[A-Za-z]{{2,12}}$"
+)
+
 
 def build_spec(modules: tuple[ModuleType, ...], server_url: str) -> dict[str, Any]:
     paths: dict[str, Any] = {}
@@ -28,6 +39,12 @@ def build_spec(modules: tuple[ModuleType, ...], server_url: str) -> dict[str, An
         for path, operations in getattr(module, "OPENAPI_PATHS", {}).items():
             paths.setdefault(path, {}).update(operations)
         schemas.update(getattr(module, "OPENAPI_SCHEMAS", {}))
+    paths["/openapi.json"] = {
+        "get": {
+            "summary": "This document",
+            "responses": {"200": {"description": "OpenAPI 3.1", "content": {JSON: {}}}},
+        }
+    }
     return {
         "openapi": "3.1.0",
         "info": {
@@ -52,8 +69,9 @@ def build_spec(modules: tuple[ModuleType, ...], server_url: str) -> dict[str, An
     }
 
 
-def error_response(description: str) -> dict[str, Any]:
-    return {
-        "description": description,
-        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
-    }
+def error_response(description: str, *, html: bool = False) -> dict[str, Any]:
+    """An error answer: JSON `{"error": …}`, or (html=True, for links people open) also a page."""
+    content: dict[str, Any] = {JSON: {"schema": {"$ref": "#/components/schemas/Error"}}}
+    if html:
+        content["text/html"] = {"schema": {"type": "string"}}
+    return {"description": description, "content": content}

@@ -10,24 +10,34 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 from notifier import suppression
 from notifier.admin_auth import require_admin
 from notifier.normalize import has_control_chars
+from notifier.openapi import ADDRESS_PATTERN
 from notifier.openapi import error_response as openapi_error
 from notifier.web import error_response, res
 
 routes = web.RouteTableDef()
 
 MAX_BOUNCES = 500
+MAX_ID = 2**63 - 1  # a BIGINT: a larger cursor is a 422, not a database error
 
 
 def _address(value: str) -> str:
     """Lenient on purpose: erasure and bounces must work for any address we may hold."""
-    value = value.strip()
-    local, at, domain = value.rpartition("@")
-    if not (at and local and domain) or has_control_chars(value) or any(c.isspace() for c in value):
+    local, at, domain = value.partition("@")
+    if (
+        not (at and local and domain)
+        or "@" in domain
+        or has_control_chars(value)
+        or any(c.isspace() for c in value)
+    ):
         raise ValueError("not an email address")
     return value
 
 
-Email = Annotated[str, Field(min_length=3, max_length=320), AfterValidator(_address)]
+Email = Annotated[
+    str,
+    Field(min_length=3, max_length=320, json_schema_extra={"pattern": ADDRESS_PATTERN}),
+    AfterValidator(_address),
+]
 
 
 class EmailQuery(BaseModel):
@@ -38,7 +48,7 @@ class EmailQuery(BaseModel):
 class ListQuery(BaseModel):
     model_config = ConfigDict(extra="ignore")
     email: Email | None = None
-    after: int = Field(default=0, ge=0)
+    after: int = Field(default=0, ge=0, le=MAX_ID)
     limit: int = Field(default=100, ge=1, le=1000)
 
 
@@ -152,7 +162,9 @@ async def _json(request: web.Request) -> Any:
 # ---- OpenAPI -------------------------------------------------------------------------------
 
 _ADMIN: list[dict[str, list[str]]] = [{"admin": []}]
-_EMAIL_PARAM = {"name": "email", "in": "query", "required": True, "schema": {"type": "string"}}
+_EMAIL_SCHEMA = {"type": "string", "minLength": 3, "maxLength": 320, "pattern": ADDRESS_PATTERN}
+_EMAIL_PARAM = {"name": "email", "in": "query", "required": True, "schema": _EMAIL_SCHEMA}
+_TOO_LARGE = openapi_error("body larger than NOTIFIER_MAX_BODY_BYTES")
 _UNAUTHORIZED = openapi_error("missing or wrong admin token")
 _INVALID = openapi_error("invalid input")
 
@@ -207,7 +219,11 @@ OPENAPI_PATHS: dict[str, Any] = {
             "security": _ADMIN,
             "parameters": [
                 {**_EMAIL_PARAM, "required": False},
-                {"name": "after", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+                {
+                    "name": "after",
+                    "in": "query",
+                    "schema": {"type": "integer", "minimum": 0, "maximum": MAX_ID},
+                },
                 {
                     "name": "limit",
                     "in": "query",
@@ -231,6 +247,7 @@ OPENAPI_PATHS: dict[str, Any] = {
                     "content": _json_content("Suppression"),
                 },
                 "401": _UNAUTHORIZED,
+                "413": _TOO_LARGE,
                 "422": _INVALID,
             },
         },
@@ -261,9 +278,11 @@ OPENAPI_PATHS: dict[str, Any] = {
                                 {
                                     "type": "object",
                                     "required": ["bounces"],
+                                    "additionalProperties": False,
                                     "properties": {
                                         "bounces": {
                                             "type": "array",
+                                            "minItems": 1,
                                             "maxItems": MAX_BOUNCES,
                                             "items": {"$ref": "#/components/schemas/BounceIn"},
                                         }
@@ -290,6 +309,7 @@ OPENAPI_PATHS: dict[str, Any] = {
                     },
                 },
                 "401": _UNAUTHORIZED,
+                "413": _TOO_LARGE,
                 "422": _INVALID,
             },
         }

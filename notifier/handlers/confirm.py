@@ -95,6 +95,12 @@ _ITEM = {
     },
 }
 _HTML: dict[str, Any] = {"text/html": {}}
+_IDS = {
+    "type": "array",
+    "items": {"type": "integer", "minimum": 1},
+    "minItems": 1,
+    "maxItems": 100,
+}
 
 OPENAPI_PATHS: dict[str, Any] = {
     "/v1/confirm/{token}": {
@@ -104,8 +110,8 @@ OPENAPI_PATHS: dict[str, Any] = {
             "parameters": _TOKEN,
             "responses": {
                 "200": {"description": "HTML page with a form", "content": _HTML},
-                "404": {"description": "link not recognised", "content": _HTML},
-                "410": {"description": "expired or used: sign up again", "content": _HTML},
+                "404": error_doc("link not recognised", html=True),
+                "410": error_doc("expired or used: sign up again", html=True),
             },
         },
         "post": {
@@ -117,17 +123,13 @@ OPENAPI_PATHS: dict[str, Any] = {
                     FORM: {
                         "schema": {
                             "type": "object",
-                            "properties": {
-                                "subscription": {"type": "array", "items": {"type": "integer"}}
-                            },
+                            "properties": {"subscription": _IDS},
                         }
                     },
                     JSON: {
                         "schema": {
                             "type": "object",
-                            "properties": {
-                                "subscriptions": {"type": "array", "items": {"type": "integer"}}
-                            },
+                            "properties": {"subscriptions": _IDS},
                         }
                     },
                 },
@@ -148,9 +150,10 @@ OPENAPI_PATHS: dict[str, Any] = {
                         },
                     },
                 },
-                "400": error_doc("body cannot be decoded"),
-                "404": error_doc("link not recognised"),
-                "410": error_doc("expired or already used: sign up again"),
+                "400": error_doc("body cannot be decoded, or not a list of ids"),
+                "404": error_doc("link not recognised", html=True),
+                "410": error_doc("expired or already used: sign up again", html=True),
+                "413": error_doc("body too large"),
                 "415": error_doc("not a form or JSON"),
             },
         },

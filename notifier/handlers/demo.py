@@ -6,6 +6,7 @@ from importlib import resources as pkg
 
 from aiohttp import web
 
+from notifier.openapi import error_response as error_doc
 from notifier.web import res
 
 routes = web.RouteTableDef()
@@ -22,13 +23,26 @@ DEMO_STUDY = {
     "conditions": ["Small Cell Lung Carcinoma (SCLC)", "Neuroendocrine Neoplasms"],
 }
 
+_DEMO = {
+    "get": {
+        "summary": "Dev mode only: a page embedding the signup form (404 in production)",
+        "responses": {
+            "200": {"description": "HTML page", "content": {"text/html": {}}},
+            "404": error_doc("not in production", html=True),
+        },
+    }
+}
 OPENAPI_PATHS = {
     "/static/notifier-form.js": {
         "get": {
             "summary": "The optional script that submits the embeddable form with fetch()",
-            "responses": {"200": {"description": "JavaScript"}},
+            "responses": {
+                "200": {"description": "JavaScript", "content": {"application/javascript": {}}}
+            },
         }
     },
+    "/demo/study": _DEMO,
+    "/demo/condition": _DEMO,
 }
 
 

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from notifier import preferences
 from notifier.handlers.unsubscribe import not_found
 from notifier.models import Subscriber, Subscription
+from notifier.openapi import SIGNUP_EMAIL_PATTERN
 from notifier.openapi import error_response as openapi_error
 from notifier.resources import Resources
 from notifier.tokens import TokenInvalid
@@ -32,7 +33,9 @@ class ManageAction(BaseModel):
 class ManageLinkRequest(BaseModel):
     model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
 
-    email: str = Field(min_length=3, max_length=320)
+    email: str = Field(
+        min_length=3, max_length=320, json_schema_extra={"pattern": SIGNUP_EMAIL_PATTERN}
+    )
 
     @field_validator("email")
     @classmethod
@@ -81,7 +84,10 @@ OPENAPI_PATHS: dict[str, Any] = {
         "get": {
             "summary": "Preference centre: every subscription of the address; changes nothing",
             "parameters": [_TOKEN],
-            "responses": {"200": _LISTING, "404": openapi_error("tampered or unknown token")},
+            "responses": {
+                "200": _LISTING,
+                "404": openapi_error("tampered or unknown token", html=True),
+            },
         },
         "post": {
             "summary": "Unsubscribe one or all, change frequency, pause or resume",
@@ -95,8 +101,11 @@ OPENAPI_PATHS: dict[str, Any] = {
             },
             "responses": {
                 "200": _LISTING,
-                "404": openapi_error("tampered token, or a subscription of another address"),
-                "422": openapi_error("invalid action or not possible in its state"),
+                "404": openapi_error(
+                    "tampered token, or a subscription of another address", html=True
+                ),
+                "413": openapi_error("body too large"),
+                "422": openapi_error("invalid action or not possible in its state", html=True),
             },
         },
     },
@@ -127,7 +136,8 @@ OPENAPI_PATHS: dict[str, Any] = {
                         "text/html": {},
                     },
                 },
-                "422": openapi_error("invalid address"),
+                "413": openapi_error("body too large"),
+                "422": openapi_error("invalid address", html=True),
                 "429": openapi_error("too many requests from this network; see Retry-After"),
             },
         },
@@ -192,7 +202,10 @@ async def _body(request: web.Request) -> Any:
             return await request.json()
         except ValueError:
             return None
-    return dict(await request.post())
+    try:
+        return dict(await request.post())
+    except ValueError:  # e.g. multipart/form-data without a boundary: was a 500
+        return None
 
 
 async def _render(request: web.Request, subscriber_id: int, message: str | None) -> web.Response:

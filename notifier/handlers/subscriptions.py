@@ -8,6 +8,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from notifier.metrics import SIGNUPS
+from notifier.openapi import SIGNUP_EMAIL_PATTERN
 from notifier.openapi import error_response as error_doc
 from notifier.ratelimit import refuse_if_ip_limited
 from notifier.signup import Evidence, sign_up
@@ -32,7 +33,9 @@ async def create_subscription(request: web.Request) -> web.Response:
     is_form = request.content_type == FORM
     try:
         data = decode_body(request.content_type, await request.read())
-        req = parse_signup(form_values(data) if is_form else data, r.settings.allowed_origins)
+        if is_form:  # fields signup ignores anyway may repeat; its own may not
+            data = form_values({k: v for k, v in data.items() if k in SignupRequest.model_fields})
+        req = parse_signup(data, r.settings.allowed_origins)
     except BodyError as exc:
         SIGNUPS.labels(outcome="invalid").inc()
         return error_response(request, exc.status, exc.message)
@@ -64,7 +67,30 @@ async def check_inbox(request: web.Request) -> web.Response:
 
 _SIGNUP_SCHEMA: dict[str, Any] = {"$ref": "#/components/schemas/SignupRequest"}
 
-OPENAPI_SCHEMAS = {"SignupRequest": SignupRequest.model_json_schema()}
+
+def _signup_schema() -> dict[str, Any]:
+    """The model's schema with what signup enforces and JSON Schema can say: the address and id
+    syntax, exactly one of study or condition. (Whether a condition names a condition, a time
+    zone exists, or a redirect is on an allowed origin is checked by the server: 422.)"""
+    schema = SignupRequest.model_json_schema()
+    props = schema["properties"]
+    blank = {"type": "string", "pattern": "^ *$"}  # an HTML form's empty field: not given
+    props["email"].update(pattern=SIGNUP_EMAIL_PATTERN, maxLength=254)
+    props["study"]["anyOf"][0]["pattern"] = "^ *([Nn][Cc][Tt][0-9]{8})? *$"
+    props["mesh_id"]["anyOf"][0]["pattern"] = "^ *([DdCc]([0-9]{6}|[0-9]{9}))? *$"
+    props["frequency"] = {
+        "anyOf": [{"enum": ["instant", "daily", "weekly"]}, blank],
+        "default": "instant",
+    }
+    props["website"]["maxLength"] = 1000
+    schema["anyOf"] = [
+        {"required": ["study"], "properties": {"study": {"type": "string"}}},
+        {"required": ["condition"], "properties": {"condition": {"type": "string"}}},
+    ]
+    return schema
+
+
+OPENAPI_SCHEMAS = {"SignupRequest": _signup_schema()}
 
 OPENAPI_PATHS: dict[str, Any] = {
     "/v1/subscriptions": {

@@ -9,6 +9,7 @@ from aiohttp import web
 
 from notifier import preferences
 from notifier.models import Subscription
+from notifier.openapi import error_response as error_doc
 from notifier.resources import Resources
 from notifier.tokens import TokenInvalid
 from notifier.web import res
@@ -16,7 +17,7 @@ from notifier.web import res
 routes = web.RouteTableDef()
 
 _TOKEN = {"name": "token", "in": "path", "required": True, "schema": {"type": "string"}}
-_NOT_FOUND = {"description": "tampered or unknown token; nothing changed"}
+_NOT_FOUND = error_doc("tampered or unknown token; nothing changed", html=True)
 OPENAPI_PATHS: dict[str, Any] = {
     "/v1/unsubscribe/{token}": {
         "get": {
