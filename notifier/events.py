@@ -139,6 +139,9 @@ def parse_events(data: Any) -> list[TrialChangeEvent]:
     events: list[TrialChangeEvent] = []
     fields: dict[str, str] = {}
     for index, item in enumerate(items):
+        if _has_nul(item):  # PostgreSQL cannot store U+0000 in text or JSONB: was a 503
+            fields[f"{prefix}.{index}" if prefix else "body"] = "text must not contain U+0000"
+            continue
         try:
             events.append(TrialChangeEvent.model_validate(item))
         except ValidationError as exc:
@@ -148,6 +151,16 @@ def parse_events(data: Any) -> list[TrialChangeEvent]:
     if fields:
         raise EventsInvalid("invalid event" if prefix is None else "invalid events", fields)
     return events
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
 
 
 def _fields(exc: ValidationError) -> dict[str, str]:

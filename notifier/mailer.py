@@ -70,8 +70,15 @@ class Connection:
         self._client = client
 
     async def send(self, sender: str, recipient: str, message: bytes) -> None:
+        # An internationalised address (accepted at signup) needs SMTPUTF8 on the envelope.
+        options = [] if sender.isascii() and recipient.isascii() else ["SMTPUTF8"]
         try:
-            errors, _ = await self._client.sendmail(sender, [recipient], message)
+            errors, _ = await self._client.sendmail(
+                sender, [recipient], message, mail_options=options
+            )
+        except aiosmtplib.SMTPNotSupported as exc:
+            # RFC 6531: the relay cannot take a non-ASCII address; retrying cannot help.
+            raise SendError(f"553 5.6.7 {exc}", code=553, permanent=True) from exc
         except aiosmtplib.SMTPRecipientsRefused as exc:
             refused = exc.recipients[0] if exc.recipients else None
             code = refused.code if refused else 550

@@ -190,9 +190,12 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except web.HTTPRequestEntityTooLarge:
         return error_response(request, 413, "request body too large")
     except web.HTTPException as exc:
-        plain = exc.status >= 400 and exc.content_type != "application/json" and not exc.text
-        if plain or (exc.status in (404, 405) and exc.content_type == "text/plain"):
-            response = error_response(request, exc.status, exc.reason)
+        if exc.status >= 400 and exc.content_type != "application/json":
+            # Every error is JSON or our HTML page, with a message: aiohttp's own plain-text
+            # answers (404, 405, aiohttp_cors's 403) included.
+            plain = (exc.text or "") if exc.content_type == "text/plain" else ""
+            generic = not plain or plain == f"{exc.status}: {exc.reason}"
+            response = error_response(request, exc.status, exc.reason if generic else plain)
             if "Allow" in exc.headers:  # RFC 9110: a 405 names the methods that are allowed
                 response.headers["Allow"] = exc.headers["Allow"]
             return response
