@@ -75,6 +75,8 @@ class Subscriber(Base):
     """One email address. The keyed hash survives erasure through the suppression list."""
 
     __tablename__ = "subscribers"
+    # Ids go into signed links: SQLite must never hand an erased row's id to someone else.
+    __table_args__ = ({"sqlite_autoincrement": True},)
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     email: Mapped[str] = mapped_column(String(320), unique=True)
@@ -111,6 +113,7 @@ class Subscription(Base):
             sqlite_where=text("status = 'confirmed' AND paused = false AND mesh_id IS NOT NULL"),
         ),
         Index("ix_subscriptions_status_requested_at", "status", "requested_at"),
+        {"sqlite_autoincrement": True},  # ids go into signed links: never reused
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from aiohttp.test_utils import TestClient
-from sqlalchemy import select
+from sqlalchemy import delete, insert, select
 
 from notifier.clock import utcnow
 from notifier.models import Base, Subscriber
@@ -195,3 +195,23 @@ async def test_after_erase_a_new_signup_is_silently_ignored(
     assert resp.status == 202
     await run_worker(resources)
     assert len(smtp.to(ADA)) == 1
+
+
+async def test_erased_ids_are_never_handed_out_again(resources: Resources) -> None:
+    """Ids go into signed manage/unsubscribe links: after an erase, a new address must not get
+    the old id (SQLite reuses the highest rowid unless the table is AUTOINCREMENT)."""
+    async with resources.sessions.begin() as session:
+        await session.execute(
+            insert(Subscriber).values(email="ann@example.org", email_hash="h-ann")
+        )
+        ann = await session.scalar(
+            select(Subscriber.id).where(Subscriber.email == "ann@example.org")
+        )
+        await session.execute(delete(Subscriber).where(Subscriber.id == ann))
+        await session.execute(
+            insert(Subscriber).values(email="bob@example.org", email_hash="h-bob")
+        )
+        bob = await session.scalar(
+            select(Subscriber.id).where(Subscriber.email == "bob@example.org")
+        )
+    assert bob != ann

@@ -80,6 +80,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_subscribers")),
         sa.UniqueConstraint("email", name=op.f("uq_subscribers_email")),
         sa.UniqueConstraint("email_hash", name=op.f("uq_subscribers_email_hash")),
+        sqlite_autoincrement=True,  # ids go into signed links: never reused after an erase
     )
     op.create_table(
         "suppressions",
@@ -170,6 +171,7 @@ def upgrade() -> None:
         sa.UniqueConstraint(
             "subscriber_id", "match_key", name=op.f("uq_subscriptions_subscriber_id_match_key")
         ),
+        sqlite_autoincrement=True,
     )
     with op.batch_alter_table("subscriptions", schema=None) as batch_op:
         batch_op.create_index(
