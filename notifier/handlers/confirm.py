@@ -48,8 +48,8 @@ def requested_ids(data: dict[str, Any]) -> list[int] | None:
     if not isinstance(values, list) or not values or len(values) > 100:
         raise BodyError(400, "subscriptions must be a list of 1 to 100 ids")
     ids = [int(v) if isinstance(v, str) and v.isdigit() else v for v in values]
-    if not all(type(i) is int for i in ids):
-        raise BodyError(400, "subscription ids must be integers")
+    if not all(type(i) is int and 0 < i < 2**63 for i in ids):
+        raise BodyError(400, "subscription ids must be positive integers")
     return ids
 
 

@@ -26,7 +26,7 @@ class ManageAction(BaseModel):
     model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
 
     action: Literal["unsubscribe", "unsubscribe_all", "frequency", "pause", "resume"]
-    subscription: int | None = Field(default=None, gt=0)
+    subscription: int | None = Field(default=None, gt=0, le=2**63 - 1)  # a BIGINT id
     frequency: Literal["instant", "daily", "weekly"] | None = None
 
 
