@@ -18,7 +18,10 @@ if TYPE_CHECKING:
 # The id of the request being served; set by the web's request-id middleware for its duration.
 REQUEST_ID: ContextVar[str | None] = ContextVar("notifier_request_id", default=None)
 
-EMAIL = re.compile(r"([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*@([A-Za-z0-9.-]+)")
+# Any local part (internationalised addresses too, e.g. josé@…): everything up to the "@" that is
+# not a space, quote, bracket or separator; the domain is kept for debugging.
+_LOCAL = r"[^\s<>()\[\]{}\"'`,;:@‹›«»]"
+EMAIL = re.compile(rf"({_LOCAL}){_LOCAL}*@([\w.-]+)")
 TOKEN_PATH = re.compile(r"(/v1/(?:confirm|unsubscribe|manage)/)(?!\{token\})[^\s/?\"'<>]+")
 # itsdangerous tokens (payload.timestamp.signature, URL-safe base64) wherever they appear: by
 # their payload, base64 JSON ("eyJ…") or compressed "." + base64 zlib ("eJ…"), or by the shape

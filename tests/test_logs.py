@@ -230,3 +230,13 @@ async def test_a_whole_flow_logs_no_token_secret_or_address(
     secrets = [*SECRET_KEYS, *EVENT_SECRETS, ADMIN_TOKEN]
     for forbidden in [ADA, BOB, *tokens, *secrets]:
         assert forbidden not in raw, forbidden
+
+
+def test_internationalised_addresses_are_masked_too() -> None:
+    """Found in review: relays quote non-ASCII addresses in their errors, which get logged."""
+    from notifier.logs import mask
+
+    assert (
+        mask("550 5.1.1 ‹josé.garcía@example.es> unknown") == "550 5.1.1 ‹j***@example.es> unknown"
+    )
+    assert "jörg" not in mask("to jörg@example.de")
