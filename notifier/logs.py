@@ -20,7 +20,7 @@ REQUEST_ID: ContextVar[str | None] = ContextVar("notifier_request_id", default=N
 
 # Any local part (internationalised addresses too, e.g. josé@…): everything up to the "@" that is
 # not a space, quote, bracket or separator; the domain is kept for debugging.
-_LOCAL = r"[^\s<>()\[\]{}\"'`,;:@‹›«»]"
+_LOCAL = r"[^\s<>()\[\]{}\"'`,;:@\u2039\u203a\u00ab\u00bb]"
 EMAIL = re.compile(rf"({_LOCAL}){_LOCAL}*@([\w.-]+)")
 TOKEN_PATH = re.compile(r"(/v1/(?:confirm|unsubscribe|manage)/)(?!\{token\})[^\s/?\"'<>]+")
 # itsdangerous tokens (payload.timestamp.signature, URL-safe base64) wherever they appear: by

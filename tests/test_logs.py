@@ -237,6 +237,6 @@ def test_internationalised_addresses_are_masked_too() -> None:
     from notifier.logs import mask
 
     assert (
-        mask("550 5.1.1 ‹josé.garcía@example.es> unknown") == "550 5.1.1 ‹j***@example.es> unknown"
+        mask("550 5.1.1 <josé.garcía@example.es> unknown") == "550 5.1.1 <j***@example.es> unknown"
     )
     assert "jörg" not in mask("to jörg@example.de")
