@@ -27,6 +27,12 @@ JSON = "application/json"
 MAX_FORM_FIELDS = 100
 
 
+def normalize_email(value: str) -> str:
+    """The one stored form of an address (signup, admin, bounces): email-validator's
+    normalisation (Unicode NFC, IDNA domain), lower-cased. Raises EmailNotValidError."""
+    return validate_email(value.strip(), check_deliverability=False).normalized.lower()
+
+
 class BodyError(Exception):
     """A body that cannot be read at all (wrong type, bad encoding): 400 or 415 with a message."""
 
@@ -153,10 +159,9 @@ class SignupRequest(BaseModel):
         if not value.strip():
             raise ValueError("an email address is required")
         try:
-            checked = validate_email(value.strip(), check_deliverability=False)
+            return normalize_email(value)
         except EmailNotValidError as exc:
             raise ValueError(f"not a valid email address: {exc}") from None
-        return checked.normalized.lower()
 
     @field_validator("study")
     @classmethod

@@ -215,3 +215,22 @@ async def test_erased_ids_are_never_handed_out_again(resources: Resources) -> No
             select(Subscriber.id).where(Subscriber.email == "bob@example.org")
         )
     assert bob != ann
+
+
+async def test_export_finds_the_address_in_any_spelling_signup_accepts(
+    client: TestClient[Any, Any], resources: Resources
+) -> None:
+    """Found in review: the admin endpoints hashed the raw input, so a differently written
+    (case, Unicode form) address missed the stored row and erase reported nothing."""
+    resp = await client.post(
+        "/v1/subscriptions", json={"email": "Zoë@Example.ORG", "study": "NCT05879978"}
+    )
+    assert resp.status == 202
+    resp = await client.get(
+        "/v1/admin/subscribers",
+        params={"email": "ZOE\u0308@example.org"},  # decomposed: E + combining diaeresis
+        headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+    )
+    assert resp.status == 200
+    body = await resp.json()
+    assert body["subscriber"]["email"] == "zoë@example.org"

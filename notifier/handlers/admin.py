@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from aiohttp import web
+from email_validator import EmailNotValidError
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from notifier import suppression
@@ -12,6 +13,7 @@ from notifier.admin_auth import require_admin
 from notifier.normalize import has_control_chars
 from notifier.openapi import ADDRESS_PATTERN
 from notifier.openapi import error_response as openapi_error
+from notifier.validation import normalize_email
 from notifier.web import error_response, res
 
 routes = web.RouteTableDef()
@@ -30,7 +32,10 @@ def _address(value: str) -> str:
         or any(c.isspace() for c in value)
     ):
         raise ValueError("not an email address")
-    return value
+    try:
+        return normalize_email(value)  # the form signup stored it in
+    except EmailNotValidError:
+        return value.strip().lower()  # lenient: an address we may hold from before
 
 
 Email = Annotated[
