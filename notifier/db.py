@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import event
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -44,3 +46,19 @@ def make_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
 
 def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False)
+
+
+TRANSIENT_SQLSTATES = frozenset({"40001", "40P01"})  # serialization failure, deadlock
+
+
+def transient_db_error(exc: BaseException) -> bool:
+    """The database is unreachable, restarting, or chose this transaction as a deadlock victim:
+    trying again later can succeed (unlike a constraint or data error)."""
+    if isinstance(exc, DBAPIError):
+        sqlstate = getattr(exc.orig, "sqlstate", None)
+        return (
+            isinstance(exc, OperationalError | InterfaceError)
+            or exc.connection_invalidated
+            or sqlstate in TRANSIENT_SQLSTATES
+        )
+    return isinstance(exc, PoolTimeout | OSError)

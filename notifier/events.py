@@ -9,12 +9,14 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Annotated, Any, Literal
 
+from arq import Retry
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from redis.exceptions import RedisError
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from notifier.clock import utcnow
+from notifier.db import transient_db_error
 from notifier.metrics import EVENTS
 from notifier.models import Delivery, Event, RejectedEvent
 from notifier.normalize import normalize_mesh_id, normalize_nct
@@ -290,6 +292,15 @@ async def progress(session: AsyncSession, event_id: str) -> dict[str, Any] | Non
 REJECTED_PAYLOAD_MAX = 100_000  # characters kept of a rejected payload, for the operator
 
 
+def _retry_if_database_unreachable(exc: Exception, ctx: dict[str, Any]) -> None:
+    """arq re-runs a job only when it raises Retry: an event handed to the queue must survive a
+    database outage, so wait for it (1, 2, 4 … 60 s) instead of failing for good."""
+    if transient_db_error(exc):
+        tries = int(ctx.get("job_try", 1))
+        log.warning("database unreachable, queued event retried (try %d)", tries)
+        raise Retry(defer=min(60, 2 ** (tries - 1))) from exc
+
+
 @register("ingest_trial_event")
 async def ingest_trial_event(ctx: dict[str, Any], event: Any) -> dict[str, Any]:
     """The documented queue path: validate, store and deduplicate exactly as POST /v1/events.
@@ -299,22 +310,33 @@ async def ingest_trial_event(ctx: dict[str, Any], event: Any) -> dict[str, Any]:
     """
     r = resources_of(ctx)
     try:
-        valid = TrialChangeEvent.model_validate(event)
-    except ValidationError as exc:
-        error = "; ".join(f"{k}: {v}" for k, v in _fields(exc).items())
-        async with r.sessions.begin() as session:
-            session.add(
-                RejectedEvent(
-                    source="queue",
-                    error=error[:10_000],
-                    payload=json.dumps(event, default=str)[:REJECTED_PAYLOAD_MAX],
-                    received_at=utcnow(),
+        if not isinstance(event, dict) or ("events" in event and "event_id" not in event):
+            raise EventsInvalid("invalid event", {"event": "must be one event object"})
+        (valid,) = parse_events(event)  # the very checks POST /v1/events makes
+    except EventsInvalid as exc:
+        error = "; ".join(f"{k}: {v}" for k, v in exc.fields.items())
+        try:
+            async with r.sessions.begin() as session:
+                session.add(
+                    RejectedEvent(
+                        source="queue",
+                        error=error[:10_000],
+                        # json.dumps escapes U+0000, which PostgreSQL cannot store as text.
+                        payload=json.dumps(event, default=str)[:REJECTED_PAYLOAD_MAX],
+                        received_at=utcnow(),
+                    )
                 )
-            )
+        except Exception as db_exc:
+            _retry_if_database_unreachable(db_exc, ctx)
+            raise
         EVENTS.labels("rejected", "queue").inc()
         log.warning("queued event rejected: %s", error[:500])
         return {"result": "rejected", "error": error}
-    stored = await ingest(r, [valid], "queue")
+    try:
+        stored = await ingest(r, [valid], "queue")
+    except Exception as exc:
+        _retry_if_database_unreachable(exc, ctx)
+        raise
     if stored.new_pks:
         return {"result": "accepted", "event_pk": stored.new_pks[0]}
     return {"result": "duplicate"}

@@ -20,13 +20,14 @@ from limits import RateLimitItemPerSecond
 from limits.aio.strategies import MovingWindowRateLimiter
 from redis.exceptions import RedisError
 from sqlalchemy import select, update
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from notifier import queries
 from notifier.alerts import AlertRenderer
 from notifier.clock import utcnow
+from notifier.db import transient_db_error
 from notifier.emails import message_id, sender_address, to_bytes
 from notifier.mailer import ConnectionLost, SendError
 from notifier.matching import MatchKeys, active_matches, match_keys
@@ -263,21 +264,6 @@ async def _write(
             )
 
 
-TRANSIENT_SQLSTATES = frozenset({"40001", "40P01"})  # serialization failure, deadlock
-
-
-def _worth_retrying(exc: Exception) -> bool:
-    """The database is unreachable, restarting, or chose this transaction as a deadlock victim."""
-    if isinstance(exc, DBAPIError):
-        sqlstate = getattr(exc.orig, "sqlstate", None)
-        return (
-            isinstance(exc, OperationalError | InterfaceError)
-            or exc.connection_invalidated
-            or sqlstate in TRANSIENT_SQLSTATES
-        )
-    return isinstance(exc, PoolTimeout | OSError)
-
-
 async def _until_written(write: Callable[[], Awaitable[None]]) -> None:
     """Keep trying while PostgreSQL is unreachable: mail already handed to SMTP must be recorded
     as sent, or the sweep would send it again once the database is back. Sending waits too."""
@@ -288,7 +274,7 @@ async def _until_written(write: Callable[[], Awaitable[None]]) -> None:
             await write()
             return
         except (DBAPIError, PoolTimeout, OSError) as exc:
-            if not _worth_retrying(exc) or time.monotonic() >= deadline:
+            if not transient_db_error(exc) or time.monotonic() >= deadline:
                 raise
             log.warning("outcomes not yet recorded, retrying: %s", type(exc).__name__)
         await asyncio.sleep(delay)
