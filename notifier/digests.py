@@ -23,6 +23,7 @@ from notifier.matching import active_matches, match_keys
 from notifier.metrics import DELIVERIES, MAILS
 from notifier.models import Delivery, Event, Subscriber, Subscription
 from notifier.resources import Resources
+from notifier.sending import until_written
 from notifier.summaries import summarize
 from notifier.worker import register, register_cron, resources_of
 
@@ -170,16 +171,23 @@ async def send_digest(ctx: dict[str, Any], subscriber_id: int) -> str:
         await r.mailer.send_one(sender_address(r.settings), digest.mail.to, wire)
     except SendError as exc:
         return await _failed(ctx, r, digest, exc)
-    async with r.sessions.begin() as session:
-        await session.execute(
-            update(Delivery)
-            .where(Delivery.id.in_(digest.claimed), Delivery.status == CLAIMED)
-            .values(status="sent", sent_at=utcnow(), last_error=None)
-        )
-        subscriber = await session.get(Subscriber, subscriber_id)
-        if subscriber is not None and digest.period_end is not None:
-            last = subscriber.last_digest_at
-            subscriber.last_digest_at = max(last, digest.period_end) if last else digest.period_end
+
+    async def mark_sent() -> None:
+        async with r.sessions.begin() as session:
+            await session.execute(
+                update(Delivery)
+                .where(Delivery.id.in_(digest.claimed), Delivery.status == CLAIMED)
+                .values(status="sent", sent_at=utcnow(), last_error=None)
+            )
+            subscriber = await session.get(Subscriber, subscriber_id)
+            if subscriber is not None and digest.period_end is not None:
+                last = subscriber.last_digest_at
+                end = digest.period_end
+                subscriber.last_digest_at = max(last, end) if last else end
+
+    # The relay has the digest: record it even through a database outage, or the claim would
+    # be released and the digest mailed again (the send path does the same).
+    await until_written(mark_sent)
     MAILS.labels(kind="digest").inc()
     DELIVERIES.labels(outcome="sent").inc(len(digest.claimed))
     return "sent"

@@ -222,7 +222,7 @@ async def record(
             row.update(status="pending", next_attempt_at=now + timedelta(seconds=delay))
             retries.setdefault(delay, []).append(o.delivery.id)
         params.append(row)
-    await _until_written(lambda: _write(r, outcomes, params, hashes, still_sending, now))
+    await until_written(lambda: _write(r, outcomes, params, hashes, still_sending, now))
     for o in outcomes:
         DELIVERIES.labels(o.status).inc()
     for delay, ids in retries.items():
@@ -264,7 +264,7 @@ async def _write(
             )
 
 
-async def _until_written(write: Callable[[], Awaitable[None]]) -> None:
+async def until_written(write: Callable[[], Awaitable[None]]) -> None:
     """Keep trying while PostgreSQL is unreachable: mail already handed to SMTP must be recorded
     as sent, or the sweep would send it again once the database is back. Sending waits too."""
     deadline = time.monotonic() + RECORD_RETRY_FOR
