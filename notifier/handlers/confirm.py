@@ -47,7 +47,13 @@ def requested_ids(data: dict[str, Any]) -> list[int] | None:
         return None
     if not isinstance(values, list) or not values or len(values) > 100:
         raise BodyError(400, "subscriptions must be a list of 1 to 100 ids")
-    ids = [int(v) if isinstance(v, str) and v.isdigit() else v for v in values]
+    # A digit string from a form; JSON's 2.0 is the integer 2 (JSON Schema agrees).
+    ids = [
+        int(v)
+        if (isinstance(v, str) and v.isdigit()) or (isinstance(v, float) and v.is_integer())
+        else v
+        for v in values
+    ]
     if not all(type(i) is int and 0 < i < 2**63 for i in ids):
         raise BodyError(400, "subscription ids must be positive integers")
     return ids
@@ -97,7 +103,7 @@ _ITEM = {
 _HTML: dict[str, Any] = {"text/html": {}}
 _IDS = {
     "type": "array",
-    "items": {"type": "integer", "minimum": 1},
+    "items": {"type": "integer", "minimum": 1, "maximum": 2**63 - 1},
     "minItems": 1,
     "maxItems": 100,
 }
