@@ -83,12 +83,20 @@ class SendRate:
         self.item = RateLimitItemPerSecond(max(1, int(rate * window)), window)
         self.limiter = MovingWindowRateLimiter(r.limits_storage)
 
-    async def acquire(self) -> None:
+    async def acquire(
+        self, heartbeat: Callable[[], Awaitable[None]] | None = None, every: float = 30.0
+    ) -> None:
+        """Wait for a slot; while waiting, call `heartbeat` every `every` seconds (the batch
+        refreshes its claim, so the sweep never takes a slow but live batch for a dead one)."""
         if not self.enabled:
             return
+        last = time.monotonic()
         while not await self.limiter.hit(self.item, "send"):
             stats = await self.limiter.get_window_stats(self.item, "send")
-            await asyncio.sleep(min(1.0, max(0.005, stats.reset_time - time.time())))
+            await asyncio.sleep(min(1.0, every, max(0.005, stats.reset_time - time.time())))
+            if heartbeat is not None and time.monotonic() - last >= every:
+                await heartbeat()
+                last = time.monotonic()
 
 
 async def claim(r: Resources, ids: list[int]) -> list[Claimed]:
@@ -288,11 +296,20 @@ async def deliver(r: Resources, outgoing: list[Outgoing], hashes: dict[int, str]
     queue = deque(outgoing)
     done: list[Outcome] = []
     last_flush = time.monotonic()
+
+    async def flush() -> None:
+        """Record what was sent and refresh the claim of the rest (also while waiting for the
+        send rate: a slow but live batch must never look dead to the sweep)."""
+        nonlocal done, last_flush
+        outcomes, done = done, []
+        await record(r, outcomes, hashes, [i.delivery.id for i in queue])
+        last_flush = time.monotonic()
+
     try:
         async with r.mailer.connect() as conn:
             while queue:
                 item = queue[0]
-                await rate.acquire()
+                await rate.acquire(heartbeat=flush, every=r.settings.sweep_stale_after / 3)
                 started = time.perf_counter()
                 try:
                     await conn.send(sender, item.email, item.data)
@@ -307,8 +324,7 @@ async def deliver(r: Resources, outgoing: list[Outgoing], hashes: dict[int, str]
                     SEND_SECONDS.observe(time.perf_counter() - started)
                 queue.popleft()
                 if time.monotonic() - last_flush >= FLUSH_SECONDS:
-                    await record(r, done, hashes, [i.delivery.id for i in queue])
-                    done, last_flush = [], time.monotonic()
+                    await flush()
     except ConnectionLost as exc:
         # This message and every later one of the batch: the connection is gone, try again later.
         now = utcnow()

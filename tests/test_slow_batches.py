@@ -1,0 +1,50 @@
+"""A batch that waits long for the shared send rate keeps its claim: the sweep must not take a
+slow but live batch for a dead worker's and send its mails a second time (found in review)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import Counter
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from notifier.fanout import sweep
+from notifier.resources import Resources
+from tests.conftest import run_worker
+from tests.events_factory import new_study, post_events, subscribe
+from tests.smtp_server import RecordingSMTP
+
+
+@pytest.fixture
+def settings_overrides() -> dict[str, Any]:
+    # One mail per 2 s: each waits longer than the 1.5 s after which a claim looks dead.
+    return {"send_rate": 0.5, "sweep_stale_after": 1.5, "send_batch_size": 10}
+
+
+@pytest.mark.postgres_only
+async def test_the_sweep_leaves_a_slow_live_batch_alone(
+    client: TestClient[Any, Any], resources: Resources, smtp: RecordingSMTP
+) -> None:
+    emails = [f"slow{i}@example.org" for i in range(3)]
+    for email in emails:
+        await subscribe(resources, email, study="NCT05879978")
+    await post_events(client, [new_study("NCT05879978")])
+
+    async def sweeping() -> None:
+        while True:
+            await sweep({"resources": resources})
+            await asyncio.sleep(0.2)
+
+    sweeper = asyncio.create_task(sweeping())
+    try:
+        await run_worker(resources)
+    finally:
+        sweeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sweeper
+    await run_worker(resources)  # whatever the sweep re-enqueued
+    got = Counter(m.rcpt_to for m in smtp.messages)
+    assert dict(got) == dict.fromkeys(emails, 1), dict(got)
