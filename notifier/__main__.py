@@ -79,7 +79,6 @@ def use_uvloop() -> None:
 def cmd_web(settings: Settings, host: str, port: int) -> None:
     from notifier.app import create_app
 
-    use_uvloop()
     asyncio.run(_require_redis(settings))
     web.run_app(create_app(settings), host=host, port=port, access_log=None, print=None)
 
@@ -87,7 +86,6 @@ def cmd_web(settings: Settings, host: str, port: int) -> None:
 def cmd_worker(settings: Settings) -> None:
     from notifier.worker import build_worker
 
-    use_uvloop()
     asyncio.run(_require_redis(settings))
     if settings.worker_metrics_port:
         from prometheus_client import start_http_server
@@ -202,5 +200,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def entry() -> int:
+    """The `notifier` command (and `python -m notifier`): uvloop, then main(). Tests call main()
+    directly, so the event loop policy of a test process is never changed."""
+    use_uvloop()
+    return main()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry())
