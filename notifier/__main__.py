@@ -80,7 +80,14 @@ def cmd_web(settings: Settings, host: str, port: int) -> None:
     from notifier.app import create_app
 
     asyncio.run(_require_redis(settings))
-    web.run_app(create_app(settings), host=host, port=port, access_log=None, print=None)
+    web.run_app(
+        create_app(settings),
+        host=host,
+        port=port,
+        access_log=None,
+        print=None,
+        shutdown_timeout=settings.shutdown_grace,  # requests in flight get the same grace
+    )
 
 
 def cmd_worker(settings: Settings) -> None:
