@@ -84,6 +84,9 @@ class Connection:
             code = refused.code if refused else 550
             # "550 5.1.1 …", not the exception's tuple repr: `suppresses` reads the status code.
             text = f"{refused.code} {refused.message}" if refused else str(exc)
+            if code == 421 or not self._client.is_connected:
+                # The relay closed the session: this message waits, the batch reconnects.
+                raise ConnectionLost(text, code=code) from exc
             raise SendError(text, code=code, permanent=code >= 500) from exc
         except aiosmtplib.SMTPServerDisconnected as exc:
             raise ConnectionLost(f"connection lost: {exc}") from exc

@@ -39,6 +39,7 @@ from notifier.worker import register, resources_of
 log = logging.getLogger("notifier.sending")
 
 FLUSH_SECONDS = 1.0
+MAX_RECONNECTS = 3  # per batch: sessions a relay may drop before the rest waits for a retry
 # How long a batch waits for an unreachable database to record what it sent. Longer than this
 # (or than NOTIFIER_SWEEP_STALE_AFTER) and the sweep may re-send the batch's unrecorded messages.
 RECORD_RETRY_FOR = 300.0
@@ -305,28 +306,42 @@ async def deliver(r: Resources, outgoing: list[Outgoing], hashes: dict[int, str]
         await record(r, outcomes, hashes, [i.delivery.id for i in queue])
         last_flush = time.monotonic()
 
+    reconnects = 0
     try:
-        async with r.mailer.connect() as conn:
-            while queue:
-                item = queue[0]
-                await rate.acquire(heartbeat=flush, every=r.settings.sweep_stale_after / 3)
-                started = time.perf_counter()
-                try:
-                    await conn.send(sender, item.email, item.data)
-                except ConnectionLost:
+        while queue:
+            # A relay that drops one session (421, a reset) usually takes the next at once:
+            # reconnect and go on; only the message in flight waits for its retry. A relay
+            # that refuses the connection itself, or keeps dropping it, gets the whole rest
+            # of the batch back on the retry ladder.
+            try:
+                async with r.mailer.connect() as conn:
+                    while queue:
+                        item = queue[0]
+                        await rate.acquire(heartbeat=flush, every=r.settings.sweep_stale_after / 3)
+                        started = time.perf_counter()
+                        try:
+                            await conn.send(sender, item.email, item.data)
+                        except ConnectionLost as exc:
+                            done.append(_failure(r, item.delivery, exc, utcnow()))
+                            queue.popleft()
+                            raise
+                        except SendError as exc:
+                            done.append(_failure(r, item.delivery, exc, utcnow()))
+                        else:
+                            done.append(Outcome(item.delivery, "sent", message_id=item.message_id))
+                            MAILS.labels("alert").inc()
+                        finally:
+                            SEND_SECONDS.observe(time.perf_counter() - started)
+                        queue.popleft()
+                        if time.monotonic() - last_flush >= FLUSH_SECONDS:
+                            await flush()
+            except ConnectionLost as exc:
+                reconnects += 1
+                if reconnects > MAX_RECONNECTS or not queue:
                     raise
-                except SendError as exc:
-                    done.append(_failure(r, item.delivery, exc, utcnow()))
-                else:
-                    done.append(Outcome(item.delivery, "sent", message_id=item.message_id))
-                    MAILS.labels("alert").inc()
-                finally:
-                    SEND_SECONDS.observe(time.perf_counter() - started)
-                queue.popleft()
-                if time.monotonic() - last_flush >= FLUSH_SECONDS:
-                    await flush()
+                log.warning("SMTP session lost, reconnecting (%d): %s", reconnects, exc)
     except ConnectionLost as exc:
-        # This message and every later one of the batch: the connection is gone, try again later.
+        # Every message still queued: the relay is not taking connections, try again later.
         now = utcnow()
         done.extend(_failure(r, item.delivery, exc, now) for item in queue)
         log.warning("SMTP connection lost, %d message(s) will be retried: %s", len(queue), exc)
