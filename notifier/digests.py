@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from arq import Retry
 from redis.exceptions import RedisError
-from sqlalchemy import and_, exists, func, not_, select, update
+from sqlalchemy import and_, exists, func, not_, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from notifier import queries
@@ -32,6 +32,7 @@ log = logging.getLogger("notifier.digests")
 SEND_DIGEST = "send_digest"
 DIGEST_TICK = "digest_tick"
 MAX_ITEMS = 100  # per mail; more waits for the next hourly tick (a second mail, nothing lost)
+MAX_PAGES = 20  # held items read per subscriber and tick: MAX_ITEMS x MAX_PAGES
 TICK_PAGE = 1000
 # A claim older than this was left by a worker that died mid-send: the items go back to held.
 STALE_CLAIM = timedelta(minutes=30)
@@ -201,15 +202,13 @@ async def claim_digest(
     subscriber = await session.get(Subscriber, subscriber_id)
     if subscriber is None:
         return digest
-    rows = (
-        await session.execute(
-            select(Delivery, Event)
-            .join(Event, Event.id == Delivery.event_pk)
-            .where(Delivery.subscriber_id == subscriber_id, Delivery.status == "held")
-            .order_by(Delivery.created_at, Delivery.id)
-            .limit(MAX_ITEMS)
-        )
-    ).all()
+    held = (
+        select(Delivery, Event)
+        .join(Event, Event.id == Delivery.event_pk)
+        .where(Delivery.subscriber_id == subscriber_id, Delivery.status == "held")
+        .order_by(Delivery.created_at, Delivery.id)
+    )
+    rows = list((await session.execute(held.limit(MAX_ITEMS))).all())
     if not rows:
         return digest
     if await queries.is_suppressed(session, subscriber.email_hash):
@@ -218,7 +217,25 @@ async def claim_digest(
         return digest
     due: list[tuple[Delivery, Event, list[Subscription]]] = []
     dropped: list[int] = []
+    pages = 1
+    # Items of a weekly subscription that are not due yet must not hold back due daily ones:
+    # read further pages (bounded) until a mail's worth is due or the held items run out.
+    while len(rows) == MAX_ITEMS and pages < MAX_PAGES:
+        last = rows[-1][0]
+        more = (
+            await session.execute(
+                held.where(
+                    tuple_(Delivery.created_at, Delivery.id) > (last.created_at, last.id)
+                ).limit(MAX_ITEMS)
+            )
+        ).all()
+        rows.extend(more)
+        pages += 1
+        if len(more) < MAX_ITEMS:
+            break
     for delivery, event in rows:
+        if len(due) >= MAX_ITEMS:
+            break  # a mail's worth; the rest goes in the next digest
         subs = (await active_matches(session, match_keys(event.payload), [subscriber_id])).get(
             subscriber_id, []
         )

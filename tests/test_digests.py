@@ -400,3 +400,50 @@ async def test_items_are_still_one_per_event(
     assert text.count("You follow NCT05826366.") == 3
     async with r.sessions() as session:
         assert len(list(await session.scalars(select(Event)))) == 3
+
+
+async def test_items_not_due_yet_do_not_hold_back_due_ones(
+    resources: Resources, smtp: RecordingSMTP
+) -> None:
+    """Found in review: the digest read the 100 oldest held items and only then looked for due
+    ones, so a busy weekly subscription could hold a daily one back until Monday."""
+    from notifier import digests
+    from tests.factories import make_delivery, make_event, make_subscription
+
+    r = resources
+    wednesday = datetime(2026, 11, 18, 12, 0, tzinfo=UTC)
+    async with r.sessions.begin() as session:
+        weekly = await make_subscription(
+            session,
+            r,
+            email="busy@example.org",
+            kind="condition",
+            label="Lung Neoplasms",
+            frequency="weekly",
+        )
+        daily = await make_subscription(
+            session, r, email="busy@example.org", label="NCT02856893", frequency="daily"
+        )
+        # Three new studies filed under Lung Neoplasms (weekly: due on Monday), then one
+        # change of the followed study (daily: due at midnight), all held since Wednesday.
+        items = [await make_event(session, event_id=f"w{n}") for n in range(3)]
+        items.append(await make_event(session, event_id="d1", nct_id="NCT02856893"))
+        for n, event in enumerate(items):
+            delivery = await make_delivery(
+                session, event=event, subscriber_id=weekly.subscriber_id, status="held"
+            )
+            delivery.created_at = wednesday + timedelta(minutes=n)
+    assert weekly.subscriber_id == daily.subscriber_id
+    old = digests.MAX_ITEMS
+    digests.MAX_ITEMS = 2  # the first page holds only weekly items
+    try:
+        with time_machine.travel(wednesday + timedelta(days=1), tick=False):
+            assert await digests.send_digest({"resources": r}, daily.subscriber_id) == "sent"
+    finally:
+        digests.MAX_ITEMS = old
+    assert [m.rcpt_to for m in smtp.messages] == ["busy@example.org"]
+    async with r.sessions() as session:
+        statuses = dict(
+            (await session.execute(select(Event.event_id, Delivery.status).join(Delivery))).all()
+        )
+    assert statuses == {"w0": "held", "w1": "held", "w2": "held", "d1": "sent"}
