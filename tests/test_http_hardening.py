@@ -389,7 +389,8 @@ async def _exercise(base: str, confirm: str, unsubscribe: str, manage: str) -> l
     signatures: list[str] = []
     admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
     async with aiohttp.ClientSession() as http:
-        for _ in range(100):
+        # A cold start imports everything: allow a busy 2-core CI machine a full minute.
+        for _ in range(600):
             try:
                 async with http.get(f"{base}/healthz") as resp:
                     if resp.status == 200:
