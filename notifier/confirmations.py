@@ -7,7 +7,6 @@ import logging
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from arq import Retry
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -16,9 +15,10 @@ from notifier.emails import Mail, sender_address, to_bytes
 from notifier.mailer import SendError
 from notifier.metrics import MAILS
 from notifier.models import Subscriber, Subscription
-from notifier.queries import is_suppressed, suppress
+from notifier.queries import is_suppressed
 from notifier.resources import Resources
 from notifier.signup import Evidence, new_nonce
+from notifier.transactional import retry_or_give_up
 from notifier.worker import register, resources_of
 
 log = logging.getLogger("notifier.confirmations")
@@ -163,19 +163,6 @@ async def send_confirmation(ctx: dict[str, Any], subscriber_id: int) -> str:
     try:
         await r.mailer.send_one(sender_address(r.settings), to, message)
     except SendError as exc:
-        return await _failed(r, ctx, email_hash, exc)
+        return await retry_or_give_up(r, ctx, email_hash, exc, "confirmation")
     MAILS.labels(kind="confirm").inc()
     return "sent"
-
-
-async def _failed(r: Resources, ctx: dict[str, Any], email_hash: str, exc: SendError) -> str:
-    ladder = r.settings.retry_ladder
-    tries: int = ctx.get("job_try", 1)
-    if not exc.permanent and tries <= len(ladder):
-        raise Retry(defer=ladder[tries - 1]) from exc
-    if exc.suppresses:
-        async with r.sessions.begin() as session:
-            await suppress(session, email_hash, "hard_bounce", str(exc)[:500])
-    # A confirmation is worth a retry ladder, not days: the person can sign up again.
-    log.warning("confirmation not delivered after %d tries: %s", tries, exc)
-    return "failed"

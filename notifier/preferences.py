@@ -6,7 +6,6 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from arq import Retry
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -17,6 +16,7 @@ from notifier.mailer import SendError
 from notifier.metrics import MAILS, UNSUBSCRIBES
 from notifier.models import Subscriber, Subscription
 from notifier.resources import Resources
+from notifier.transactional import retry_or_give_up
 from notifier.worker import register, resources_of
 
 log = logging.getLogger("notifier.preferences")
@@ -211,21 +211,8 @@ async def send_manage_link(ctx: dict[str, Any], subscriber_id: int) -> str:
     try:
         await r.mailer.send_one(sender_address(r.settings), mail.to, to_bytes(r.settings, mail))
     except SendError as exc:
-        return await _send_failed(ctx, r, subscriber, exc)
+        return await retry_or_give_up(
+            r, ctx, subscriber.email_hash, exc, f"manage link to subscriber {subscriber.id}"
+        )
     MAILS.labels(kind="manage_link").inc()
     return "sent"
-
-
-async def _send_failed(
-    ctx: dict[str, Any], r: Resources, subscriber: Subscriber, exc: SendError
-) -> str:
-    ladder = r.settings.retry_ladder
-    attempt = int(ctx.get("job_try", 1))
-    if not exc.permanent and attempt <= len(ladder):
-        # The link is only useful soon: retry along the ladder, then give up.
-        raise Retry(defer=ladder[attempt - 1]) from exc
-    log.warning("manage link not delivered to subscriber %s: %s", subscriber.id, exc)
-    if exc.suppresses:
-        async with r.sessions.begin() as session:
-            await queries.suppress(session, subscriber.email_hash, "hard_bounce", str(exc)[:500])
-    return "failed"
