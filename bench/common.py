@@ -12,8 +12,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -184,3 +184,49 @@ def asyncpg_dsn(sqlalchemy_url: str) -> str:
 
 def run(coro: Awaitable[Any]) -> Any:
     return asyncio.run(coro)  # type: ignore[arg-type]
+
+
+@dataclass
+class Service:
+    """`notifier web` and N `notifier worker` processes, logging to one temporary file."""
+
+    port: int
+    procs: list[subprocess.Popen[bytes]]
+    log: Path
+
+    @property
+    def workers(self) -> list[subprocess.Popen[bytes]]:
+        return self.procs[1:]
+
+    def log_tail(self) -> str:
+        return self.log.read_text(errors="replace")[-2000:]
+
+
+@asynccontextmanager
+async def service(env: dict[str, str], workers: int) -> AsyncIterator[Service]:
+    """Start web + `workers` workers, wait until web answers and the workers poll; stop them."""
+    from bench.baselines import wait_port
+
+    port = free_port()
+    log = Path(tempfile.mkstemp(suffix=".log")[1])
+    with log.open("wb") as out:
+        commands = [["web", "--port", str(port)]] + [["worker"]] * workers
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-m", "notifier", *cmd],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+            for cmd in commands
+        ]
+        try:
+            await wait_port(port, 30)
+            await asyncio.sleep(2)  # workers connected and polling
+            yield Service(port, procs, log)
+        finally:
+            for p in procs:
+                p.terminate()
+            for p in procs:
+                p.wait(20)
+    log.unlink()

@@ -7,26 +7,22 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 
-from bench.baselines import wait_port
 from bench.common import (
     REDIS_URL,
     STUDIES,
     Result,
     Sink,
     asyncpg_dsn,
-    free_port,
     fresh_database,
     median,
     peak_rss_mb,
+    service,
     sink,
     smtp_source_rate,
 )
@@ -72,35 +68,13 @@ async def runs_of(
     await conn.execute("TRUNCATE deliveries, events CASCADE")
     await conn.close()
     env = env_for(url, s.url)
-    port = free_port()
-    log = Path(tempfile.mkstemp(suffix=".log")[1])
-    out = log.open("wb")
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "notifier", "web", "--port", str(port)],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    ]
-    procs += [
-        subprocess.Popen(
-            [sys.executable, "-m", "notifier", "worker"],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-        for _ in range(workers)
-    ]
     measured: list[dict[str, float]] = []
-    try:
-        await wait_port(port, 30)
-        await asyncio.sleep(2)  # workers connected and polling
+    async with service(env, workers) as svc:
         for run in range(runs):
             before = s.received()
             start = time.perf_counter()
             await post_events(
-                f"http://127.0.0.1:{port}/v1/events", [the_event(run)], secret=EVENT_SECRET
+                f"http://127.0.0.1:{svc.port}/v1/events", [the_event(run)], secret=EVENT_SECRET
             )
             first = None
             deadline = start + 900
@@ -114,19 +88,12 @@ async def runs_of(
                 await asyncio.sleep(0.01)
             elapsed = time.perf_counter() - start
             if got < audience:
-                tail = log.read_text(errors="replace")[-2000:]
+                tail = svc.log_tail()
                 raise RuntimeError(f"only {got} of {audience} mails arrived; log tail:\n{tail}")
             measured.append(
                 {"rate": audience / elapsed, "first": first or elapsed, "seconds": elapsed}
             )
-        rss = max(peak_rss_mb(p.pid) for p in procs[1:])
-    finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            p.wait(20)
-        out.close()
-    log.unlink()
+        rss = max(peak_rss_mb(p.pid) for p in svc.workers)
     for m in measured:
         m["rss"] = rss
     return measured

@@ -6,19 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import random
-import subprocess
-import sys
-import tempfile
 import time
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 import asyncpg
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from bench.baselines import wait_port
-from bench.common import Result, asyncpg_dsn, free_port, fresh_database, median
+from bench.common import Result, asyncpg_dsn, free_port, fresh_database, median, service
 from bench.fanout_e2e import EVENT_SECRET, KEY, env_for, the_event
 from bench.seed import migrate, seed
 from notifier.pipeline import post_events
@@ -78,45 +73,19 @@ async def one_run(url: str, messages: int, run: int) -> dict[str, float]:
         "NOTIFIER_RETRY_LADDER": "0.5,1,2",
         "NOTIFIER_QUEUE_NAME": "bench:rate",
     }
-    port = free_port()
-    log = Path(tempfile.mkstemp(suffix=".log")[1])
-    out = log.open("wb")
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "notifier", "web", "--port", str(port)],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        ),
-        *(
-            subprocess.Popen(
-                [sys.executable, "-m", "notifier", "worker"],
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-            for _ in range(2)
-        ),
-    ]
     try:
-        await wait_port(port, 30)
-        await asyncio.sleep(3)
-        await post_events(
-            f"http://127.0.0.1:{port}/v1/events", [the_event(run)], secret=EVENT_SECRET
-        )
-        deadline = time.monotonic() + messages / RATE * 2 + 60
-        while time.monotonic() < deadline:
-            if len({r for _, r in relay.arrivals}) >= messages:
-                break
-            await asyncio.sleep(0.1)
+        async with service(env, workers=2) as svc:
+            await asyncio.sleep(1)
+            await post_events(
+                f"http://127.0.0.1:{svc.port}/v1/events", [the_event(run)], secret=EVENT_SECRET
+            )
+            deadline = time.monotonic() + messages / RATE * 2 + 60
+            while time.monotonic() < deadline:
+                if len({r for _, r in relay.arrivals}) >= messages:
+                    break
+                await asyncio.sleep(0.1)
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            p.wait(20)
-        out.close()
         server.close()
-    log.unlink()
     times = sorted(t for t, _ in relay.arrivals)
     counts = Counter(r for _, r in relay.arrivals)
     delivered = len(counts)
