@@ -58,10 +58,12 @@ class Claimed:
 
 @dataclass(frozen=True)
 class Outgoing:
+    """A delivery that passed the checks; rendered just before it is sent, so a large batch
+    neither holds every message in memory nor delays its first one."""
+
     delivery: Claimed
     email: str
-    data: bytes
-    message_id: str
+    subscriptions: list[Any]
 
 
 @dataclass(frozen=True)
@@ -127,8 +129,8 @@ async def claim(r: Resources, ids: list[int]) -> list[Claimed]:
 
 async def prepare(
     r: Resources, claimed: list[Claimed]
-) -> tuple[list[Outgoing], list[Outcome], dict[int, str]]:
-    """Re-check each row against current subscriptions and suppressions; render what remains."""
+) -> tuple[list[Outgoing], list[Outcome], dict[int, str], dict[int, AlertRenderer]]:
+    """Re-check each row against current subscriptions and suppressions."""
     outgoing: list[Outgoing] = []
     outcomes: list[Outcome] = []
     event_pks = {c.event_pk for c in claimed}
@@ -141,10 +143,13 @@ async def prepare(
             ).all()
         )
         keys = {pk: match_keys(payload) for pk, payload in payloads.items()}
+        # Plain columns, not ORM objects: this runs for every recipient of every fan-out.
         subscribers = {
-            s.id: s
-            for s in await session.scalars(
-                select(Subscriber).where(Subscriber.id.in_({c.subscriber_id for c in claimed}))
+            row.id: row
+            for row in await session.execute(
+                select(Subscriber.id, Subscriber.email, Subscriber.email_hash).where(
+                    Subscriber.id.in_({c.subscriber_id for c in claimed})
+                )
             )
         }
         matches = await _matches(session, keys, claimed)
@@ -165,21 +170,25 @@ async def prepare(
         elif all(sub.frequency in DIGEST_FREQUENCIES for sub in subs):
             outcomes.append(Outcome(c, "held"))  # the digest job mails it
         else:
-            try:
-                mail = renderers[c.event_pk].render(
-                    subscriber_id=subscriber.id,
-                    email=subscriber.email,
-                    subscriptions=subs,
-                )
-            except Exception as exc:  # one unrenderable event must not wedge the whole batch
-                log.exception("cannot render delivery %d", c.id)
-                outcomes.append(Outcome(c, "failed", f"render: {type(exc).__name__}: {exc}"))
-                continue
-            msgid = message_id(r.settings)
-            outgoing.append(
-                Outgoing(c, subscriber.email, to_bytes(r.settings, mail, msgid=msgid), msgid)
-            )
-    return outgoing, outcomes, {s.id: s.email_hash for s in subscribers.values()}
+            outgoing.append(Outgoing(c, subscriber.email, subs))
+    return outgoing, outcomes, {s.id: s.email_hash for s in subscribers.values()}, renderers
+
+
+def render(
+    r: Resources, renderers: dict[int, AlertRenderer], item: Outgoing
+) -> tuple[Outcome, bytes | None]:
+    """(the outcome once SMTP accepts it, the message's bytes), or (failed, None): one
+    unrenderable event must not wedge a batch."""
+    c = item.delivery
+    try:
+        mail = renderers[c.event_pk].render(
+            subscriber_id=c.subscriber_id, email=item.email, subscriptions=item.subscriptions
+        )
+        msgid = message_id(r.settings)
+        return Outcome(c, "sent", message_id=msgid), to_bytes(r.settings, mail, msgid=msgid)
+    except Exception as exc:
+        log.exception("cannot render delivery %d", c.id)
+        return Outcome(c, "failed", f"render: {type(exc).__name__}: {exc}"), None
 
 
 async def _matches(
@@ -290,7 +299,12 @@ async def until_written(write: Callable[[], Awaitable[None]]) -> None:
         delay = min(delay * 2, 0.5)
 
 
-async def deliver(r: Resources, outgoing: list[Outgoing], hashes: dict[int, str]) -> None:
+async def deliver(
+    r: Resources,
+    outgoing: list[Outgoing],
+    hashes: dict[int, str],
+    renderers: dict[int, AlertRenderer],
+) -> None:
     """Send over one SMTP connection at the configured rate, recording outcomes as it goes."""
     rate = SendRate(r)
     sender = sender_address(r.settings)
@@ -317,10 +331,15 @@ async def deliver(r: Resources, outgoing: list[Outgoing], hashes: dict[int, str]
                 async with r.mailer.connect() as conn:
                     while queue:
                         item = queue[0]
+                        sent, data = render(r, renderers, item)
+                        if data is None:
+                            done.append(sent)
+                            queue.popleft()
+                            continue
                         await rate.acquire(heartbeat=flush, every=r.settings.sweep_stale_after / 3)
                         started = time.perf_counter()
                         try:
-                            await conn.send(sender, item.email, item.data)
+                            await conn.send(sender, item.email, data)
                         except ConnectionLost as exc:
                             done.append(_failure(r, item.delivery, exc, utcnow()))
                             queue.popleft()
@@ -328,7 +347,7 @@ async def deliver(r: Resources, outgoing: list[Outgoing], hashes: dict[int, str]
                         except SendError as exc:
                             done.append(_failure(r, item.delivery, exc, utcnow()))
                         else:
-                            done.append(Outcome(item.delivery, "sent", message_id=item.message_id))
+                            done.append(sent)
                             MAILS.labels("alert").inc()
                         finally:
                             SEND_SECONDS.observe(time.perf_counter() - started)
@@ -356,8 +375,8 @@ async def send_deliveries(ctx: dict[str, Any], delivery_ids: list[int]) -> dict[
     claimed = await claim(r, [int(i) for i in delivery_ids])
     if not claimed:
         return {"claimed": 0}
-    outgoing, outcomes, hashes = await prepare(r, claimed)
+    outgoing, outcomes, hashes, renderers = await prepare(r, claimed)
     await record(r, outcomes, hashes, [])
     if outgoing:
-        await deliver(r, outgoing, hashes)
+        await deliver(r, outgoing, hashes, renderers)
     return {"claimed": len(claimed), "sent_or_tried": len(outgoing)}

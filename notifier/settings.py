@@ -65,7 +65,7 @@ class Settings(BaseSettings):
 
     # Fan-out and sending.
     fanout_page_size: int = Field(default=1000, gt=0)
-    send_batch_size: int = Field(default=100, gt=0)
+    send_batch_size: int = Field(default=500, gt=0)
     send_rate: float = Field(default=0.0, ge=0, description="messages/s over all workers; 0 = off")
     worker_max_jobs: int = Field(default=8, gt=0)
     shutdown_grace: int = Field(default=25, ge=0, description="s for in-flight jobs on SIGTERM")

@@ -96,6 +96,37 @@ async def test_an_smtp_outage_loses_nothing_and_mails_once(
     assert {d.status for d in await rows(resources)} == {"sent"}
 
 
+async def test_a_mail_that_cannot_be_rendered_fails_alone(
+    client: TestClient[Any, Any],
+    resources: Resources,
+    smtp: RecordingSMTP,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Messages are rendered one by one as the batch sends them: one that raises is recorded as
+    failed with the reason, and the messages before and after it in the batch still go out."""
+    from notifier.alerts import AlertRenderer
+
+    original = AlertRenderer.render
+
+    def render(self: AlertRenderer, **kwargs: Any) -> Any:
+        if kwargs["email"] == "b@example.org":
+            raise ValueError("template blew up")
+        return original(self, **kwargs)
+
+    monkeypatch.setattr(AlertRenderer, "render", render)
+    for email in ("a@example.org", "b@example.org", "c@example.org"):
+        await subscribe(resources, email, study="NCT05879978")
+    await post_events(client, [new_study("NCT05879978")])
+    await run_worker(resources)
+    assert per_address(smtp) == {"a@example.org": 1, "c@example.org": 1}
+    outcomes = [(d.status, d.last_error) for d in await rows(resources)]
+    assert outcomes == [
+        ("sent", None),
+        ("failed", "render: ValueError: template blew up"),
+        ("sent", None),
+    ]
+
+
 class TestGiveUp:
     @pytest.fixture
     def settings_overrides(self) -> dict[str, Any]:
