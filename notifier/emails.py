@@ -36,6 +36,9 @@ class _MailPolicy(EmailPolicy):
 
 
 SMTP = _MailPolicy(linesep="\r\n")  # the stdlib's SMTP policy, with the exception above
+# For an address that is not ASCII: the message goes out with SMTPUTF8, and its headers carry
+# UTF-8 as is (RFC 6532); RFC 2047 encoded words are not allowed inside an address.
+SMTPUTF8 = SMTP.clone(utf8=True)
 
 
 def header_safe(value: str, limit: int = SUBJECT_MAX) -> str:
@@ -87,7 +90,7 @@ def to_bytes(settings: Settings, mail: Mail, *, msgid: str | None = None) -> byt
     """
     to = header_safe(mail.to, 320)
     if not to.isascii():
-        return build_message(settings, mail, msgid=msgid).as_bytes(policy=SMTP)
+        return build_message(settings, mail, msgid=msgid).as_bytes(policy=SMTPUTF8)
     headers = [
         ("From", _from_header(settings.mail_from)),
         ("To", to),
