@@ -56,6 +56,7 @@ async def fanout_event(ctx: dict[str, Any], event_pk: int) -> dict[str, Any]:
     mk = match_keys(event.payload)
     page_size = r.settings.fanout_page_size
     created = 0
+    exhausted: set[int] = set()  # match ranges with nothing left (matching_page)
     while True:
         async with r.sessions.begin() as session:
             # The UPDATE comes first: it locks the event row, so two runs of this job (a retry, a
@@ -71,7 +72,7 @@ async def fanout_event(ctx: dict[str, Any], event_pk: int) -> dict[str, Any]:
             # The first page is one send batch, so the first mails go out while the rest of
             # the audience is still being paged.
             limit = page_size if cursor else min(page_size, r.settings.send_batch_size)
-            subscriber_ids = await matching_page(session, mk, cursor, limit)
+            subscriber_ids = await matching_page(session, mk, cursor, limit, exhausted)
             new_ids: list[int] = []
             if subscriber_ids:
                 now = utcnow()
