@@ -123,7 +123,7 @@ async def _enqueue(r: Resources, subscriber_id: int, now: datetime) -> int:
     # One job per subscriber per hourly tick; the job's claims make any repeat harmless.
     try:
         job = await r.redis.enqueue_job(
-            SEND_DIGEST, subscriber_id, _job_id=f"digest:{subscriber_id}:{now:%Y%m%d%H}"
+            SEND_DIGEST, subscriber_id, _job_id=r.job_id("digest", subscriber_id, f"{now:%Y%m%d%H}")
         )
     except (RedisError, OSError) as exc:
         log.warning(

@@ -225,7 +225,7 @@ async def enqueue_fanouts(r: Resources, pks: list[int]) -> None:
     """Trigger fan-out after commit; if Redis is down the sweep finds the stored events later."""
     try:
         for pk in pks:
-            await r.redis.enqueue_job("fanout_event", pk, _job_id=f"fanout:{pk}")
+            await r.redis.enqueue_job("fanout_event", pk, _job_id=r.job_id("fanout", pk))
     except (RedisError, OSError) as exc:
         log.warning("events stored but fan-out not enqueued (the sweep will): %s", exc)
 

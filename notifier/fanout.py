@@ -34,7 +34,7 @@ async def enqueue_sends(r: Resources, delivery_ids: list[int], job_prefix: str) 
     size = r.settings.send_batch_size
     for start in range(0, len(delivery_ids), size):
         chunk = delivery_ids[start : start + size]
-        await r.redis.enqueue_job("send_deliveries", chunk, _job_id=f"{job_prefix}:{chunk[0]}")
+        await r.redis.enqueue_job("send_deliveries", chunk, _job_id=r.job_id(job_prefix, chunk[0]))
 
 
 @register("fanout_event")
@@ -160,7 +160,9 @@ async def sweep(ctx: dict[str, Any]) -> dict[str, int]:
         )
     for pk in events:
         # A fresh job id: the original may still sit in the queue behind a dead worker's claim.
-        await r.redis.enqueue_job("fanout_event", pk, _job_id=f"fanout:{pk}:{int(now.timestamp())}")
+        await r.redis.enqueue_job(
+            "fanout_event", pk, _job_id=r.job_id("fanout", pk, int(now.timestamp()))
+        )
     if recovered:
         SWEEP_RECOVERED.inc(recovered)
     if recovered or events:

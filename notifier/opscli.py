@@ -217,7 +217,9 @@ async def replay(
             )
         )
     stamp = f"{utcnow().timestamp():.6f}"
-    await r.redis.enqueue_job("fanout_event", event.id, _job_id=f"fanout:{event.id}:replay:{stamp}")
+    await r.redis.enqueue_job(
+        "fanout_event", event.id, _job_id=r.job_id("fanout", event.id, "replay", stamp)
+    )
     await enqueue_sends(r, due, f"replay:{event.id}:{stamp}")
     con.say(
         f"event {event_id} ({event.nct_id}, {event.change_kind}): was {before}, fan-out "

@@ -65,6 +65,12 @@ class Resources:
     templates: Environment
     tokens: Tokens
 
+    def job_id(self, *parts: object) -> str:
+        """An arq job id under this deployment's queue name: arq keeps job and result keys by id
+        alone, so two deployments on one Redis (or a bench after another) would otherwise take
+        each other's "fanout:1" for a job already done and drop it until the sweep."""
+        return ":".join((self.settings.queue_name, *map(str, parts)))
+
     def email_hash(self, email: str) -> str:
         """Keyed hash of a normalised address: lets suppression outlive erasure."""
         key = (self.settings.email_hash_key or self.settings.secret_keys[0]).encode()

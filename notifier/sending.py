@@ -248,7 +248,7 @@ async def record(
             await r.redis.enqueue_job(
                 "send_deliveries",
                 ids,
-                _job_id=f"retry:{ids[0]}:{now.timestamp():.6f}",
+                _job_id=r.job_id("retry", ids[0], f"{now.timestamp():.6f}"),
                 _defer_by=delay + DEFER_MARGIN,
             )
         except (RedisError, OSError) as exc:

@@ -222,3 +222,31 @@ class TestSendRate:
         assert Counter(m.rcpt_to for m in smtp.messages) == dict.fromkeys(emails, 1)
         # 20/s over a moving 1 s window: 30 mails need a second window.
         assert elapsed >= 0.95, elapsed
+
+
+async def test_two_deployments_on_one_redis_do_not_take_each_others_jobs(
+    resources: Resources,
+) -> None:
+    """arq keeps job and result keys by id alone, whatever the queue: event 1 of a second
+    deployment (another NOTIFIER_QUEUE_NAME on the same Redis) must still get its fan-out job
+    while the first deployment's "fanout 1" result is kept."""
+    import dataclasses
+
+    other = dataclasses.replace(
+        resources, settings=resources.settings.model_copy(update={"queue_name": "other:queue"})
+    )
+    first = await resources.redis.enqueue_job(
+        "fanout_event", 1, _job_id=resources.job_id("fanout", 1)
+    )
+    second = await resources.redis.enqueue_job(
+        "fanout_event", 1, _job_id=other.job_id("fanout", 1), _queue_name="other:queue"
+    )
+    assert first is not None
+    assert second is not None
+    assert first.job_id != second.job_id
+    # The same deployment enqueueing the same event again is still refused (idempotent).
+    again = await resources.redis.enqueue_job(
+        "fanout_event", 1, _job_id=resources.job_id("fanout", 1)
+    )
+    assert again is None
+    await resources.redis.delete("other:queue")
