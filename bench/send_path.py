@@ -108,7 +108,7 @@ def rfc_valid(messages: list[bytes]) -> bool:
 
 
 async def run(quick: bool) -> list[Result]:
-    n = 3000 if quick else 20_000
+    n = 2000 if quick else 20_000
     event = new_study_event()
     results_ours, results_naive, results_source, render_us = [], [], [], []
     size = 0
@@ -129,7 +129,7 @@ async def run(quick: bool) -> list[Result]:
             render_us.append(us)
             valid = valid and rfc_valid(sample[:500])
             size = len(sample[0])
-            results_naive.append(await naive_send_rate(s.port, max(1000, n // 10), size))
+            results_naive.append(await naive_send_rate(s.port, max(500, n // 10), size))
             results_source.append(smtp_source_rate(s.port, n, size))
     ours_rate, naive, source = median(results_ours), median(results_naive), median(results_source)
     us = median(render_us)
