@@ -19,7 +19,7 @@ from typing import Any
 from limits import RateLimitItemPerSecond
 from limits.aio.strategies import MovingWindowRateLimiter
 from redis.exceptions import RedisError
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -271,8 +271,7 @@ async def _write(
                     session, hashes[o.delivery.subscriber_id], "hard_bounce", o.error
                 )
         if params:
-            # ORM bulk UPDATE by primary key: one executemany for the whole group.
-            await session.execute(update(Delivery), params)
+            await _update_outcomes(session, params)
         if still_sending:
             await session.execute(
                 update(Delivery)
@@ -280,6 +279,27 @@ async def _write(
                 .values(next_attempt_at=now)
                 .execution_options(synchronize_session=False)
             )
+
+
+# PostgreSQL: the whole group as one UPDATE over arrays; an ORM bulk UPDATE (executemany) spends
+# tens of microseconds per row in SQLAlchemy parameter processing, in the sending worker.
+_PG_OUTCOMES = text(
+    "UPDATE deliveries AS d SET status = v.status, last_error = v.last_error,"
+    " message_id = v.message_id, sent_at = v.sent_at, next_attempt_at = v.next_attempt_at"
+    " FROM unnest(CAST(:id AS BIGINT[]), CAST(:status AS TEXT[]), CAST(:last_error AS TEXT[]),"
+    " CAST(:message_id AS TEXT[]), CAST(:sent_at AS TIMESTAMPTZ[]),"
+    " CAST(:next_attempt_at AS TIMESTAMPTZ[]))"
+    " AS v(id, status, last_error, message_id, sent_at, next_attempt_at)"
+    " WHERE d.id = v.id"
+)
+
+
+async def _update_outcomes(session: AsyncSession, params: list[dict[str, Any]]) -> None:
+    if session.bind is not None and session.bind.dialect.name == "postgresql":
+        columns = {name: [row[name] for row in params] for name in params[0]}
+        await session.execute(_PG_OUTCOMES, columns)
+    else:  # ORM bulk UPDATE by primary key: one executemany for the whole group
+        await session.execute(update(Delivery), params)
 
 
 async def until_written(write: Callable[[], Awaitable[None]]) -> None:
