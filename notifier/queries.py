@@ -15,9 +15,12 @@ from notifier.models import Subscriber, Subscription, Suppression
 
 def insert_for(session: AsyncSession, table: Any) -> Any:
     """INSERT with ON CONFLICT support on both dialects (postgresql.insert or sqlite.insert)."""
-    if session.bind is not None and session.bind.dialect.name == "sqlite":
-        return sqlite.insert(table)
-    return postgresql.insert(table)
+    return dialect_insert(session.bind.dialect.name if session.bind is not None else "", table)
+
+
+def dialect_insert(dialect_name: str, table: Any) -> Any:
+    """insert_for by dialect name, for a statement built once per dialect."""
+    return sqlite.insert(table) if dialect_name == "sqlite" else postgresql.insert(table)
 
 
 async def is_suppressed(session: AsyncSession, email_hash: str) -> bool:

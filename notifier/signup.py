@@ -4,21 +4,23 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
-from typing import Any
+from functools import cache
+from typing import Any, cast
 
-from sqlalchemy import func, select
+from sqlalchemy import Row, String, Table, bindparam, case, exists, insert, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from notifier.clock import utcnow
-from notifier.models import Subscriber, Subscription
-from notifier.queries import insert_for, is_suppressed
+from notifier.models import Subscriber, Subscription, Suppression, UTCDateTime
+from notifier.queries import dialect_insert
 from notifier.ratelimit import may_mail_address
 from notifier.resources import Resources
 from notifier.validation import EVIDENCE_MAX, SignupRequest
 
 # A bot that knows one address could otherwise pile up rows under it; a person never needs more.
 MAX_PENDING_PER_ADDRESS = 25
+WANTS_MAIL = frozenset({"new", "pending", "resubscribed"})
 
 
 @dataclass(frozen=True)
@@ -39,13 +41,13 @@ class Evidence:
 
 @dataclass(frozen=True)
 class Recorded:
-    outcome: str  # new | pending | resubscribed | confirmed | too_many_pending | conflict
+    outcome: str  # new | pending | resubscribed | confirmed | too_many_pending | suppressed
     subscriber_id: int = 0
     confirmed_before: bool = False
 
     @property
     def wants_mail(self) -> bool:
-        return self.outcome in ("new", "pending", "resubscribed")
+        return self.outcome in WANTS_MAIL
 
 
 def new_nonce() -> str:
@@ -63,12 +65,10 @@ async def sign_up(r: Resources, req: SignupRequest, evidence: Evidence) -> str:
     for attempt in (1, 2):
         try:
             async with r.sessions.begin() as session:
-                if await is_suppressed(session, email_hash):
-                    return "suppressed"
                 recorded = await _record(session, req, email_hash, evidence)
             break
         except IntegrityError:
-            # Lost a race with the purge deleting this never-confirmed address: once more.
+            # A key raced by a concurrent writer: once more, on fresh reads.
             if attempt == 2:
                 raise
     if not recorded.wants_mail:
@@ -79,24 +79,91 @@ async def sign_up(r: Resources, req: SignupRequest, evidence: Evidence) -> str:
     return recorded.outcome
 
 
+# Signup is the busiest write. It runs Core statements built once, with bound parameters: no
+# ORM objects to load or flush, and no statement to compose per request (composing one and its
+# cache key costs more CPU than executing it).
+SUBSCRIBERS = cast(Table, Subscriber.__table__)
+SUBSCRIPTIONS = cast(Table, Subscription.__table__)
+SUPPRESSIONS = cast(Table, Suppression.__table__)
+
+SUBSCRIPTIONS_OF = select(
+    SUBSCRIPTIONS.c.id, SUBSCRIPTIONS.c.match_key, SUBSCRIPTIONS.c.status
+).where(SUBSCRIPTIONS.c.subscriber_id == bindparam("subscriber_id"))
+INSERT_SUBSCRIPTION = insert(SUBSCRIPTIONS)  # the columns are the parameters' keys
+# Conditional on the status the decision was made on; SET: the parameters' column keys.
+UPDATE_SUBSCRIPTION = update(SUBSCRIPTIONS).where(
+    SUBSCRIPTIONS.c.id == bindparam("seen_id"), SUBSCRIPTIONS.c.status == bindparam("seen_status")
+)
+SET_NONCE = (
+    update(SUBSCRIBERS)
+    .where(SUBSCRIBERS.c.id == bindparam("subscriber_id"))
+    .values(confirm_nonce=bindparam("nonce"))
+)
+# What a resubscription resets besides the request: the old consent is void.
+CONSENT_VOID: dict[str, Any] = {
+    "status": "pending",
+    "confirmed_at": None,
+    "unsubscribed_at": None,
+    "confirm_ip": None,
+    "confirm_user_agent": None,
+    "unsubscribe_reason": None,
+}
+
+
+@cache
+def upsert_subscriber(dialect_name: str, timezone_given: bool) -> Any:
+    """Insert the address unless it is suppressed, or lock its existing row; returns
+    (id, confirm_nonce, first_confirmed_at), or no row when suppressed (nothing written).
+
+    The conflict's UPDATE locks the row, so concurrent signups of one address run one after the
+    other (and one that meets the purge deleting the row waits, then inserts afresh). On SQLite
+    the INSERT takes the database's write lock at once.
+    """
+    stmt = dialect_insert(dialect_name, SUBSCRIBERS)
+    stmt = stmt.from_select(
+        ["email", "email_hash", "timezone", "confirm_nonce", "created_at"],
+        select(
+            bindparam("address", type_=String()),
+            bindparam("address_hash", type_=String()),
+            bindparam("zone", type_=String()),
+            bindparam("nonce", type_=String()),
+            bindparam("now", type_=UTCDateTime()),
+        ).where(~exists().where(SUPPRESSIONS.c.email_hash == bindparam("address_hash"))),
+    )
+    timezone: Any = SUBSCRIBERS.c.timezone  # unchanged: the UPDATE is there for its lock
+    if timezone_given:
+        # Only until the address confirms; afterwards the preference centre owns it.
+        timezone = case(
+            (SUBSCRIBERS.c.first_confirmed_at.is_(None), stmt.excluded.timezone), else_=timezone
+        )
+    return stmt.on_conflict_do_update(
+        index_elements=[SUBSCRIBERS.c.email], set_={"timezone": timezone}
+    ).returning(SUBSCRIBERS.c.id, SUBSCRIBERS.c.confirm_nonce, SUBSCRIBERS.c.first_confirmed_at)
+
+
 async def _record(
     session: AsyncSession, req: SignupRequest, email_hash: str, evidence: Evidence
 ) -> Recorded:
-    subscriber = await _lock_or_create_subscriber(session, req, email_hash)
+    conn = await session.connection()
+    now, nonce = utcnow(), new_nonce()
+    upsert = upsert_subscriber(conn.dialect.name, bool(req.timezone))
+    subscriber: Row[Any] | None = (
+        await conn.execute(
+            upsert,
+            {
+                "address": req.email,
+                "address_hash": email_hash,
+                "zone": req.timezone or "UTC",
+                "nonce": nonce,
+                "now": now,
+            },
+        )
+    ).one_or_none()
     if subscriber is None:
-        return Recorded("conflict")
-    pending_before = await session.scalar(
-        select(func.count())
-        .select_from(Subscription)
-        .where(Subscription.subscriber_id == subscriber.id, Subscription.status == "pending")
-    )
-    existing = await session.scalar(
-        select(Subscription)
-        .where(Subscription.subscriber_id == subscriber.id, Subscription.match_key == req.match_key)
-        .with_for_update()
-    )
-    now = utcnow()
-    request_fields: dict[str, Any] = {
+        return Recorded("suppressed")
+    confirmed_before = subscriber.first_confirmed_at is not None
+    # The latest request is what the confirmation will confirm, with its evidence.
+    request = {
         "label": req.label,
         "mesh_id": req.mesh_id,
         "broad": req.broad,
@@ -107,62 +174,60 @@ async def _record(
         "request_source": evidence.source,
         "updated_at": now,
     }
-    if existing is not None and existing.status == "confirmed":
-        outcome = "confirmed"  # a repeat signup never downgrades a confirmed subscription
-    elif existing is None or existing.status != "pending":
-        if (pending_before or 0) >= MAX_PENDING_PER_ADDRESS:
-            outcome = "too_many_pending"
-        elif existing is None:
-            session.add(
-                Subscription(
-                    subscriber_id=subscriber.id,
-                    kind=req.kind,
-                    match_key=req.match_key,
-                    status="pending",
-                    discreet=req.kind == "condition",
-                    **request_fields,
-                )
-            )
-            outcome = "new"
-        else:  # unsubscribed: pending again, with fresh evidence; the old consent is void
-            for name, value in request_fields.items():
-                setattr(existing, name, value)
-            existing.status = "pending"
-            existing.confirmed_at = existing.unsubscribed_at = None
-            existing.confirm_ip = existing.confirm_user_agent = None
-            existing.unsubscribe_reason = None
-            outcome = "resubscribed"
-    else:  # pending: the latest request is what the confirmation will confirm
-        for name, value in request_fields.items():
-            setattr(existing, name, value)
-        outcome = "pending"
-    if outcome in ("new", "resubscribed", "pending") and (
-        subscriber.confirm_nonce is None or not pending_before
-    ):
+    if subscriber.confirm_nonce == nonce:
+        # Our nonce came back, so the row is our insert: a new address, nothing under it yet.
+        await conn.execute(INSERT_SUBSCRIPTION, _new_subscription(subscriber.id, req, request))
+        return Recorded("new", subscriber.id, confirmed_before)
+    outcome, pending_before = await _record_subscription(conn, subscriber.id, req, request)
+    if outcome in WANTS_MAIL and (subscriber.confirm_nonce is None or not pending_before):
         # Links mailed in an earlier round (nothing pending since) must not confirm this one.
-        subscriber.confirm_nonce = new_nonce()
-    return Recorded(outcome, subscriber.id, subscriber.first_confirmed_at is not None)
+        await conn.execute(SET_NONCE, {"subscriber_id": subscriber.id, "nonce": nonce})
+    return Recorded(outcome, subscriber.id, confirmed_before)
 
 
-async def _lock_or_create_subscriber(
-    session: AsyncSession, req: SignupRequest, email_hash: str
-) -> Subscriber | None:
-    # INSERT first: on SQLite it takes the write lock at once; on PostgreSQL the row lock below
-    # serialises concurrent signups of one address.
-    await session.execute(
-        insert_for(session, Subscriber)
-        .values(
-            email=req.email,
-            email_hash=email_hash,
-            timezone=req.timezone or "UTC",
-            created_at=utcnow(),
-        )
-        .on_conflict_do_nothing()
-    )
-    subscriber: Subscriber | None = await session.scalar(
-        select(Subscriber).where(Subscriber.email == req.email).with_for_update()
-    )
-    if subscriber is not None and req.timezone and subscriber.first_confirmed_at is None:
-        # Only until the address confirms; afterwards the preference centre owns it.
-        subscriber.timezone = req.timezone
-    return subscriber
+def _new_subscription(
+    subscriber_id: int, req: SignupRequest, request: dict[str, Any]
+) -> dict[str, Any]:
+    return {
+        "subscriber_id": subscriber_id,
+        "kind": req.kind,
+        "match_key": req.match_key,
+        "status": "pending",
+        "discreet": req.kind == "condition",
+        **request,
+    }
+
+
+async def _record_subscription(
+    conn: AsyncConnection, subscriber_id: int, req: SignupRequest, request: dict[str, Any]
+) -> tuple[str, int]:
+    """Add or refresh the subscription of an address that existed: (outcome, pending before).
+
+    The address's rows are read without a lock and a write is conditional on the status it saw.
+    Only an unsubscribe, a suppression or the purge can change a row meanwhile (the rest waits
+    for the subscriber row this transaction holds), and they only end a row or delete a pending
+    one: a changed row is read again, and the third read is final.
+    """
+    for _ in range(3):
+        rows = (await conn.execute(SUBSCRIPTIONS_OF, {"subscriber_id": subscriber_id})).all()
+        pending_before = sum(row.status == "pending" for row in rows)
+        existing = next((row for row in rows if row.match_key == req.match_key), None)
+        if existing is not None and existing.status == "confirmed":
+            return "confirmed", pending_before  # a repeat signup never downgrades a confirmation
+        if existing is None or existing.status != "pending":
+            if pending_before >= MAX_PENDING_PER_ADDRESS:
+                return "too_many_pending", pending_before
+            if existing is None:
+                await conn.execute(
+                    INSERT_SUBSCRIPTION, _new_subscription(subscriber_id, req, request)
+                )
+                return "new", pending_before
+            # Unsubscribed: pending again, with fresh evidence; the old consent is void.
+            outcome, changes = "resubscribed", {**request, **CONSENT_VOID}
+        else:
+            outcome, changes = "pending", request
+        seen = {"seen_id": existing.id, "seen_status": existing.status}
+        updated = await conn.execute(UPDATE_SUBSCRIPTION, {**changes, **seen})
+        if updated.rowcount == 1:
+            return outcome, pending_before
+    raise RuntimeError(f"subscriber {subscriber_id}: a subscription kept changing during signup")
