@@ -3,6 +3,7 @@ headers, metrics), helpers."""
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 import time
@@ -25,6 +26,9 @@ access_log = logging.getLogger("notifier.access")
 
 RESOURCES = web.AppKey("resources", Resources)
 REQUEST_ID = web.RequestKey("request_id", str)
+
+# What proxies log for a request whose client hung up before the answer: not a server error.
+CLIENT_CLOSED = 499
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -101,6 +105,9 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
     except web.HTTPException as exc:
         status = exc.status
         raise
+    except asyncio.CancelledError:
+        status = CLIENT_CLOSED  # the client hung up and aiohttp cancelled the handler
+        raise
     finally:
         HTTP_REQUESTS.labels(
             route=route_template(request), method=request.method, status=str(status)
@@ -129,6 +136,9 @@ async def request_id_middleware(request: web.Request, handler: Handler) -> web.S
     except web.HTTPException as exc:
         exc.headers["X-Request-Id"] = rid
         status = exc.status
+        raise
+    except asyncio.CancelledError:
+        status = CLIENT_CLOSED
         raise
     finally:
         _access(request, status, (time.perf_counter() - started) * 1000)
@@ -203,6 +213,11 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except ValidationError as exc:
         return error_response(request, 422, "invalid input", validation_fields(exc))
     except (OperationalError, PoolTimeout, DBAPIError, OSError, RedisError) as exc:
+        if request.transport is None or request.transport.is_closing():
+            # The client hung up (often while sending its body): no dependency is down, and
+            # no one is left to answer. 499, as proxies log it, keeps the 503 count honest.
+            log.info("client closed the request: %s", type(exc).__name__)
+            return web.Response(status=CLIENT_CLOSED)
         # A dependency is down: say so, let the client retry; never a 500.
         log.warning("dependency unavailable: %s", type(exc).__name__)
         response = error_response(request, 503, "temporarily unavailable, try again shortly")

@@ -424,3 +424,39 @@ async def _exercise(base: str, confirm: str, unsubscribe: str, manage: str) -> l
             async with http.post(f"{base}/v1/events", data=body, headers=headers) as resp:
                 assert resp.status in (202, 401)
     return signatures
+
+
+async def test_a_client_that_hangs_up_mid_body_is_not_a_dependency_outage(
+    client: TestClient[Any, Any], resources: Resources, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A phone that loses signal while posting a signup: logged as the client's doing and
+    counted as 499, never as "dependency unavailable" / 503 (which would page the operator)."""
+    from tests.test_metrics import sample
+
+    async def count(status: str) -> float:
+        text = await (await client.get("/metrics")).text()
+        return sample(
+            text, "notifier_http_requests_total", route="/v1/subscriptions", status=status
+        )
+
+    before = {status: await count(status) for status in ("499", "500", "503")}
+    server = client.server
+    _reader, writer = await asyncio.open_connection(server.host, server.port)
+    writer.write(
+        b"POST /v1/subscriptions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 1000\r\n\r\n" + b'{"email": "half'
+    )
+    await writer.drain()
+    await asyncio.sleep(0.2)  # the handler is waiting for the rest of the body
+    writer.close()
+    await writer.wait_closed()
+    for _ in range(50):
+        if await count("499") > before["499"]:
+            break
+        await asyncio.sleep(0.05)
+    assert await count("499") == before["499"] + 1
+    assert await count("500") == before["500"]
+    assert await count("503") == before["503"]
+    assert "dependency unavailable" not in caplog.text, caplog.text
+    async with resources.sessions() as session:
+        assert await session.scalar(select(func.count()).select_from(Subscription)) == 0
