@@ -177,7 +177,7 @@ async def send_digest(ctx: dict[str, Any], subscriber_id: int) -> str:
         async with r.sessions.begin() as session:
             await session.execute(
                 update(Delivery)
-                .where(Delivery.id.in_(digest.claimed), Delivery.status == CLAIMED)
+                .where(Delivery.id.in_(digest.claimed), queries.delivery_status_is(CLAIMED))
                 .values(status="sent", sent_at=utcnow(), last_error=None)
             )
             subscriber = await session.get(Subscriber, subscriber_id)
@@ -252,7 +252,7 @@ async def claim_digest(
         return digest
     claimed = await session.scalars(
         update(Delivery)
-        .where(Delivery.id.in_([d.id for d, _, _ in due]), Delivery.status == "held")
+        .where(Delivery.id.in_([d.id for d, _, _ in due]), queries.delivery_status_is("held"))
         .values(
             status=CLAIMED,
             message_id=digest.msgid,
@@ -275,7 +275,7 @@ async def _skip(session: AsyncSession, ids: list[int], reason: str) -> None:
     if ids:
         await session.execute(
             update(Delivery)
-            .where(Delivery.id.in_(ids), Delivery.status == "held")
+            .where(Delivery.id.in_(ids), queries.delivery_status_is("held"))
             .values(status="skipped", last_error=reason)
         )
         DELIVERIES.labels(outcome="skipped").inc(len(ids))
@@ -288,7 +288,7 @@ async def _failed(ctx: dict[str, Any], r: Resources, digest: Digest, exc: SendEr
         status = "failed" if permanent else "held"
         await session.execute(
             update(Delivery)
-            .where(Delivery.id.in_(digest.claimed), Delivery.status == CLAIMED)
+            .where(Delivery.id.in_(digest.claimed), queries.delivery_status_is(CLAIMED))
             .values(status=status, last_error=str(exc)[:500], message_id=None)
         )
         if exc.suppresses:

@@ -5,12 +5,21 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import ColumnElement, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from notifier.clock import utcnow
-from notifier.models import Subscriber, Subscription, Suppression
+from notifier.models import Delivery, Subscriber, Subscription, Suppression
+
+
+def delivery_status_is(status: str) -> ColumnElement[bool]:
+    """`deliveries.status = status` for statements that pick their rows by primary key, written
+    so that no index on status can serve it. With stale statistics (a fan-out creates a whole
+    audience of pending rows within seconds) PostgreSQL took (status, next_attempt_at) for a
+    500-id claim and walked every pending entry, live or dead: 35 ms instead of ~2 ms a claim,
+    and a second 100k fan-out ran at two thirds of the first one's rate (measured)."""
+    return func.coalesce(Delivery.status, "") == status
 
 
 def insert_for(session: AsyncSession, table: Any) -> Any:

@@ -110,7 +110,7 @@ async def claim(r: Resources, ids: list[int]) -> list[Claimed]:
             update(Delivery)
             .where(
                 Delivery.id.in_(ids),
-                Delivery.status == "pending",
+                queries.delivery_status_is("pending"),
                 Delivery.next_attempt_at <= now,
             )
             # While sending, next_attempt_at holds the claim time: the sweep's dead-worker clock.
@@ -275,7 +275,7 @@ async def _write(
         if still_sending:
             await session.execute(
                 update(Delivery)
-                .where(Delivery.id.in_(still_sending), Delivery.status == "sending")
+                .where(Delivery.id.in_(still_sending), queries.delivery_status_is("sending"))
                 .values(next_attempt_at=now)
                 .execution_options(synchronize_session=False)
             )
