@@ -79,8 +79,16 @@ class Connection:
                 errors, _ = await self._client.sendmail(
                     sender, [recipient], message, mail_options=["SMTPUTF8"]
                 )
-        except ValueError as exc:  # an address aiosmtplib will not put on the wire
-            raise SendError(f"553 5.1.3 {exc}", code=553, permanent=True) from exc
+        except ValueError as exc:
+            # An address aiosmtplib will not put on the wire. Nothing was sent; retried along
+            # the ladder (then failed), never a suppression: it may be our own sender's fault.
+            raise SendError(f"address refused by the SMTP client: {exc}") from exc
+        except aiosmtplib.SMTPSenderRefused as exc:
+            if exc.code == 421 or not self._client.is_connected:
+                raise ConnectionLost(f"{exc.code} {exc.message}", code=exc.code) from exc
+            # MAIL FROM refused: about our envelope sender (or the relay's policy), never about
+            # the recipient, so it must not suppress them; retried until the operator fixes it.
+            raise SendError(f"sender refused: {exc.code} {exc.message}", code=exc.code) from exc
         except aiosmtplib.SMTPNotSupported as exc:
             # RFC 6531: the relay cannot take a non-ASCII address; retrying cannot help.
             raise SendError(f"553 5.6.7 {exc}", code=553, permanent=True) from exc
@@ -114,8 +122,8 @@ class Connection:
     async def _transaction(self, sender: str, recipient: str, message: bytes) -> None:
         """sendmail() for one ASCII recipient, raising the same exceptions, without its four
         address parses a message (~7% of a sending worker's CPU, measured): the recipient was
-        validated at signup and the sender at start-up. Control characters are still refused
-        by execute_command (ValueError)."""
+        validated at signup and the sender at start-up (Settings._mail_from). Control characters
+        are still refused by execute_command (ValueError)."""
         client = self._client
         try:
             response = await client.execute_command(b"MAIL", b"FROM:<" + sender.encode() + b">")
@@ -128,7 +136,7 @@ class Connection:
                 )
                 raise aiosmtplib.SMTPRecipientsRefused([refused])
             await client.data(message)
-        except (aiosmtplib.SMTPResponseException, aiosmtplib.SMTPRecipientsRefused):
+        except (aiosmtplib.SMTPResponseException, aiosmtplib.SMTPRecipientsRefused, ValueError):
             # As sendmail does: clear the envelope so the session can take the next message.
             if client.is_connected:
                 with suppress(aiosmtplib.SMTPException, OSError, TimeoutError):

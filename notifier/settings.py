@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+from email.utils import parseaddr
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
@@ -111,6 +112,19 @@ class Settings(BaseSettings):
     def _known_redis(cls, value: str) -> str:
         if urlsplit(value).scheme not in ("redis", "rediss", "unix"):
             raise ValueError("use redis://host:port/db")
+        return value
+
+    @field_validator("mail_from")
+    @classmethod
+    def _mail_from(cls, value: str) -> str:
+        # The envelope sender is its address part, put on the wire as MAIL FROM:<address>.
+        address = parseaddr(value)[1]
+        if (
+            not address
+            or "@" not in address
+            or any(ch.isspace() or ch in '<>"()[],;\\' or ord(ch) < 32 for ch in address)
+        ):
+            raise ValueError('use an address, or "Name <address>"')
         return value
 
     @field_validator("retry_ladder")

@@ -4,6 +4,7 @@ Knobs, never magic strings:
     smtp.reject["bob@example.org"] = "451 4.3.0 try later"          # every attempt
     smtp.reject["bob@example.org"] = ["451 4.3.0 a", "451 4.3.0 b"]  # these, then accept
     smtp.drop_after_data.add("carol@example.org")  # store the message, then drop before 250
+    smtp.reject_sender = "553 5.1.8 sender domain does not exist"  # MAIL FROM refused
     await smtp.stop(); await smtp.start()          # an outage on the same port
 """
 
@@ -39,12 +40,22 @@ class RecordingSMTP:
     messages: list[Received] = field(default_factory=list)
     reject: dict[str, str | list[str]] = field(default_factory=dict)
     drop_after_data: set[str] = field(default_factory=set)
+    reject_sender: str | None = None  # the answer to every MAIL FROM while set
     transactions: int = 0  # DATA commands that reached the server
     connections: int = 0
     _server: asyncio.AbstractServer | None = None
     _protocols: set[SMTP] = field(default_factory=set)
 
     # aiosmtpd handler hooks -------------------------------------------------------------
+    async def handle_MAIL(  # aiosmtpd's hook name
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: Any
+    ) -> str:
+        if self.reject_sender is not None:
+            return self.reject_sender
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 OK"
+
     async def handle_RCPT(  # aiosmtpd's hook name
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: Any
     ) -> str:

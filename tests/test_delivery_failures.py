@@ -110,7 +110,8 @@ async def test_a_mail_that_cannot_be_rendered_fails_alone(
 
     def render(self: AlertRenderer, **kwargs: Any) -> Any:
         if kwargs["email"] == "b@example.org":
-            raise ValueError("template blew up")
+            # Longer than the column: recorded cut, never failing the batch's other outcomes.
+            raise ValueError("template blew up" + "!" * 600)
         return original(self, **kwargs)
 
     monkeypatch.setattr(AlertRenderer, "render", render)
@@ -122,9 +123,32 @@ async def test_a_mail_that_cannot_be_rendered_fails_alone(
     outcomes = [(d.status, d.last_error) for d in await rows(resources)]
     assert outcomes == [
         ("sent", None),
-        ("failed", "render: ValueError: template blew up"),
+        ("failed", ("render: ValueError: template blew up" + "!" * 600)[:500]),
         ("sent", None),
     ]
+
+
+async def test_a_refused_sender_retries_and_never_suppresses_the_recipient(
+    client: TestClient[Any, Any], resources: Resources, smtp: RecordingSMTP
+) -> None:
+    """A 5.1.x answer to MAIL FROM is about our envelope sender (a relay that distrusts its
+    domain, a misconfigured NOTIFIER_MAIL_FROM): the recipient keeps their subscriptions and
+    the mail waits on the retry ladder until the sender is accepted again."""
+    await subscribe(resources, "ada@example.org", study="NCT05879978")
+    smtp.reject_sender = "553 5.1.8 sender domain does not exist"
+    await post_events(client, [new_study("NCT05879978")])
+    worker = asyncio.create_task(run_worker(resources))
+    await asyncio.sleep(0.8)
+    assert smtp.messages == []
+    (row,) = await rows(resources)
+    assert row.status in ("pending", "sending")
+    assert "sender refused: 553 5.1.8" in (row.last_error or "")
+    smtp.reject_sender = None
+    await asyncio.wait_for(worker, 20)
+    assert per_address(smtp) == {"ada@example.org": 1}
+    async with resources.sessions() as session:
+        assert await session.scalar(select(func.count()).select_from(Suppression)) == 0
+        assert set(await session.scalars(select(Subscription.status))) == {"confirmed"}
 
 
 class TestGiveUp:

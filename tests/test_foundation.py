@@ -151,3 +151,30 @@ async def test_readyz_follows_an_outage_without_restart(
             assert (await c.get("/readyz")).status == 200
     finally:
         await proxy.stop()
+
+
+@pytest.mark.parametrize(
+    "mail_from",
+    ["Trial alerts alerts@example.org", "alerts", "<>", "Trial alerts <a lerts@example.org>"],
+)
+def test_a_sender_address_that_cannot_go_on_the_wire_is_refused_at_start_up(
+    mail_from: str,
+) -> None:
+    """Caught here, not by every message being refused by the relay (or by aiosmtplib)."""
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="mail_from"):
+        Settings(env="dev", mail_from=mail_from)
+    assert Settings(env="dev", mail_from="Trial alerts <alerts@example.org>").mail_from
+
+
+def test_send_batches_shrink_under_a_low_send_rate() -> None:
+    """A worker's batches share NOTIFIER_SEND_RATE: each must end well within the job timeout."""
+    from notifier.fanout import BATCH_SECONDS, batch_size
+
+    assert batch_size(Settings(env="dev")) == 500  # no rate: as configured
+    assert batch_size(Settings(env="dev", send_rate=100)) == 500
+    slow = Settings(env="dev", send_rate=5, worker_max_jobs=8)
+    assert batch_size(slow) == 75
+    assert batch_size(slow) * slow.worker_max_jobs / slow.send_rate <= BATCH_SECONDS
+    assert batch_size(Settings(env="dev", send_rate=0.01)) == 1
