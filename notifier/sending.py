@@ -230,7 +230,7 @@ async def record(
         row: dict[str, Any] = {
             "id": o.delivery.id,
             "status": o.status,
-            "last_error": o.error,
+            "last_error": o.error[:500] if o.error else None,  # the column's width
             "message_id": o.message_id,
             "sent_at": now if o.status == "sent" else None,
             "next_attempt_at": now,
