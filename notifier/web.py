@@ -213,7 +213,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except ValidationError as exc:
         return error_response(request, 422, "invalid input", validation_fields(exc))
     except (OperationalError, PoolTimeout, DBAPIError, OSError, RedisError) as exc:
-        if request.transport is None or request.transport.is_closing():
+        if isinstance(exc, ConnectionResetError) and (
+            request.transport is None or request.transport.is_closing()
+        ):
             # The client hung up (often while sending its body): no dependency is down, and
             # no one is left to answer. 499, as proxies log it, keeps the 503 count honest.
             log.info("client closed the request: %s", type(exc).__name__)
