@@ -21,6 +21,7 @@ from notifier.metrics import SWEEP_RECOVERED
 from notifier.models import Delivery, Event, UTCDateTime
 from notifier.queries import insert_for
 from notifier.resources import Resources
+from notifier.settings import Settings
 from notifier.worker import every, register, register_cron, resources_of
 
 log = logging.getLogger("notifier.fanout")
@@ -30,9 +31,24 @@ OPEN_EVENT = ("received", "fanning_out")
 SWEEP_CHUNK = 10_000
 
 
+# A send batch should end well within arq's job timeout (600 s, notifier.worker): a batch cut off
+# in the middle of a DATA may send that message again after the sweep.
+BATCH_SECONDS = 120
+
+
+def batch_size(settings: Settings) -> int:
+    """NOTIFIER_SEND_BATCH_SIZE, smaller under a low NOTIFIER_SEND_RATE: the worker's batches
+    share the rate, so 500 messages at 5/s over 8 concurrent batches would take 800 s."""
+    size = settings.send_batch_size
+    if settings.send_rate > 0:
+        share = settings.send_rate / settings.worker_max_jobs
+        size = min(size, max(1, int(share * BATCH_SECONDS)))
+    return size
+
+
 async def enqueue_sends(r: Resources, delivery_ids: list[int], job_prefix: str) -> None:
-    """One send job per `send_batch_size` ids, with ids that make a re-run enqueue nothing new."""
-    size = r.settings.send_batch_size
+    """One send job per batch_size() ids, with ids that make a re-run enqueue nothing new."""
+    size = batch_size(r.settings)
     for start in range(0, len(delivery_ids), size):
         chunk = delivery_ids[start : start + size]
         await r.redis.enqueue_job("send_deliveries", chunk, _job_id=r.job_id(job_prefix, chunk[0]))
@@ -113,7 +129,7 @@ async def fanout_event(ctx: dict[str, Any], event_pk: int) -> dict[str, Any]:
                 break  # another run finished it
             # The first page is one send batch, so the first mails go out while the rest of
             # the audience is still being paged.
-            limit = page_size if cursor else min(page_size, r.settings.send_batch_size)
+            limit = page_size if cursor else min(page_size, batch_size(r.settings))
             subscriber_ids = await matching_page(session, mk, cursor, limit, exhausted)
             new_ids: list[int] = []
             if subscriber_ids:
