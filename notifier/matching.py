@@ -15,6 +15,7 @@ from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     ColumnElement,
     Integer,
     Select,
@@ -147,7 +148,7 @@ def page_query(mk: MatchKeys, cursor: int, limit: int) -> Select[Any] | None:
 def _page_statements(mk: MatchKeys) -> tuple[Select[Any], ...]:
     """page_parts with :cursor and :limit bound at execution: built once per event rather than
     once per page (building the statements cost a visible share of each page in cProfile)."""
-    cursor, limit = bindparam("cursor", type_=Integer), bindparam("limit", type_=Integer)
+    cursor, limit = bindparam("cursor", type_=BigInteger), bindparam("limit", type_=Integer)
     return tuple(page_parts(mk, cursor, limit))
 
 

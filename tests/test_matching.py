@@ -200,3 +200,14 @@ async def test_the_page_query_uses_the_partial_indexes_not_a_scan(resources: Res
     assert "Seq Scan" not in plan, plan
     assert "ix_subscriptions_active_key" in plan, plan
     assert "ix_subscriptions_active_mesh" in plan, plan
+
+
+async def test_pages_above_a_cursor_beyond_32_bits(resources: Resources) -> None:
+    """Subscriber ids are BIGINT: a cursor past 2**31 is a valid place to resume."""
+    from notifier.matching import matching_page
+
+    await subscribe(resources, "a@example.org", study="NCT05879978")
+    async with resources.sessions() as session:
+        mk = match_keys(new_study("NCT05879978"))
+        assert await matching_page(session, mk, 2**40, 100, set()) == []
+        assert len(await matching_page(session, mk, 0, 100, set())) == 1
