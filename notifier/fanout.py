@@ -115,6 +115,7 @@ async def fanout_event(ctx: dict[str, Any], event_pk: int) -> dict[str, Any]:
     page_size = r.settings.fanout_page_size
     created = 0
     exhausted: set[int] = set()  # match ranges with nothing left (matching_page)
+    written: int | None = None  # the cursor this run last stored
     while True:
         async with r.sessions.begin() as session:
             # The UPDATE comes first: it locks the event row, so two runs of this job (a retry, a
@@ -127,6 +128,10 @@ async def fanout_event(ctx: dict[str, Any], event_pk: int) -> dict[str, Any]:
             )
             if cursor is None:
                 break  # another run finished it
+            if cursor != written:
+                # Another run (a replay, a sweep's re-run) moved the cursor: what this run found
+                # exhausted may hold subscribers behind the new cursor. Start the ranges afresh.
+                exhausted.clear()
             # The first page is one send batch, so the first mails go out while the rest of
             # the audience is still being paged.
             limit = page_size if cursor else min(page_size, batch_size(r.settings))
@@ -137,7 +142,7 @@ async def fanout_event(ctx: dict[str, Any], event_pk: int) -> dict[str, Any]:
             done = len(subscriber_ids) < limit
             values: dict[str, Any] = {"matched": Event.matched + len(new_ids)}
             if subscriber_ids:
-                values["fanout_cursor"] = subscriber_ids[-1]
+                values["fanout_cursor"] = written = subscriber_ids[-1]
             if done:
                 values.update(status="fanned_out", fanned_out_at=utcnow())
             await session.execute(update(Event).where(Event.id == event_pk).values(**values))

@@ -203,6 +203,45 @@ class TestPagedFanout:
         assert worker.jobs_complete >= 1 + 6  # one fan-out, at least ceil(11 / 2) send batches
         assert Counter(m.rcpt_to for m in smtp.messages) == dict.fromkeys(emails, 1)
 
+    async def test_a_replay_during_a_fanout_reaches_who_matches_now(
+        self,
+        client: TestClient[Any, Any],
+        resources: Resources,
+        smtp: RecordingSMTP,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """`notifier replay` resets the cursor while the event's fan-out is still paging: the
+        running job must not keep skipping the ranges it found exhausted before the reset (a
+        subscriber who matches only the study key, confirmed meanwhile, would be missed)."""
+        import io
+
+        import notifier.fanout
+        from notifier.opscli import Console, replay
+
+        r = resources
+        await subscribe(r, "early@example.org", study="NCT05879978")  # the study key: 1 row
+        emails = [f"c{i:02d}@example.org" for i in range(8)]
+        for email in emails:
+            await subscribe(r, email, condition="SCLC")
+        event = new_study("NCT05879978")
+        real_enqueue = notifier.fanout.enqueue_sends
+        pages = 0
+
+        async def enqueue_then_replay(res: Resources, ids: list[int], prefix: str) -> None:
+            nonlocal pages
+            await real_enqueue(res, ids, prefix)
+            pages += 1
+            if pages == 2:  # the study key was exhausted on the first page
+                await subscribe(r, "late@example.org", study="NCT05879978")
+                console = Console(io.StringIO(), io.StringIO())
+                assert await replay(r, event["event_id"], console) == 0
+
+        monkeypatch.setattr(notifier.fanout, "enqueue_sends", enqueue_then_replay)
+        await post_events(client, [event])
+        await run_worker(r)
+        expected = dict.fromkeys([*emails, "early@example.org", "late@example.org"], 1)
+        assert Counter(m.rcpt_to for m in smtp.messages) == expected
+
 
 class TestSendRate:
     @pytest.fixture
