@@ -19,7 +19,7 @@ from notifier.clock import utcnow
 from notifier.matching import match_keys, matching_page
 from notifier.metrics import SWEEP_RECOVERED
 from notifier.models import Delivery, Event, UTCDateTime
-from notifier.queries import insert_for
+from notifier.queries import dialect_name, insert_for
 from notifier.resources import Resources
 from notifier.settings import Settings
 from notifier.worker import every, register, register_cron, resources_of
@@ -70,7 +70,7 @@ async def insert_deliveries(
 ) -> list[int]:
     """One pending row per subscriber (none for one that has it already): the new rows' ids."""
     now = utcnow()
-    if session.bind is not None and session.bind.dialect.name == "postgresql":
+    if dialect_name(session) == "postgresql":
         params = {"event_pk": event_pk, "ids": subscriber_ids, "now": now}
         return sorted((await session.scalars(_PG_INSERT, params)).all())
     rows = [

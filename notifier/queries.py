@@ -22,9 +22,14 @@ def delivery_status_is(status: str) -> ColumnElement[bool]:
     return func.coalesce(Delivery.status, "") == status
 
 
+def dialect_name(session: AsyncSession) -> str:
+    """ "postgresql" or "sqlite": for the few statements written per dialect."""
+    return session.bind.dialect.name if session.bind is not None else ""
+
+
 def insert_for(session: AsyncSession, table: Any) -> Any:
     """INSERT with ON CONFLICT support on both dialects (postgresql.insert or sqlite.insert)."""
-    return dialect_insert(session.bind.dialect.name if session.bind is not None else "", table)
+    return dialect_insert(dialect_name(session), table)
 
 
 def dialect_insert(dialect_name: str, table: Any) -> Any:

@@ -295,7 +295,7 @@ _PG_OUTCOMES = text(
 
 
 async def _update_outcomes(session: AsyncSession, params: list[dict[str, Any]]) -> None:
-    if session.bind is not None and session.bind.dialect.name == "postgresql":
+    if queries.dialect_name(session) == "postgresql":
         columns = {name: [row[name] for row in params] for name in params[0]}
         await session.execute(_PG_OUTCOMES, columns)
     else:  # ORM bulk UPDATE by primary key: one executemany for the whole group
