@@ -66,6 +66,9 @@ class Outgoing:
     subscriptions: list[Any]
 
 
+ERROR_MAX = 500  # deliveries.last_error and suppressions.detail
+
+
 @dataclass(frozen=True)
 class Outcome:
     delivery: Claimed
@@ -73,6 +76,12 @@ class Outcome:
     error: str | None = None
     message_id: str | None = None
     suppress: bool = False  # 5.1.x: the address goes on the suppression list
+
+    def __post_init__(self) -> None:
+        # Cut to the columns' width here, once: a longer text would fail the whole batch's
+        # outcome UPDATE and leave its sent rows for the sweep to mail again.
+        if self.error is not None and len(self.error) > ERROR_MAX:
+            object.__setattr__(self, "error", self.error[:ERROR_MAX])
 
 
 class SendRate:
@@ -203,11 +212,11 @@ async def _matches(
 
 
 def _failure(r: Resources, c: Claimed, exc: SendError, now: datetime) -> Outcome:
-    error = str(exc)[:500]
+    error = str(exc)
     if exc.permanent:
         return Outcome(c, "failed", error, suppress=exc.suppresses)
     if (now - c.created_at).total_seconds() > r.settings.retry_give_up_after:
-        return Outcome(c, "failed", f"gave up after {c.attempts} attempts: {error}"[:500])
+        return Outcome(c, "failed", f"gave up after {c.attempts} attempts: {error}")
     return Outcome(c, "retry", error)
 
 
@@ -230,7 +239,7 @@ async def record(
         row: dict[str, Any] = {
             "id": o.delivery.id,
             "status": o.status,
-            "last_error": o.error[:500] if o.error else None,  # the column's width
+            "last_error": o.error,
             "message_id": o.message_id,
             "sent_at": now if o.status == "sent" else None,
             "next_attempt_at": now,
