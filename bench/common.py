@@ -12,7 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -126,28 +126,19 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
-def runs_of(n: int, fn: Callable[[], float]) -> list[float]:
-    return [fn() for _ in range(n)]
-
-
-async def aruns_of(n: int, fn: Callable[[], Awaitable[float]]) -> list[float]:
-    return [await fn() for _ in range(n)]
+def _proc_status_mb(field: str, pid: int | None) -> float:
+    for line in Path(f"/proc/{pid or os.getpid()}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
 
 
 def rss_mb(pid: int | None = None) -> float:
-    path = f"/proc/{pid or os.getpid()}/status"
-    for line in Path(path).read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+    return _proc_status_mb("VmRSS", pid)
 
 
 def peak_rss_mb(pid: int | None = None) -> float:
-    path = f"/proc/{pid or os.getpid()}/status"
-    for line in Path(path).read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+    return _proc_status_mb("VmHWM", pid)
 
 
 @dataclass
@@ -180,10 +171,6 @@ async def fresh_database(name: str) -> str:
 
 def asyncpg_dsn(sqlalchemy_url: str) -> str:
     return sqlalchemy_url.replace("postgresql+asyncpg://", "postgresql://")
-
-
-def run(coro: Awaitable[Any]) -> Any:
-    return asyncio.run(coro)  # type: ignore[arg-type]
 
 
 @dataclass
