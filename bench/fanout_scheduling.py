@@ -1,5 +1,6 @@
-"""fanout_scheduling: the fan-out job turns one event into delivery rows and send jobs for every
-matching subscriber, with no sender consuming them; baseline: raw pipelined Redis writes."""
+"""fanout_scheduling: the fan-out job turns one event into durable slices (one PostgreSQL row per
+send batch) and their send jobs for every matching subscriber, with no sender consuming them;
+baseline: raw pipelined Redis writes."""
 
 from __future__ import annotations
 
@@ -51,7 +52,7 @@ async def ours(settings: Settings, n: int) -> tuple[float, float, int]:
         jobs = await r.redis.zcard(settings.queue_name)
         await redis.flushdb()
         await redis.aclose()
-        recipients = int(result["deliveries"])
+        recipients = int(result["recipients"])
     return recipients / elapsed, peak / recipients, jobs
 
 
@@ -94,8 +95,9 @@ async def run(quick: bool) -> list[Result]:
                 "redis_bytes_per_recipient": round(per, 1),
                 "baseline_bytes_per_recipient": round(median(base_bytes), 1),
                 "send_jobs": jobs,
-                "note": "ours includes the PostgreSQL delivery rows (durable); the baseline "
-                "writes ids to Redis only",
+                "note": "ours walks the matching subscribers in PostgreSQL and commits one "
+                "slice row per send batch before its job exists (the send jobs write the "
+                "delivery rows); the baseline writes ids to Redis only",
             },
         )
     ]

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from notifier.clock import utcnow
 from notifier.db import transient_db_error
 from notifier.metrics import EVENTS
-from notifier.models import Delivery, Event, RejectedEvent
+from notifier.models import Delivery, Event, FanoutSlice, RejectedEvent
 from notifier.normalize import normalize_mesh_id, normalize_nct
 from notifier.queries import insert_for
 from notifier.resources import Resources
@@ -263,7 +263,8 @@ PROGRESS_FIELDS = (
 
 
 async def progress(session: AsyncSession, event_id: str) -> dict[str, Any] | None:
-    """Fan-out progress of one event; `pending` includes rows being sent right now."""
+    """Fan-out progress of one event: `matched` is what the fan-out's walk found; `pending`
+    includes rows being sent right now and the recipients of slices not yet written as rows."""
     event = await session.scalar(select(Event).where(Event.event_id == event_id))
     if event is None:
         return None
@@ -276,12 +277,18 @@ async def progress(session: AsyncSession, event_id: str) -> dict[str, Any] | Non
             )
         ).all()
     )
+    # Recipients of slices whose delivery rows are not written yet count as pending too.
+    unsliced = await session.scalar(
+        select(func.coalesce(func.sum(FanoutSlice.size), 0)).where(
+            FanoutSlice.event_pk == event.id, FanoutSlice.status == "pending"
+        )
+    )
     return {
         "event_id": event.event_id,
         "status": event.status,
         "matched": event.matched,
         "sent": counts.get("sent", 0),
-        "pending": counts.get("pending", 0) + counts.get("sending", 0),
+        "pending": counts.get("pending", 0) + counts.get("sending", 0) + int(unsliced or 0),
         "failed": counts.get("failed", 0),
         "skipped": counts.get("skipped", 0),
         "held": counts.get("held", 0),

@@ -1,26 +1,29 @@
-"""arq jobs that turn a stored event into delivery rows and send jobs, and the sweep behind them.
+"""arq jobs that turn a stored event into fan-out slices and send jobs, and the sweep behind them.
 
-PostgreSQL is the source of truth and Redis only triggers work: delivery rows (unique per event
-and subscriber) are committed before any send job exists, and the sweep re-enqueues whatever
-waits too long, so a lost job, a flushed Redis or a killed worker loses nothing.
+PostgreSQL is the source of truth and Redis only triggers work. The fan-out walks the matching
+subscribers and commits one slice row per send batch (a run of subscriber ids) before that
+batch's job exists; the slice's job writes the run's delivery rows (unique per event and
+subscriber) and mails them. The sweep re-enqueues whatever waits too long, slices and delivery
+rows alike, so a lost job, a flushed Redis or a killed worker loses nothing.
 """
 
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, select, text, update
+from sqlalchemy import bindparam, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from notifier.alerts import is_material
 from notifier.clock import utcnow
-from notifier.matching import match_keys, matching_page
+from notifier.matching import MatchKeys, match_keys, matching_page
 from notifier.metrics import SWEEP_RECOVERED
-from notifier.models import Delivery, Event, UTCDateTime
+from notifier.models import Delivery, Event, FanoutSlice, UTCDateTime
 from notifier.queries import dialect_name, insert_for
 from notifier.resources import Resources
+from notifier.sending import send_deliveries
 from notifier.settings import Settings
 from notifier.worker import every, register, register_cron, resources_of
 
@@ -29,6 +32,9 @@ log = logging.getLogger("notifier.fanout")
 OPEN_EVENT = ("received", "fanning_out")
 # Rows per sweep transaction: a flushed Redis over a huge backlog stays bounded in memory.
 SWEEP_CHUNK = 10_000
+# A slice's send job reads its run with a little room above the size the fan-out found, so that
+# a few confirmations since then cost no second round trip.
+SLICE_SLACK = 64
 
 
 # A send batch should end well within arq's job timeout (600 s, notifier.worker): a batch cut off
@@ -95,6 +101,94 @@ async def insert_deliveries(
     return sorted((await session.scalars(stmt, rows)).all())
 
 
+async def write_slices(
+    session: AsyncSession, event_pk: int, cursor: int, subscriber_ids: list[int], size: int
+) -> list[int]:
+    """A page of matching subscriber ids (ordered, all above `cursor`) as slices of `size`: the
+    first starts after `cursor`, each next one after the last id of the one before."""
+    now = utcnow()
+    rows: list[dict[str, Any]] = []
+    after = cursor
+    for start in range(0, len(subscriber_ids), size):
+        chunk = subscriber_ids[start : start + size]
+        rows.append(
+            {
+                "event_pk": event_pk,
+                "after_id": after,
+                "last_id": chunk[-1],
+                "size": len(chunk),
+                "status": "pending",
+                "queued_at": now,
+            }
+        )
+        after = chunk[-1]
+    return sorted(await session.scalars(insert(FanoutSlice).returning(FanoutSlice.id), rows))
+
+
+async def enqueue_slices(r: Resources, slice_ids: list[int], *stamp: object) -> None:
+    """One send_slice job per slice; its id names the slice (and a re-enqueue's `stamp`)."""
+    for slice_id in slice_ids:
+        await r.redis.enqueue_job(
+            "send_slice", slice_id, _job_id=r.job_id("slice", slice_id, *stamp)
+        )
+
+
+async def slice_members(
+    session: AsyncSession, mk: MatchKeys, after_id: int, last_id: int, size: int
+) -> list[int]:
+    """The subscribers who match now in (after_id, last_id]: read again when the slice is sent,
+    so who unsubscribed meanwhile gets no row and who confirmed meanwhile gets one."""
+    limit = size + SLICE_SLACK
+    found: list[int] = []
+    cursor = after_id
+    while True:
+        page = await matching_page(session, mk, cursor, limit)
+        found.extend(sid for sid in page if sid <= last_id)
+        if len(page) < limit or page[-1] >= last_id:
+            return found
+        cursor = page[-1]
+
+
+async def materialise(r: Resources, slice_id: int) -> list[int] | None:
+    """Write a pending slice's delivery rows and mark it done, in one transaction: the new rows'
+    ids, or None when another run did it already. Rows that exist (a replay) are left alone."""
+    async with r.sessions.begin() as session:
+        # The UPDATE locks the slice: a twin job waits, then finds it done.
+        taken = (
+            await session.execute(
+                update(FanoutSlice)
+                .where(FanoutSlice.id == slice_id, FanoutSlice.status == "pending")
+                .values(status="done")
+                .returning(
+                    FanoutSlice.event_pk,
+                    FanoutSlice.after_id,
+                    FanoutSlice.last_id,
+                    FanoutSlice.size,
+                )
+                .execution_options(synchronize_session=False)
+            )
+        ).first()
+        if taken is None:
+            return None
+        payload = await session.scalar(select(Event.payload).where(Event.id == taken.event_pk))
+        if payload is None:
+            return []
+        mk = match_keys(payload)
+        members = await slice_members(session, mk, taken.after_id, taken.last_id, taken.size)
+        return await insert_deliveries(session, taken.event_pk, members) if members else []
+
+
+@register("send_slice")
+async def send_slice(ctx: dict[str, Any], slice_id: int) -> dict[str, int]:
+    """One slice: its delivery rows are committed, then sent as one batch by this same job (a
+    crash in between leaves pending rows, which the sweep re-enqueues)."""
+    r = resources_of(ctx)
+    new_ids = await materialise(r, int(slice_id))
+    if not new_ids:
+        return {"claimed": 0}
+    return await send_deliveries(ctx, new_ids)
+
+
 @register("fanout_event")
 async def fanout_event(ctx: dict[str, Any], event_pk: int) -> dict[str, Any]:
     """Walk the matching subscribers page by page from the event's cursor; idempotent."""
@@ -113,7 +207,8 @@ async def fanout_event(ctx: dict[str, Any], event_pk: int) -> dict[str, Any]:
         return {"event_pk": event_pk, "status": "immaterial"}
     mk = match_keys(event.payload)
     page_size = r.settings.fanout_page_size
-    created = 0
+    size = batch_size(r.settings)
+    recipients = 0
     exhausted: set[int] = set()  # match ranges with nothing left (matching_page)
     written: int | None = None  # the cursor this run last stored
     while True:
@@ -134,31 +229,32 @@ async def fanout_event(ctx: dict[str, Any], event_pk: int) -> dict[str, Any]:
                 exhausted.clear()
             # The first page is one send batch, so the first mails go out while the rest of
             # the audience is still being paged.
-            limit = page_size if cursor else min(page_size, batch_size(r.settings))
+            limit = page_size if cursor else min(page_size, size)
             subscriber_ids = await matching_page(session, mk, cursor, limit, exhausted)
-            new_ids: list[int] = []
+            slice_ids: list[int] = []
             if subscriber_ids:
-                new_ids = await insert_deliveries(session, event_pk, subscriber_ids)
+                slice_ids = await write_slices(session, event_pk, cursor, subscriber_ids, size)
             done = len(subscriber_ids) < limit
-            values: dict[str, Any] = {"matched": Event.matched + len(new_ids)}
+            values: dict[str, Any] = {"matched": Event.matched + len(subscriber_ids)}
             if subscriber_ids:
                 values["fanout_cursor"] = written = subscriber_ids[-1]
             if done:
                 values.update(status="fanned_out", fanned_out_at=utcnow())
             await session.execute(update(Event).where(Event.id == event_pk).values(**values))
-        # After commit: a crash between commit and enqueue leaves pending rows for the sweep.
-        await enqueue_sends(r, new_ids, f"send:{event_pk}")
-        created += len(new_ids)
+        # After commit: a crash between commit and enqueue leaves pending slices for the sweep.
+        await enqueue_slices(r, slice_ids)
+        recipients += len(subscriber_ids)
         if done:
             break
-    return {"event_pk": event_pk, "deliveries": created}
+    return {"event_pk": event_pk, "recipients": recipients}
 
 
 @register("sweep")
 async def sweep(ctx: dict[str, Any]) -> dict[str, int]:
-    """Re-enqueue deliveries and events that waited longer than `sweep_stale_after`.
+    """Re-enqueue deliveries, slices and events that waited longer than `sweep_stale_after`.
 
-    Pending rows whose job was lost, and `sending` rows whose worker died (the claim time is kept
+    Pending slices whose job was lost get a fresh queued_at and job. Pending rows whose job was
+    lost, and `sending` rows whose worker died (the claim time is kept
     in next_attempt_at and refreshed while a batch is in progress), go back to pending with a
     fresh timestamp, so the next sweep leaves them alone while their new job waits in the queue.
     """
@@ -195,6 +291,7 @@ async def sweep(ctx: dict[str, Any]) -> dict[str, int]:
         recovered += len(ids)
         if len(ids) < SWEEP_CHUNK:
             break
+    slices = await _sweep_slices(r, now, cutoff)
     async with r.sessions.begin() as session:
         events = list(
             await session.scalars(
@@ -208,9 +305,42 @@ async def sweep(ctx: dict[str, Any]) -> dict[str, int]:
         )
     if recovered:
         SWEEP_RECOVERED.inc(recovered)
-    if recovered or events:
-        log.info("sweep re-enqueued %d deliveries and %d events", recovered, len(events))
-    return {"deliveries": recovered, "events": len(events)}
+    if recovered or slices or events:
+        log.info(
+            "sweep re-enqueued %d deliveries, %d slices and %d events",
+            recovered,
+            slices,
+            len(events),
+        )
+    return {"deliveries": recovered, "slices": slices, "events": len(events)}
+
+
+async def _sweep_slices(r: Resources, now: datetime, cutoff: datetime) -> int:
+    """Pending slices queued before `cutoff`: a fresh queued_at, a fresh job each."""
+    count = 0
+    while True:
+        async with r.sessions.begin() as session:
+            stale = (
+                select(FanoutSlice.id)
+                .where(FanoutSlice.status == "pending", FanoutSlice.queued_at < cutoff)
+                .order_by(FanoutSlice.id)
+                .limit(SWEEP_CHUNK)
+                # A slice a send job is writing right now is not stale: skip it.
+                .with_for_update(skip_locked=True)
+            )
+            ids = sorted(
+                await session.scalars(
+                    update(FanoutSlice)
+                    .where(FanoutSlice.id.in_(stale.scalar_subquery()))
+                    .values(queued_at=now)
+                    .returning(FanoutSlice.id)
+                    .execution_options(synchronize_session=False)
+                )
+            )
+        await enqueue_slices(r, ids, int(now.timestamp()))
+        count += len(ids)
+        if len(ids) < SWEEP_CHUNK:
+            return count
 
 
 # Every NOTIFIER_SWEEP_INTERVAL seconds (once a minute by default).

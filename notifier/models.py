@@ -197,6 +197,28 @@ class Delivery(Base):
     sent_at: Mapped[datetime | None]
 
 
+class FanoutSlice(Base):
+    """One run of an event's matching subscribers (after_id < subscriber id <= last_id), written
+    by the fan-out; its send job writes the run's delivery rows and mails them. One durable row
+    per send batch rather than per recipient: a slice still pending after the sweep's limit is
+    enqueued again, so a flushed Redis or a killed worker loses no recipient."""
+
+    __tablename__ = "fanout_slices"
+    __table_args__ = (
+        Index("ix_fanout_slices_status_queued_at", "status", "queued_at"),
+        Index("ix_fanout_slices_event_pk_status", "event_pk", "status"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    event_pk: Mapped[int] = mapped_column(ForeignKey("events.id", ondelete="CASCADE"))
+    after_id: Mapped[int] = mapped_column(BigInteger)
+    last_id: Mapped[int] = mapped_column(BigInteger)
+    size: Mapped[int] = mapped_column(Integer)  # subscribers the fan-out matched in the run
+    # pending -> done (its delivery rows are written).
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    queued_at: Mapped[datetime] = mapped_column(default=utcnow)  # the sweep's clock
+
+
 class Suppression(Base):
     """Addresses we must never mail, by keyed hash so that erasure keeps them suppressed."""
 

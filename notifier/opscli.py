@@ -27,6 +27,7 @@ from notifier.mailer import ConnectionLost, SendError
 from notifier.models import (
     Delivery,
     Event,
+    FanoutSlice,
     RejectedEvent,
     Subscriber,
     Subscription,
@@ -40,6 +41,7 @@ KNOWN = {
     "subscriptions": ("pending", "confirmed", "unsubscribed"),
     "events": ("received", "fanning_out", "fanned_out", "immaterial"),
     "deliveries": ("pending", "sending", "sent", "failed", "skipped", "held"),
+    "fanout_slices": ("pending", "done"),
 }
 
 # The test mail uses the notification layout, so it shows what real alerts look like. It lives
@@ -203,7 +205,7 @@ async def replay(
         await session.execute(
             update(Event)
             .where(Event.id == event.id)
-            .values(status="received", fanout_cursor=0, fanned_out_at=None)
+            .values(status="received", fanout_cursor=0, matched=0, fanned_out_at=None)
         )
         due = list(
             await session.scalars(
@@ -288,6 +290,7 @@ async def collect_stats(r: Resources, con: Console) -> dict[str, Any]:
         out["events_rejected"] = await _count(session, RejectedEvent.id)
         con.progress("counting deliveries …")
         out["deliveries"] = await _by_status(session, Delivery, "deliveries")
+        out["fanout_slices"] = await _by_status(session, FanoutSlice, "fanout_slices")
         rows = await session.execute(
             select(Suppression.reason, func.count()).group_by(Suppression.reason)
         )
@@ -316,6 +319,7 @@ async def stats(r: Resources, con: Console, *, as_json: bool = False) -> int:
     )
     con.say(f"events          {_line(data['events'])} (rejected {data['events_rejected']})")
     con.say(f"deliveries      {_line(data['deliveries'])}")
+    con.say(f"fan-out slices  {_line(data['fanout_slices'])}")
     con.say(f"suppressions    {_line(data['suppressions'])}")
     con.say(f"queue           {_line(data['queue'])}")
     return 0

@@ -16,7 +16,8 @@ from aiohttp.test_utils import TestClient
 from sqlalchemy import select
 
 from notifier.clock import utcnow
-from notifier.models import Subscriber, Subscription
+from notifier.fanout import fanout_event, materialise
+from notifier.models import FanoutSlice, Subscriber, Subscription
 from notifier.normalize import normalize_condition, normalize_mesh_id, normalize_nct
 from notifier.pipeline import encode, sign
 from notifier.resources import Resources
@@ -238,3 +239,21 @@ async def subscribe(
         session.add(sub)
         await session.flush()
         return sub
+
+
+async def fan_out_rows(r: Resources, event_pk: int) -> list[int]:
+    """Run an event's fan-out and write every slice's delivery rows, as the jobs would, without
+    sending: the new delivery ids (their send jobs are the caller's to run or to lose)."""
+    await fanout_event({"resources": r}, event_pk)
+    async with r.sessions() as session:
+        slices = list(
+            await session.scalars(
+                select(FanoutSlice.id)
+                .where(FanoutSlice.event_pk == event_pk, FanoutSlice.status == "pending")
+                .order_by(FanoutSlice.id)
+            )
+        )
+    ids: list[int] = []
+    for slice_id in slices:
+        ids += await materialise(r, slice_id) or []
+    return ids

@@ -22,12 +22,12 @@ from sqlalchemy import func, insert, select
 
 from notifier.app import create_app
 from notifier.clock import utcnow
-from notifier.fanout import fanout_event
+from notifier.fanout import fanout_event, sweep
 from notifier.models import Delivery, Event, Subscriber, Subscription, Suppression
 from notifier.resources import Resources, open_resources
 from notifier.sending import claim, send_deliveries
 from tests.conftest import run_worker
-from tests.events_factory import new_study, post_events, subscribe
+from tests.events_factory import fan_out_rows, new_study, post_events, subscribe
 from tests.proxy import TcpProxy
 from tests.smtp_server import RecordingSMTP
 
@@ -171,7 +171,7 @@ class TestGiveUp:
             event_pk = await session.scalar(select(Event.id))
         await resources.redis.flushdb()
         assert event_pk is not None
-        await fanout_event(ctx, event_pk)
+        await fan_out_rows(resources, event_pk)
         (delivery,) = await rows(resources)
         await resources.redis.flushdb()
         await send_deliveries(ctx, [delivery.id])  # 451: pending, retry deferred by 30 s
@@ -220,14 +220,24 @@ async def test_redis_flushed_after_ingestion_the_sweep_delivers_each_mail_once(
     async with r.sessions() as session:
         pk = await session.scalar(select(Event.id).where(Event.nct_id == "NCT05835778"))
     assert pk is not None
-    await fanout_event({"resources": r}, pk)
+    await fanout_event({"resources": r}, pk)  # slices written, their send jobs lost
     await r.redis.flushdb()
+    # Flushed after a slice's delivery rows were written: its send job is lost, the rows are not.
+    rest = [f"rest{i}@example.org" for i in range(2)]
+    for email in rest:
+        await subscribe(r, email, study="NCT05913115")
+    await post_events(client, [new_study("NCT05913115")])
+    await r.redis.flushdb()
+    async with r.sessions() as session:
+        pk = await session.scalar(select(Event.id).where(Event.nct_id == "NCT05913115"))
+    assert pk is not None
+    assert len(await fan_out_rows(r, pk)) == 2
     await run_worker(r)
     assert per_address(smtp) == dict.fromkeys(early + late, 1)
     with time_machine.travel(utcnow() + timedelta(seconds=stale_after + 1), tick=True):
-        await r.redis.enqueue_job("sweep")
+        assert (await sweep({"resources": r}))["slices"] == 1
         await run_worker(r)
-    everyone = dict.fromkeys(early + late + more, 1)
+    everyone = dict.fromkeys(early + late + more + rest, 1)
     assert per_address(smtp) == everyone
     # Later sweeps find nothing to do: sent stays sent.
     with time_machine.travel(utcnow() + timedelta(seconds=3 * stale_after), tick=True):
@@ -248,7 +258,7 @@ async def test_the_sweep_recovers_rows_claimed_by_a_dead_worker(
     async with r.sessions() as session:
         event_pk = await session.scalar(select(Event.id))
     assert event_pk is not None
-    await fanout_event({"resources": r}, event_pk)
+    await fan_out_rows(r, event_pk)
     await r.redis.flushdb()  # the send jobs die with their worker…
     claimed = await claim(r, [d.id for d in await rows(r)])  # …after claiming the rows
     assert len(claimed) == 3

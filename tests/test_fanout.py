@@ -12,12 +12,18 @@ import pytest
 from aiohttp.test_utils import TestClient
 from sqlalchemy import select, update
 
-from notifier.fanout import fanout_event
-from notifier.models import Delivery, Event, Subscription
+from notifier.fanout import enqueue_slices, fanout_event, materialise
+from notifier.models import Delivery, Event, FanoutSlice, Subscription
 from notifier.queries import suppress
 from notifier.resources import Resources
 from tests.conftest import PUBLIC_URL, run_worker
-from tests.events_factory import new_study, post_events, status_change, subscribe
+from tests.events_factory import (
+    fan_out_rows,
+    new_study,
+    post_events,
+    status_change,
+    subscribe,
+)
 from tests.smtp_server import RecordingSMTP
 
 
@@ -56,11 +62,14 @@ async def test_posted_twice_and_fanned_out_twice_gives_one_delivery_and_one_mail
     assert await post_events(client, [event]) == {"accepted": 1, "duplicates": 0}
     assert await post_events(client, [event]) == {"accepted": 0, "duplicates": 1}
     await run_worker(r)
-    # A crash after the first pages and a rerun: rewind the event and fan out again, twice.
+    # A rerun from the start, twice: rewind the event (its cursor and the count that goes with
+    # it, as `notifier replay` does) and fan out again.
     row = await event_row(r, event["event_id"])
     async with r.sessions.begin() as session:
         await session.execute(
-            update(Event).where(Event.id == row.id).values(status="fanning_out", fanout_cursor=0)
+            update(Event)
+            .where(Event.id == row.id)
+            .values(status="fanning_out", fanout_cursor=0, matched=0)
         )
     await r.redis.enqueue_job("fanout_event", row.id, _job_id="rerun-1")
     await r.redis.enqueue_job("fanout_event", row.id, _job_id="rerun-2")
@@ -160,10 +169,13 @@ async def test_digest_subscribers_are_held_and_discreet_ones_get_a_neutral_subje
     assert "Small Cell" in text_of(mail.message)  # the body still says what it is about
 
 
+@pytest.mark.parametrize("stage", ["slices", "rows"])
 @pytest.mark.parametrize("change", ["unsubscribe", "pause", "suppress"])
 async def test_unsubscribe_pause_and_suppression_are_checked_again_before_sending(
-    client: TestClient[Any, Any], resources: Resources, smtp: RecordingSMTP, change: str
+    client: TestClient[Any, Any], resources: Resources, smtp: RecordingSMTP, change: str, stage: str
 ) -> None:
+    """Checked when a slice's delivery rows are written and again just before each mail: a
+    change after the fan-out's walk (stage "slices") or after the rows (stage "rows") counts."""
     r = resources
     sub = await subscribe(r, "ada@example.org", study="NCT05879978")
     await subscribe(r, "bob@example.org", study="NCT05879978")
@@ -171,7 +183,9 @@ async def test_unsubscribe_pause_and_suppression_are_checked_again_before_sendin
     await post_events(client, [event])
     row = await event_row(r, event["event_id"])
     await r.redis.flushdb()  # drop the queued fan-out: run it by hand, then change things
-    await fanout_event({"resources": r}, row.id)
+    ids = await fan_out_rows(r, row.id) if stage == "rows" else []
+    if stage == "slices":
+        assert (await fanout_event({"resources": r}, row.id))["recipients"] == 2
     async with r.sessions.begin() as session:
         if change == "suppress":
             await suppress(session, r.email_hash("ada@example.org"), "complaint")
@@ -180,9 +194,15 @@ async def test_unsubscribe_pause_and_suppression_are_checked_again_before_sendin
             await session.execute(
                 update(Subscription).where(Subscription.id == sub.id).values(**values)
             )
+    if stage == "rows":
+        await r.redis.enqueue_job("send_deliveries", ids)
     await run_worker(r)
     assert [m.rcpt_to for m in smtp.messages] == ["bob@example.org"]
-    assert sorted(d.status for d in await deliveries(r)) == ["sent", "skipped"]
+    statuses = sorted(d.status for d in await deliveries(r))
+    if stage == "rows":
+        assert statuses == ["sent", "skipped"]
+    else:
+        assert statuses == ["sent"]  # no longer a match: the slice wrote no row for ada
 
 
 class TestPagedFanout:
@@ -202,6 +222,57 @@ class TestPagedFanout:
         worker = await run_worker(resources)
         assert worker.jobs_complete >= 1 + 6  # one fan-out, at least ceil(11 / 2) send batches
         assert Counter(m.rcpt_to for m in smtp.messages) == dict.fromkeys(emails, 1)
+
+    async def test_slices_cover_the_walk_and_are_read_again_when_sent(
+        self, client: TestClient[Any, Any], resources: Resources, smtp: RecordingSMTP
+    ) -> None:
+        """One slice row per send batch, contiguous from the first matching id to the last; a
+        subscriber who confirms between the walk and the slice's job, inside its run, is mailed;
+        progress counts the slices' recipients as pending until their rows exist."""
+        r = resources
+        emails = [f"s{i}@example.org" for i in range(7)]
+        subs = [await subscribe(r, email, condition="SCLC") for email in emails]
+        late = await subscribe(r, "late@example.org", condition="SCLC", status="pending")
+        tail = await subscribe(r, "tail@example.org", condition="SCLC")
+        event = new_study("NCT05879978")
+        await post_events(client, [event])
+        row = await event_row(r, event["event_id"])
+        await r.redis.flushdb()
+        assert (await fanout_event({"resources": r}, row.id))["recipients"] == 8
+        async with r.sessions() as session:
+            slices = list(await session.scalars(select(FanoutSlice).order_by(FanoutSlice.id)))
+        ids = [s.subscriber_id for s in subs] + [tail.subscriber_id]
+        # Page 1 is one batch (2 ids), then pages of 3 cut in batches of 2 (2 + 1).
+        assert [(s.after_id, s.last_id, s.size) for s in slices] == [
+            (0, ids[1], 2),
+            (ids[1], ids[3], 2),
+            (ids[3], ids[4], 1),
+            (ids[4], ids[6], 2),
+            (ids[6], ids[7], 1),
+        ]
+        admin = {"Authorization": f"Bearer {r.settings.admin_token}"}
+        resp = await client.get(f"/v1/admin/events/{event['event_id']}", headers=admin)
+        progress = await resp.json()
+        assert (progress["status"], progress["matched"], progress["pending"]) == (
+            "fanned_out",
+            8,
+            8,
+        )
+        async with r.sessions.begin() as session:
+            await session.execute(
+                update(Subscription).where(Subscription.id == late.id).values(status="confirmed")
+            )
+        await enqueue_slices(r, [s.id for s in slices])
+        await run_worker(r)
+        expected = dict.fromkeys([*emails, "late@example.org", "tail@example.org"], 1)
+        assert Counter(m.rcpt_to for m in smtp.messages) == expected
+        resp = await client.get(f"/v1/admin/events/{event['event_id']}", headers=admin)
+        assert ((await resp.json())["sent"], (await resp.json())["pending"]) == (9, 0)
+        # A twin of a slice's job, or a sweep after it ran, finds it done and sends nothing.
+        assert await materialise(r, slices[0].id) is None
+        await enqueue_slices(r, [s.id for s in slices], "twin")
+        await run_worker(r)
+        assert len(smtp.messages) == 9
 
     async def test_a_replay_during_a_fanout_reaches_who_matches_now(
         self,
@@ -224,19 +295,19 @@ class TestPagedFanout:
         for email in emails:
             await subscribe(r, email, condition="SCLC")
         event = new_study("NCT05879978")
-        real_enqueue = notifier.fanout.enqueue_sends
+        real_enqueue = notifier.fanout.enqueue_slices
         pages = 0
 
-        async def enqueue_then_replay(res: Resources, ids: list[int], prefix: str) -> None:
+        async def enqueue_then_replay(res: Resources, ids: list[int], *stamp: object) -> None:
             nonlocal pages
-            await real_enqueue(res, ids, prefix)
+            await real_enqueue(res, ids, *stamp)
             pages += 1
             if pages == 2:  # the study key was exhausted on the first page
                 await subscribe(r, "late@example.org", study="NCT05879978")
                 console = Console(io.StringIO(), io.StringIO())
                 assert await replay(r, event["event_id"], console) == 0
 
-        monkeypatch.setattr(notifier.fanout, "enqueue_sends", enqueue_then_replay)
+        monkeypatch.setattr(notifier.fanout, "enqueue_slices", enqueue_then_replay)
         await post_events(client, [event])
         await run_worker(r)
         expected = dict.fromkeys([*emails, "early@example.org", "late@example.org"], 1)

@@ -15,7 +15,7 @@ from sqlalchemy import func, select, update
 
 from notifier.__main__ import main
 from notifier.clock import utcnow
-from notifier.models import Delivery, Event, RejectedEvent, Subscription
+from notifier.models import Delivery, Event, FanoutSlice, RejectedEvent, Subscription
 from notifier.queries import suppress
 from notifier.resources import Resources
 from notifier.settings import Settings
@@ -266,6 +266,7 @@ async def test_stats_counts_everything_and_the_queue(cli: CLI, resources: Resour
         await make_delivery(session, event=first, subscriber_id=ada.subscriber_id, status="sent")
         second = await make_event(session, status="received")
         await make_delivery(session, event=second, subscriber_id=ada.subscriber_id)
+        session.add(FanoutSlice(event_pk=second.id, after_id=0, last_id=9, size=3))
         await suppress(session, resources.email_hash("eve@example.org"), "hard_bounce")
         session.add(RejectedEvent(source="queue", error="bad", payload="{}"))
     await resources.redis.enqueue_job("sweep")
@@ -287,6 +288,7 @@ async def test_stats_counts_everything_and_the_queue(cli: CLI, resources: Resour
             "skipped": 0,
             "held": 0,
         },
+        "fanout_slices": {"pending": 1, "done": 0},
         "suppressions": {"hard_bounce": 1},
         "queue": {"depth": 2, "ready": 1, "deferred": 1},
     }
@@ -297,6 +299,7 @@ async def test_stats_counts_everything_and_the_queue(cli: CLI, resources: Resour
     assert ran.code == 0
     assert "subscribers     4\n" in ran.out
     assert "subscriptions   pending 1 · confirmed 3 · unsubscribed 1 (paused 1)" in ran.out
+    assert "fan-out slices  pending 1 · done 0" in ran.out
     assert "queue           depth 2 · ready 1 · deferred 1" in ran.out
 
 
