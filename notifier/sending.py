@@ -43,6 +43,9 @@ MAX_RECONNECTS = 3  # per batch: sessions a relay may drop before the rest waits
 # How long a batch waits for an unreachable database to record what it sent. Longer than this
 # (or than NOTIFIER_SWEEP_STALE_AFTER) and the sweep may re-send the batch's unrecorded messages.
 RECORD_RETRY_FOR = 300.0
+# A batch sends only while its claim is younger than this share of NOTIFIER_SWEEP_STALE_AFTER:
+# an older claim (its renewal held up by a database outage) may have been handed to another job.
+CLAIM_LAPSE = 0.8
 DIGEST_FREQUENCIES = ("daily", "weekly")
 DEFER_MARGIN = 0.01  # a retry job never wakes before its rows' next_attempt_at
 
@@ -282,10 +285,12 @@ async def _write(
         if params:
             await _update_outcomes(session, params)
         if still_sending:
+            # The time of this attempt, not `now`: a write retried through a database outage
+            # must not renew the claim with a time the sweep already holds for stale.
             await session.execute(
                 update(Delivery)
                 .where(Delivery.id.in_(still_sending), queries.delivery_status_is("sending"))
-                .values(next_attempt_at=now)
+                .values(next_attempt_at=utcnow())
                 .execution_options(synchronize_session=False)
             )
 
@@ -328,26 +333,46 @@ async def until_written(write: Callable[[], Awaitable[None]]) -> None:
         delay = min(delay * 2, 0.5)
 
 
+class ClaimLapsed(Exception):
+    """A batch's claim on its unsent rows may have been taken over by the sweep."""
+
+
 async def deliver(
     r: Resources,
     outgoing: list[Outgoing],
     hashes: dict[int, str],
     renderers: dict[int, AlertRenderer],
+    renewed: float,
 ) -> None:
-    """Send over one SMTP connection at the configured rate, recording outcomes as it goes."""
+    """Send over one SMTP connection at the configured rate, recording outcomes as it goes.
+
+    `renewed` is when the rows' claim was written (time.monotonic()). A row is sent only while
+    the claim is fresh, which flushes renew; a batch whose renewal was held up (PostgreSQL
+    unreachable longer than most of NOTIFIER_SWEEP_STALE_AFTER) stops and leaves its unsent
+    rows to the sweep rather than race the job the sweep may have given them to."""
     rate = SendRate(r)
     sender = sender_address(r.settings)
     queue = deque(outgoing)
     done: list[Outcome] = []
     last_flush = time.monotonic()
+    lapse = r.settings.sweep_stale_after * CLAIM_LAPSE
 
     async def flush() -> None:
         """Record what was sent and refresh the claim of the rest (also while waiting for the
         send rate: a slow but live batch must never look dead to the sweep)."""
-        nonlocal done, last_flush
+        nonlocal done, last_flush, renewed
         outcomes, done = done, []
+        started = time.monotonic()
         await record(r, outcomes, hashes, [i.delivery.id for i in queue])
         last_flush = time.monotonic()
+        if last_flush - renewed < lapse:
+            renewed = started  # the refresh was written at or after `started`
+        # Else the sweep may have taken the rows before the refresh landed: `renewed` stays old
+        # and the batch stops before its next message.
+
+    def check_claim() -> None:
+        if time.monotonic() - renewed >= lapse:
+            raise ClaimLapsed(f"claim of {len(queue)} unsent message(s) not renewed in time")
 
     reconnects = 0
     try:
@@ -366,6 +391,7 @@ async def deliver(
                             queue.popleft()
                             continue
                         await rate.acquire(heartbeat=flush, every=r.settings.sweep_stale_after / 3)
+                        check_claim()
                         started = time.perf_counter()
                         try:
                             await conn.send(sender, item.email, data)
@@ -388,6 +414,10 @@ async def deliver(
                 if reconnects > MAX_RECONNECTS or not queue:
                     raise
                 log.warning("SMTP session lost, reconnecting (%d): %s", reconnects, exc)
+    except ClaimLapsed as exc:
+        # Unsent rows stay as they are: claimed by this batch (the sweep hands them out once
+        # stale) or already handed to another job. Either way, not sent from here.
+        log.warning("%s: left to the sweep", exc)
     except ConnectionLost as exc:
         # Every message still queued: the relay is not taking connections, try again later.
         now = utcnow()
@@ -401,11 +431,12 @@ async def deliver(
 @register("send_deliveries")
 async def send_deliveries(ctx: dict[str, Any], delivery_ids: list[int]) -> dict[str, int]:
     r = resources_of(ctx)
+    claimed_at = time.monotonic()
     claimed = await claim(r, [int(i) for i in delivery_ids])
     if not claimed:
         return {"claimed": 0}
     outgoing, outcomes, hashes, renderers = await prepare(r, claimed)
     await record(r, outcomes, hashes, [])
     if outgoing:
-        await deliver(r, outgoing, hashes, renderers)
+        await deliver(r, outgoing, hashes, renderers, claimed_at)
     return {"claimed": len(claimed), "sent_or_tried": len(outgoing)}

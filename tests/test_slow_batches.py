@@ -48,3 +48,48 @@ async def test_the_sweep_leaves_a_slow_live_batch_alone(
     await run_worker(resources)  # whatever the sweep re-enqueued
     got = Counter(m.rcpt_to for m in smtp.messages)
     assert dict(got) == dict.fromkeys(emails, 1), dict(got)
+
+
+class TestClaimLapse:
+    @pytest.fixture
+    def settings_overrides(self) -> dict[str, Any]:
+        return {"sweep_stale_after": 1.5, "send_batch_size": 10}
+
+    async def test_a_batch_held_up_past_its_claim_stops_and_the_sweep_sends_the_rest_once(
+        self,
+        client: TestClient[Any, Any],
+        resources: Resources,
+        smtp: RecordingSMTP,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """PostgreSQL unreachable while a batch records (found by the fault suite: 100
+        duplicates): the claim on its unsent rows cannot be renewed, the sweep hands them to a
+        new job once the database is back, and only then does the batch's write land. The batch
+        must not go on sending them."""
+        import notifier.sending
+
+        emails = [f"held{i}@example.org" for i in range(6)]
+        for email in emails:
+            await subscribe(resources, email, study="NCT05879978")
+        real_write = notifier.sending._write
+        held = False
+
+        async def held_up_write(*args: Any) -> None:
+            nonlocal held
+            still_sending = args[4]
+            if still_sending and not held:  # the first flush in the middle of the batch
+                held = True
+                await asyncio.sleep(1.6)  # longer than NOTIFIER_SWEEP_STALE_AFTER
+                # The database is back, and the sweep runs first: every row of the batch looks
+                # dead, the one sent but not yet recorded too (its new job comes too late for it).
+                swept = await sweep({"resources": resources})
+                assert swept["deliveries"] == len(emails)
+            await real_write(*args)
+
+        monkeypatch.setattr(notifier.sending, "_write", held_up_write)
+        monkeypatch.setattr(notifier.sending, "FLUSH_SECONDS", 0.0)  # flush after every mail
+        await post_events(client, [new_study("NCT05879978")])
+        await run_worker(resources)
+        assert held
+        got = Counter(m.rcpt_to for m in smtp.messages)
+        assert dict(got) == dict.fromkeys(emails, 1), dict(got)
