@@ -69,7 +69,6 @@ async def run(quick: bool) -> list[Result]:
         event_secrets=["c" * 40],
         admin_token="d" * 40,
         queue_name="bench:sched",
-        fanout_page_size=5000,
         send_batch_size=500,
     )
     our_runs, bytes_runs, base_runs, base_bytes = [], [], [], []

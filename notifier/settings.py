@@ -65,7 +65,7 @@ class Settings(BaseSettings):
     max_event_body_bytes: int = Field(default=8 * 1024 * 1024, gt=0)  # POST /v1/events batches
 
     # Fan-out and sending.
-    fanout_page_size: int = Field(default=1000, gt=0)
+    fanout_page_size: int = Field(default=10_000, gt=0)
     send_batch_size: int = Field(default=500, gt=0)
     send_rate: float = Field(default=0.0, ge=0, description="messages/s over all workers; 0 = off")
     worker_max_jobs: int = Field(default=8, gt=0)
