@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from sqlalchemy import event
@@ -64,3 +65,17 @@ def transient_db_error(exc: BaseException) -> bool:
             or sqlstate in TRANSIENT_SQLSTATES
         )
     return isinstance(exc, PoolTimeout | OSError)
+
+
+# When this process last found the database unreachable (time.monotonic()); see the sweep.
+_unreachable_at = float("-inf")
+
+
+def note_unreachable() -> None:
+    global _unreachable_at
+    _unreachable_at = time.monotonic()
+
+
+def unreachable_within(seconds: float) -> bool:
+    """Whether this process found the database unreachable in the last `seconds`."""
+    return time.monotonic() - _unreachable_at < seconds

@@ -11,15 +11,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import bindparam, insert, select, text, update
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from notifier.alerts import is_material
 from notifier.clock import utcnow
+from notifier.db import note_unreachable, transient_db_error, unreachable_within
 from notifier.matching import MatchKeys, match_keys, matching_page
 from notifier.metrics import SWEEP_RECOVERED
 from notifier.models import Delivery, Event, FanoutSlice, UTCDateTime
@@ -37,6 +41,7 @@ SWEEP_CHUNK = 10_000
 # A slice's send job reads its run with a little room above the size the fan-out found, so that
 # a few confirmations since then cost no second round trip.
 SLICE_SLACK = 64
+ENQUEUE_AT_ONCE = 32  # slice jobs enqueued concurrently (each holds a Redis connection)
 
 
 # A send batch should end well within arq's job timeout (600 s, notifier.worker): a batch cut off
@@ -130,14 +135,19 @@ async def write_slices(
 async def enqueue_slices(r: Resources, slice_ids: list[int], *stamp: object) -> None:
     """One send_slice job per slice; its id names the slice (and a re-enqueue's `stamp`).
 
-    Concurrently: arq's enqueue is three Redis round trips (WATCH, EXISTS, MULTI/EXEC), which
-    one after another took 30% of a 1M-recipient fan-out's time (bench/fanout_scheduling)."""
-    await asyncio.gather(
-        *(
-            r.redis.enqueue_job("send_slice", slice_id, _job_id=r.job_id("slice", slice_id, *stamp))
-            for slice_id in slice_ids
+    ENQUEUE_AT_ONCE at a time: arq's enqueue is three Redis round trips (WATCH, EXISTS,
+    MULTI/EXEC) on a connection of its own, which one after another took 30% of a 1M-recipient
+    fan-out's time (bench/fanout_scheduling); all at once, a sweep of 10,000 slices would open
+    10,000 connections."""
+    for start in range(0, len(slice_ids), ENQUEUE_AT_ONCE):
+        await asyncio.gather(
+            *(
+                r.redis.enqueue_job(
+                    "send_slice", slice_id, _job_id=r.job_id("slice", slice_id, *stamp)
+                )
+                for slice_id in slice_ids[start : start + ENQUEUE_AT_ONCE]
+            )
         )
-    )
 
 
 async def slice_members(
@@ -273,32 +283,51 @@ async def fanout_event(ctx: dict[str, Any], event_pk: int) -> dict[str, Any]:
             recipients += found
             if done:
                 break
-    finally:
+    except BaseException:
         if enqueuing is not None:
-            await enqueuing
+            # Let the last page's jobs go out, without hiding the error that stopped the walk
+            # (what they fail to enqueue waits for the sweep).
+            with suppress(Exception):
+                await enqueuing
+        raise
+    if enqueuing is not None:
+        await enqueuing
     return {"event_pk": event_pk, "recipients": recipients}
 
 
 @register("sweep")
 async def sweep(ctx: dict[str, Any]) -> dict[str, int]:
+    """Re-enqueue what waited longer than `sweep_stale_after` (see _sweep)."""
+    try:
+        return await _sweep(resources_of(ctx))
+    except (DBAPIError, PoolTimeout, OSError) as exc:
+        if transient_db_error(exc):
+            note_unreachable()
+        raise
+
+
+async def _sweep(r: Resources) -> dict[str, int]:
     """Re-enqueue deliveries, slices and events that waited longer than `sweep_stale_after`.
 
     Pending slices whose job was lost get a fresh queued_at and job. Pending rows whose job was
     lost, and `sending` rows whose worker died (the claim time is kept
     in next_attempt_at and refreshed while a batch is in progress), go back to pending with a
     fresh timestamp, so the next sweep leaves them alone while their new job waits in the queue.
+
+    Not `sending` rows for NOTIFIER_SWEEP_STALE_AFTER after this process found the database
+    unreachable: no batch could renew its claim meanwhile, and a live one lands its outcomes
+    within a second of the database's return. Taking its rows first would mail them again.
     """
-    r = resources_of(ctx)
     now = utcnow()
-    cutoff = now - timedelta(seconds=r.settings.sweep_stale_after)
+    stale_after = r.settings.sweep_stale_after
+    cutoff = now - timedelta(seconds=stale_after)
+    statuses = ("pending",) if unreachable_within(stale_after) else ("pending", "sending")
     recovered = 0
     while True:
         async with r.sessions.begin() as session:
             stale = (
                 select(Delivery.id)
-                .where(
-                    Delivery.status.in_(("pending", "sending")), Delivery.next_attempt_at < cutoff
-                )
+                .where(Delivery.status.in_(statuses), Delivery.next_attempt_at < cutoff)
                 .order_by(Delivery.id)
                 .limit(SWEEP_CHUNK)
                 # Rows a send job is writing right now are not stale: skip them, never deadlock.

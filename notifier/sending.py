@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from notifier import queries
 from notifier.alerts import AlertRenderer
 from notifier.clock import utcnow
-from notifier.db import transient_db_error
+from notifier.db import note_unreachable, transient_db_error
 from notifier.emails import message_id, sender_address, to_bytes
 from notifier.mailer import ConnectionLost, SendError
 from notifier.matching import MatchKeys, active_matches, match_keys
@@ -328,6 +328,7 @@ async def until_written(write: Callable[[], Awaitable[None]]) -> None:
         except (DBAPIError, PoolTimeout, OSError) as exc:
             if not transient_db_error(exc) or time.monotonic() >= deadline:
                 raise
+            note_unreachable()
             log.warning("outcomes not yet recorded, retrying: %s", type(exc).__name__)
         await asyncio.sleep(delay)
         delay = min(delay * 2, 0.5)

@@ -6,15 +6,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter
+from datetime import timedelta
 from typing import Any
 
 import pytest
+import time_machine
 from aiohttp.test_utils import TestClient
+from sqlalchemy import select
 
+from notifier.clock import utcnow
 from notifier.fanout import sweep
+from notifier.models import Event
 from notifier.resources import Resources
+from notifier.sending import claim
 from tests.conftest import run_worker
-from tests.events_factory import new_study, post_events, subscribe
+from tests.events_factory import fan_out_rows, new_study, post_events, subscribe
 from tests.smtp_server import RecordingSMTP
 
 
@@ -66,12 +72,15 @@ class TestClaimLapse:
         duplicates): the claim on its unsent rows cannot be renewed, the sweep hands them to a
         new job once the database is back, and only then does the batch's write land. The batch
         must not go on sending them."""
+        import notifier.fanout
         import notifier.sending
 
         emails = [f"held{i}@example.org" for i in range(6)]
         for email in emails:
             await subscribe(resources, email, study="NCT05879978")
         real_write = notifier.sending._write
+        real_enqueue = notifier.fanout.enqueue_sends
+        swept: list[int] = []
         held = False
 
         async def held_up_write(*args: Any) -> None:
@@ -80,16 +89,50 @@ class TestClaimLapse:
             if still_sending and not held:  # the first flush in the middle of the batch
                 held = True
                 await asyncio.sleep(1.6)  # longer than NOTIFIER_SWEEP_STALE_AFTER
-                # The database is back, and the sweep runs first: every row of the batch looks
-                # dead, the one sent but not yet recorded too (its new job comes too late for it).
-                swept = await sweep({"resources": resources})
-                assert swept["deliveries"] == len(emails)
+                # The database is back and the sweep runs first: every row of the batch looks
+                # dead, the one sent but not yet recorded too.
+                await sweep({"resources": resources})
+                assert len(swept) == len(emails)
+                await real_write(*args)
+                # The sweep's job runs once the write has landed (else the sent row would be
+                # mailed again: the duplicate an outage longer than the claim can cause).
+                await real_enqueue(resources, swept, "swept")
+                return
             await real_write(*args)
 
+        async def hold_sweep_jobs(res: Resources, ids: list[int], prefix: str) -> None:
+            swept.extend(ids)
+
         monkeypatch.setattr(notifier.sending, "_write", held_up_write)
+        monkeypatch.setattr(notifier.fanout, "enqueue_sends", hold_sweep_jobs)
         monkeypatch.setattr(notifier.sending, "FLUSH_SECONDS", 0.0)  # flush after every mail
         await post_events(client, [new_study("NCT05879978")])
         await run_worker(resources)
         assert held
         got = Counter(m.rcpt_to for m in smtp.messages)
         assert dict(got) == dict.fromkeys(emails, 1), dict(got)
+
+    async def test_after_a_database_outage_the_sweep_leaves_claimed_rows_for_a_while(
+        self, client: TestClient[Any, Any], resources: Resources, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A live batch waiting through an outage lands its outcomes within a second of the
+        database's return; the sweep must not take its rows first (found by the fault suite)."""
+        import notifier.db
+
+        r = resources
+        for i in range(3):
+            await subscribe(r, f"claimed{i}@example.org", study="NCT05879978")
+        await subscribe(r, "waiting@example.org", study="NCT05835778")
+        await post_events(client, [new_study("NCT05879978"), new_study("NCT05835778")])
+        await r.redis.flushdb()
+        async with r.sessions() as session:
+            pks = list(await session.scalars(select(Event.id).order_by(Event.id)))
+        claimed = await claim(r, await fan_out_rows(r, pks[0]))  # a batch in flight…
+        await fan_out_rows(r, pks[1])  # …and a row whose job was lost
+        assert len(claimed) == 3
+        notifier.db.note_unreachable()  # this process just saw the database unreachable
+        later = utcnow() + timedelta(seconds=r.settings.sweep_stale_after + 1)
+        with time_machine.travel(later, tick=False):
+            assert (await sweep({"resources": r}))["deliveries"] == 1  # the pending row only
+            monkeypatch.setattr(notifier.db, "_unreachable_at", float("-inf"))  # long ago
+            assert (await sweep({"resources": r}))["deliveries"] == 3  # now the claimed ones
