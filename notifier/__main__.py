@@ -7,18 +7,15 @@ import asyncio
 import contextlib
 import logging
 import sys
-import time
 from collections.abc import Sequence
 
 from aiohttp import web
 from pydantic import ValidationError
-from redis.exceptions import RedisError
 
 from notifier.logs import secrets_of, setup_logging
 from notifier.settings import ConfigError, Settings, check_secrets
 
 log = logging.getLogger("notifier")
-WORKER_RESTART_DELAY = 1.0  # seconds
 
 OPERATOR_COMMANDS = ("send-test", "replay", "stats")
 
@@ -104,16 +101,7 @@ def cmd_worker(settings: Settings) -> None:
 
         # The worker's own counters (deliveries, sends, sweeps) for Prometheus to scrape.
         start_http_server(settings.worker_metrics_port, addr="0.0.0.0", registry=REGISTRY)  # noqa: S104
-    while True:
-        try:
-            build_worker(settings).run()
-            return
-        except (RedisError, OSError) as exc:
-            # arq's own loop does not survive a Redis connection dropped in the middle of its
-            # WATCH/MULTI when it starts a job (found by the fault suite's Redis restart). Its jobs
-            # in flight have finished by now (arq waits for them); the sweep recovers the rest.
-            log.error("the worker lost Redis (%s: %s); starting it again", type(exc).__name__, exc)
-            time.sleep(WORKER_RESTART_DELAY)
+    build_worker(settings).run()
 
 
 async def _dev(settings: Settings, host: str, port: int) -> None:

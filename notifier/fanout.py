@@ -16,20 +16,20 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select, text, update
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy import ColumnElement, bindparam, insert, select, text, update
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from notifier.alerts import is_material
 from notifier.clock import utcnow
-from notifier.db import note_unreachable, transient_db_error, unreachable_within
+from notifier.db import transient_db_error
 from notifier.matching import MatchKeys, match_keys, matching_page
 from notifier.metrics import SWEEP_RECOVERED
 from notifier.models import Delivery, Event, FanoutSlice, UTCDateTime
 from notifier.queries import dialect_name, insert_for
 from notifier.resources import Resources
-from notifier.sending import send_deliveries
+from notifier.sending import note_outage, outage_within_claim, send_deliveries
 from notifier.settings import Settings
 from notifier.worker import every, register, register_cron, resources_of
 
@@ -41,6 +41,7 @@ SWEEP_CHUNK = 10_000
 # A slice's send job reads its run with a little room above the size the fan-out found, so that
 # a few confirmations since then cost no second round trip.
 SLICE_SLACK = 64
+MATERIALISE_TRIES = 3
 ENQUEUE_AT_ONCE = 32  # slice jobs enqueued concurrently (each holds a Redis connection)
 
 
@@ -200,7 +201,16 @@ async def send_slice(ctx: dict[str, Any], slice_id: int) -> dict[str, int]:
     """One slice: its delivery rows are committed, then sent as one batch by this same job (a
     crash in between leaves pending rows, which the sweep re-enqueues)."""
     r = resources_of(ctx)
-    new_ids = await materialise(r, int(slice_id))
+    for attempt in range(1, MATERIALISE_TRIES + 1):
+        try:
+            new_ids = await materialise(r, int(slice_id))
+            break
+        except IntegrityError:
+            # A subscriber erased between the read and the insert (a foreign key violation):
+            # read the run again rather than leave the others to the sweep.
+            if attempt == MATERIALISE_TRIES:
+                raise
+            log.info("slice %s: a subscriber went away while it was written; again", slice_id)
     if not new_ids:
         return {"claimed": 0}
     return await send_deliveries(ctx, new_ids)
@@ -298,11 +308,12 @@ async def fanout_event(ctx: dict[str, Any], event_pk: int) -> dict[str, Any]:
 @register("sweep")
 async def sweep(ctx: dict[str, Any]) -> dict[str, int]:
     """Re-enqueue what waited longer than `sweep_stale_after` (see _sweep)."""
+    r = resources_of(ctx)
     try:
-        return await _sweep(resources_of(ctx))
+        return await _sweep(r)
     except (DBAPIError, PoolTimeout, OSError) as exc:
         if transient_db_error(exc):
-            note_unreachable()
+            await note_outage(r)
         raise
 
 
@@ -314,39 +325,21 @@ async def _sweep(r: Resources) -> dict[str, int]:
     in next_attempt_at and refreshed while a batch is in progress), go back to pending with a
     fresh timestamp, so the next sweep leaves them alone while their new job waits in the queue.
 
-    Not `sending` rows for NOTIFIER_SWEEP_STALE_AFTER after this process found the database
-    unreachable: no batch could renew its claim meanwhile, and a live one lands its outcomes
-    within a second of the database's return. Taking its rows first would mail them again.
+    Not `sending` rows for NOTIFIER_SWEEP_STALE_AFTER after any worker found the database
+    unreachable (sending.note_outage): no batch could renew its claim meanwhile, and a live one
+    lands its outcomes within a second of the database's return. Taking its rows first would
+    mail them again.
     """
     now = utcnow()
     stale_after = r.settings.sweep_stale_after
     cutoff = now - timedelta(seconds=stale_after)
-    statuses = ("pending",) if unreachable_within(stale_after) else ("pending", "sending")
+    statuses = ("pending",) if await outage_within_claim(r) else ("pending", "sending")
     recovered = 0
     while True:
-        async with r.sessions.begin() as session:
-            stale = (
-                select(Delivery.id)
-                .where(Delivery.status.in_(statuses), Delivery.next_attempt_at < cutoff)
-                .order_by(Delivery.id)
-                .limit(SWEEP_CHUNK)
-                # Rows a send job is writing right now are not stale: skip them, never deadlock.
-                .with_for_update(skip_locked=True)
-            )
-            ids = sorted(
-                (
-                    await session.scalars(
-                        update(Delivery)
-                        .where(Delivery.id.in_(stale.scalar_subquery()))
-                        .values(status="pending", next_attempt_at=now)
-                        .returning(Delivery.id)
-                        .execution_options(synchronize_session=False)
-                    )
-                ).all()
-            )
-        if not ids:
-            break
-        await enqueue_sends(r, ids, f"sweep:{int(now.timestamp())}")
+        where = (Delivery.status.in_(statuses), Delivery.next_attempt_at < cutoff)
+        ids = await _take_stale(r, Delivery, where, {"status": "pending", "next_attempt_at": now})
+        if ids:
+            await enqueue_sends(r, ids, f"sweep:{int(now.timestamp())}")
         recovered += len(ids)
         if len(ids) < SWEEP_CHUNK:
             break
@@ -378,28 +371,38 @@ async def _sweep_slices(r: Resources, now: datetime, cutoff: datetime) -> int:
     """Pending slices queued before `cutoff`: a fresh queued_at, a fresh job each."""
     count = 0
     while True:
-        async with r.sessions.begin() as session:
-            stale = (
-                select(FanoutSlice.id)
-                .where(FanoutSlice.status == "pending", FanoutSlice.queued_at < cutoff)
-                .order_by(FanoutSlice.id)
-                .limit(SWEEP_CHUNK)
-                # A slice a send job is writing right now is not stale: skip it.
-                .with_for_update(skip_locked=True)
-            )
-            ids = sorted(
-                await session.scalars(
-                    update(FanoutSlice)
-                    .where(FanoutSlice.id.in_(stale.scalar_subquery()))
-                    .values(queued_at=now)
-                    .returning(FanoutSlice.id)
-                    .execution_options(synchronize_session=False)
-                )
-            )
+        where = (FanoutSlice.status == "pending", FanoutSlice.queued_at < cutoff)
+        ids = await _take_stale(r, FanoutSlice, where, {"queued_at": now})
         await enqueue_slices(r, ids, int(now.timestamp()))
         count += len(ids)
         if len(ids) < SWEEP_CHUNK:
             return count
+
+
+async def _take_stale(
+    r: Resources,
+    model: type[Delivery] | type[FanoutSlice],
+    where: tuple[ColumnElement[bool], ...],
+    values: dict[str, Any],
+) -> list[int]:
+    """Up to SWEEP_CHUNK rows of `model` matching `where`, given `values` in one transaction:
+    their ids. Rows a job is writing right now are not stale: skipped, never waited for."""
+    async with r.sessions.begin() as session:
+        stale = (
+            select(model.id)
+            .where(*where)
+            .order_by(model.id)
+            .limit(SWEEP_CHUNK)
+            .with_for_update(skip_locked=True)
+        )
+        taken = await session.scalars(
+            update(model)
+            .where(model.id.in_(stale.scalar_subquery()))
+            .values(**values)
+            .returning(model.id)
+            .execution_options(synchronize_session=False)
+        )
+        return sorted(taken)
 
 
 # Every NOTIFIER_SWEEP_INTERVAL seconds (once a minute by default).

@@ -12,6 +12,7 @@ import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -27,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from notifier import queries
 from notifier.alerts import AlertRenderer
 from notifier.clock import utcnow
-from notifier.db import note_unreachable, transient_db_error
+from notifier.db import note_unreachable, transient_db_error, unreachable_within
 from notifier.emails import message_id, sender_address, to_bytes
 from notifier.mailer import ConnectionLost, SendError
 from notifier.matching import MatchKeys, active_matches, match_keys
@@ -252,7 +253,9 @@ async def record(
             row.update(status="pending", next_attempt_at=now + timedelta(seconds=delay))
             retries.setdefault(delay, []).append(o.delivery.id)
         params.append(row)
-    await until_written(lambda: _write(r, outcomes, params, hashes, still_sending, now))
+    await until_written(
+        lambda: _write(r, outcomes, params, hashes, still_sending, now), lambda: note_outage(r)
+    )
     for o in outcomes:
         DELIVERIES.labels(o.status).inc()
     for delay, ids in retries.items():
@@ -316,7 +319,31 @@ async def _update_outcomes(session: AsyncSession, params: list[dict[str, Any]]) 
         await session.execute(update(Delivery), params)
 
 
-async def until_written(write: Callable[[], Awaitable[None]]) -> None:
+def outage_key(r: Resources) -> str:
+    return r.job_id("database-unreachable")
+
+
+async def note_outage(r: Resources) -> None:
+    """This process found PostgreSQL unreachable: every worker's sweep should know (Redis is
+    usually up meanwhile), for NOTIFIER_SWEEP_STALE_AFTER after the last such report."""
+    note_unreachable()
+    with suppress(RedisError, OSError):
+        await r.redis.set(outage_key(r), b"1", px=int(r.settings.sweep_stale_after * 1000))
+
+
+async def outage_within_claim(r: Resources) -> bool:
+    """Whether any worker found PostgreSQL unreachable within NOTIFIER_SWEEP_STALE_AFTER."""
+    if unreachable_within(r.settings.sweep_stale_after):
+        return True
+    with suppress(RedisError, OSError):
+        return bool(await r.redis.exists(outage_key(r)))
+    return False
+
+
+async def until_written(
+    write: Callable[[], Awaitable[None]],
+    on_unreachable: Callable[[], Awaitable[None]] | None = None,
+) -> None:
     """Keep trying while PostgreSQL is unreachable: mail already handed to SMTP must be recorded
     as sent, or the sweep would send it again once the database is back. Sending waits too."""
     deadline = time.monotonic() + RECORD_RETRY_FOR
@@ -328,7 +355,10 @@ async def until_written(write: Callable[[], Awaitable[None]]) -> None:
         except (DBAPIError, PoolTimeout, OSError) as exc:
             if not transient_db_error(exc) or time.monotonic() >= deadline:
                 raise
-            note_unreachable()
+            if on_unreachable is None:
+                note_unreachable()
+            else:
+                await on_unreachable()
             log.warning("outcomes not yet recorded, retrying: %s", type(exc).__name__)
         await asyncio.sleep(delay)
         delay = min(delay * 2, 0.5)
@@ -362,7 +392,7 @@ async def deliver(
         """Record what was sent and refresh the claim of the rest (also while waiting for the
         send rate: a slow but live batch must never look dead to the sweep)."""
         nonlocal done, last_flush, renewed
-        outcomes, done = done, []
+        outcomes, done = owned(done), []
         started = time.monotonic()
         await record(r, outcomes, hashes, [i.delivery.id for i in queue])
         last_flush = time.monotonic()
@@ -374,6 +404,14 @@ async def deliver(
     def check_claim() -> None:
         if time.monotonic() - renewed >= lapse:
             raise ClaimLapsed(f"claim of {len(queue)} unsent message(s) not renewed in time")
+
+    def owned(outcomes: list[Outcome]) -> list[Outcome]:
+        """After the claim lapsed (a send or a reconnect that hung), the rows may be another
+        job's: only what was sent is still ours to record; a retry or a failure written now
+        could put a row another job has sent back to pending."""
+        if time.monotonic() - renewed < lapse:
+            return outcomes
+        return [o for o in outcomes if o.status == "sent"]
 
     reconnects = 0
     try:
@@ -426,7 +464,7 @@ async def deliver(
         log.warning("SMTP connection lost, %d message(s) will be retried: %s", len(queue), exc)
     finally:
         # Also on any other error: what was sent is recorded; the rest stays claimed for the sweep.
-        await record(r, done, hashes, [])
+        await record(r, owned(done), hashes, [])
 
 
 @register("send_deliveries")

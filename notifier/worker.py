@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar, cast
 
@@ -13,10 +14,13 @@ from arq.worker import Function, Worker, func
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from notifier.resources import Resources, deserialize, open_resources, redis_settings, serialize
 from notifier.settings import Settings
+
+log = logging.getLogger("notifier.worker")
 
 # The worker polls Redis several times a second: with this it rides out a Redis restart of up
 # to about two minutes (1 s apart at most) instead of exiting; jobs lost with Redis are swept.
@@ -81,6 +85,27 @@ def _load_jobs() -> None:
     import notifier.jobs  # noqa: F401  # registration side effect
 
 
+class NotifierWorker(Worker):
+    """arq's Worker, surviving a Redis connection dropped while it starts a job.
+
+    arq starts a job inside WATCH/MULTI; redis-py does not retry a connection lost there and
+    raises WatchError (or ConnectionError), which ended arq's poll loop and the worker process
+    (found by the fault suite's Redis restart). The job was not started: its slot is given
+    back and the next poll tries again."""
+
+    async def start_jobs(self, job_ids: list[bytes]) -> None:
+        for job_id in job_ids:
+            try:
+                await super().start_jobs([job_id])
+            except RedisError as exc:
+                # Raised inside the pipeline, after arq took a slot and counted the job and
+                # before it created the job's task: undo exactly that.
+                self.job_counter -= 1
+                self.sem.release()
+                log.warning("Redis dropped while a job started (%s): next poll", exc)
+                return
+
+
 def build_worker(
     settings: Settings,
     resources: Resources | None = None,
@@ -105,7 +130,7 @@ def build_worker(
         if cm is not None:
             await cm.__aexit__(None, None, None)
 
-    return Worker(
+    return NotifierWorker(
         functions=list(JOB_FUNCTIONS),
         cron_jobs=[] if burst else _cron_jobs(settings),
         queue_name=settings.queue_name,

@@ -179,3 +179,12 @@ async def run_worker(resources: Resources, *, allow_failures: bool = False) -> W
         assert failed == 0, f"{failed} job(s) failed"
     worker.jobs_failed, worker.jobs_complete = failed, complete  # totals over the bursts
     return worker
+
+
+@pytest.fixture(autouse=True)
+def no_database_outage_seen(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts with no database outage in this process's memory (notifier.db): a test
+    that cut the database off must not change how a later test's sweep behaves."""
+    import notifier.db
+
+    monkeypatch.setattr(notifier.db, "_unreachable_at", float("-inf"))

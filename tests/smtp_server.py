@@ -41,6 +41,7 @@ class RecordingSMTP:
     reject: dict[str, str | list[str]] = field(default_factory=dict)
     drop_after_data: set[str] = field(default_factory=set)
     reject_sender: str | None = None  # the answer to every MAIL FROM while set
+    slow: dict[str, float] = field(default_factory=dict)  # seconds before answering RCPT TO
     transactions: int = 0  # DATA commands that reached the server
     connections: int = 0
     _server: asyncio.AbstractServer | None = None
@@ -59,6 +60,8 @@ class RecordingSMTP:
     async def handle_RCPT(  # aiosmtpd's hook name
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: Any
     ) -> str:
+        if address in self.slow:
+            await asyncio.sleep(self.slow.pop(address))  # once
         answer = self._answer_for(address)
         if answer is not None:
             return answer

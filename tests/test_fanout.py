@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 
 from notifier.fanout import enqueue_slices, fanout_event, materialise
-from notifier.models import Delivery, Event, FanoutSlice, Subscription
+from notifier.models import Delivery, Event, FanoutSlice, Subscriber, Subscription
 from notifier.queries import suppress
 from notifier.resources import Resources
 from tests.conftest import PUBLIC_URL, run_worker
@@ -360,3 +360,38 @@ async def test_two_deployments_on_one_redis_do_not_take_each_others_jobs(
     )
     assert again is None
     await resources.redis.delete("other:queue")
+
+
+@pytest.mark.postgres_only
+async def test_a_subscriber_erased_while_a_slice_is_written_costs_the_others_nothing(
+    client: TestClient[Any, Any],
+    resources: Resources,
+    smtp: RecordingSMTP,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An erasure committed between a slice's read and its insert fails the insert (foreign
+    key); the slice is read again at once, not left for the sweep minutes later."""
+    import notifier.fanout
+
+    r = resources
+    emails = [f"e{i}@example.org" for i in range(4)]
+    subs = [await subscribe(r, email, study="NCT05879978") for email in emails]
+    real_members = notifier.fanout.slice_members
+    erased = False
+
+    async def members_then_erase(*args: Any) -> list[int]:
+        nonlocal erased
+        found = await real_members(*args)
+        if not erased:
+            erased = True
+            async with r.sessions.begin() as other:  # another request, committed meanwhile
+                await other.execute(
+                    delete(Subscriber).where(Subscriber.id == subs[1].subscriber_id)
+                )
+        return found
+
+    monkeypatch.setattr(notifier.fanout, "slice_members", members_then_erase)
+    await post_events(client, [new_study("NCT05879978")])
+    await run_worker(r)
+    assert erased
+    assert sorted(m.rcpt_to for m in smtp.messages) == sorted(emails[:1] + emails[2:])

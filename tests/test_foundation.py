@@ -109,6 +109,40 @@ async def test_worker_runs_in_burst_mode(resources: Resources) -> None:
     assert worker.jobs_complete == 1
 
 
+async def test_the_worker_outlives_a_redis_drop_while_it_starts_a_job(
+    resources: Resources, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """redis-py raises WatchError when the connection drops inside arq's WATCH/MULTI, which
+    ended the worker (found by the fault suite's Redis restart): the slot is given back and the
+    job starts at the next poll."""
+    import arq.worker
+    from redis.exceptions import WatchError
+
+    from notifier.worker import build_worker
+
+    await resources.redis.enqueue_job("purge_pending")
+    worker = build_worker(resources.settings, resources, burst=True, handle_signals=False)
+    real_start = arq.worker.Worker.start_jobs
+    dropped = 0
+
+    async def drop_once(self: arq.worker.Worker, job_ids: list[bytes]) -> None:
+        nonlocal dropped
+        if dropped:
+            return await real_start(self, job_ids)
+        dropped += 1
+        await self.sem.acquire()  # as arq does before its pipeline
+        self.job_counter += 1
+        raise WatchError("A ConnectionError occurred on while watching one or more keys")
+
+    monkeypatch.setattr(arq.worker.Worker, "start_jobs", drop_once)
+    free = worker.sem._value
+    await worker.start_jobs([b"some-job"])
+    assert (dropped, worker.job_counter, worker.sem._value) == (1, 0, free)
+    await worker.main()  # burst: runs the queued job, then stops
+    assert worker.jobs_complete == 1
+    await worker.close()
+
+
 @pytest.mark.postgres_only
 @pytest.mark.parametrize("dependency", ["redis", "database"])
 async def test_readyz_follows_an_outage_without_restart(

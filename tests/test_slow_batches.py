@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import Counter
 from datetime import timedelta
 from typing import Any
@@ -16,9 +17,9 @@ from sqlalchemy import select
 
 from notifier.clock import utcnow
 from notifier.fanout import sweep
-from notifier.models import Event
+from notifier.models import Delivery, Event
 from notifier.resources import Resources
-from notifier.sending import claim
+from notifier.sending import claim, outage_key
 from tests.conftest import run_worker
 from tests.events_factory import fan_out_rows, new_study, post_events, subscribe
 from tests.smtp_server import RecordingSMTP
@@ -130,9 +131,38 @@ class TestClaimLapse:
         claimed = await claim(r, await fan_out_rows(r, pks[0]))  # a batch in flight…
         await fan_out_rows(r, pks[1])  # …and a row whose job was lost
         assert len(claimed) == 3
-        notifier.db.note_unreachable()  # this process just saw the database unreachable
+        monkeypatch.setattr(notifier.db, "_unreachable_at", time.monotonic())  # seen here
         later = utcnow() + timedelta(seconds=r.settings.sweep_stale_after + 1)
         with time_machine.travel(later, tick=False):
             assert (await sweep({"resources": r}))["deliveries"] == 1  # the pending row only
-            monkeypatch.setattr(notifier.db, "_unreachable_at", float("-inf"))  # long ago
+            monkeypatch.setattr(notifier.db, "_unreachable_at", float("-inf"))  # long ago here…
+            await r.redis.set(outage_key(r), b"1", px=60_000)  # …but another worker just saw it
+            assert (await sweep({"resources": r}))["deliveries"] == 0
+            await r.redis.delete(outage_key(r))  # its report expired
             assert (await sweep({"resources": r}))["deliveries"] == 3  # now the claimed ones
+
+    async def test_a_send_that_hangs_past_the_claim_records_no_retry_over_another_job(
+        self, client: TestClient[Any, Any], resources: Resources, smtp: RecordingSMTP
+    ) -> None:
+        """A relay that answers only after the claim lapsed: the batch may no longer own its
+        rows, so it writes no retry for that message and sends none of the rest; the sweep
+        hands all of them out again and everyone gets one mail."""
+        r = resources
+        emails = [f"hung{i}@example.org" for i in range(3)]
+        for email in emails:
+            await subscribe(r, email, study="NCT05879978")
+        smtp.slow[emails[0]] = 1.3  # past 80% of NOTIFIER_SWEEP_STALE_AFTER (1.5 s)
+        smtp.reject[emails[0]] = ["451 4.3.0 try later"]  # then a transient refusal, once
+        await post_events(client, [new_study("NCT05879978")])
+        await run_worker(r)
+        assert smtp.messages == []
+        async with r.sessions() as session:
+            rows = list(await session.scalars(select(Delivery).order_by(Delivery.id)))
+        # Still claimed: no "pending" retry written over a row the sweep may have handed on.
+        assert [d.status for d in rows] == ["sending"] * 3
+        later = utcnow() + timedelta(seconds=r.settings.sweep_stale_after + 1)
+        with time_machine.travel(later, tick=True):
+            assert (await sweep({"resources": r}))["deliveries"] == 3
+            await run_worker(r)
+        got = Counter(m.rcpt_to for m in smtp.messages)
+        assert dict(got) == dict.fromkeys(emails, 1), dict(got)
