@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import aiosmtplib
+from aiosmtplib.protocol import normalize_message_line_endings
 
 
 class SendError(Exception):
@@ -61,6 +62,20 @@ class SMTPConfig:
     def __repr__(self) -> str:  # never show the password
         auth = f"{self.username}:***@" if self.username else ""
         return f"SMTPConfig(smtp{'s' if self.use_tls else ''}://{auth}{self.host}:{self.port})"
+
+
+def data_payload(message: bytes) -> bytes:
+    """What follows DATA (RFC 5321 4.5.2): CRLF line endings, dot-stuffed, then CRLF.CRLF;
+    byte for byte what aiosmtplib's execute_data_command sends. Our messages already have CRLF
+    line endings, so the common case is a few scans and one bytes.replace."""
+    crlf = message.count(b"\r\n")
+    if message.count(b"\r") != crlf or message.count(b"\n") != crlf:
+        message = normalize_message_line_endings(message)  # a lone CR or LF: aiosmtplib's rule
+    elif not message.endswith(b"\r\n"):
+        message += b"\r\n"
+    if message.startswith(b"."):
+        message = b"." + message
+    return message.replace(b"\r\n.", b"\r\n..") + b".\r\n"
 
 
 class Connection:
@@ -135,13 +150,35 @@ class Connection:
                     response.code, response.message, recipient
                 )
                 raise aiosmtplib.SMTPRecipientsRefused([refused])
-            await client.data(message)
+            await self._data(message)
         except (aiosmtplib.SMTPResponseException, aiosmtplib.SMTPRecipientsRefused, ValueError):
             # As sendmail does: clear the envelope so the session can take the next message.
             if client.is_connected:
                 with suppress(aiosmtplib.SMTPException, OSError, TimeoutError):
                     await client.rset()
             raise
+
+    async def _data(self, message: bytes) -> None:
+        """client.data() without its two regular expressions over every message (~15% of a
+        sending worker's CPU in py-spy): data_payload() gives the same bytes for messages
+        built with CRLF line endings (notifier.mime) at a fraction of the cost. Same errors,
+        and like data(), a lost or timed-out connection is closed."""
+        client = self._client
+        try:
+            start = await client.execute_command(b"DATA")
+            if start.code != 354:
+                raise aiosmtplib.SMTPDataError(start.code, start.message)
+            protocol = client.protocol
+            if protocol is None:
+                raise aiosmtplib.SMTPServerDisconnected("Connection lost")
+            # No await between the write and read_response(): the reply cannot arrive unread.
+            protocol.write(data_payload(message))
+            done = await protocol.read_response(timeout=client.timeout)
+        except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError):
+            client.close()
+            raise
+        if done.code != 250:
+            raise aiosmtplib.SMTPDataError(done.code, done.message)
 
     @property
     def is_connected(self) -> bool:
