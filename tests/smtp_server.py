@@ -42,6 +42,7 @@ class RecordingSMTP:
     drop_after_data: set[str] = field(default_factory=set)
     reject_sender: str | None = None  # the answer to every MAIL FROM while set
     slow: dict[str, float] = field(default_factory=dict)  # seconds before answering RCPT TO
+    reject_data: dict[str, str] = field(default_factory=dict)  # answer to a message's data, once
     transactions: int = 0  # DATA commands that reached the server
     connections: int = 0
     _server: asyncio.AbstractServer | None = None
@@ -72,6 +73,9 @@ class RecordingSMTP:
         self, server: SMTP, session: Session, envelope: Envelope
     ) -> str:
         self.transactions += 1
+        for rcpt in envelope.rcpt_tos:
+            if rcpt in self.reject_data:
+                return self.reject_data.pop(rcpt)  # once
         content = envelope.original_content or b""
         for rcpt in envelope.rcpt_tos:
             self.messages.append(Received(str(envelope.mail_from), rcpt, content))

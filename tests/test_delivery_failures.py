@@ -96,6 +96,32 @@ async def test_an_smtp_outage_loses_nothing_and_mails_once(
     assert {d.status for d in await rows(resources)} == {"sent"}
 
 
+@pytest.mark.parametrize("answer", ["554 5.6.0 content refused", "451 4.3.0 try later"])
+async def test_a_message_refused_after_its_data_leaves_the_session_usable(
+    client: TestClient[Any, Any], resources: Resources, smtp: RecordingSMTP, answer: str
+) -> None:
+    """The relay takes the whole message, then refuses it: that message fails (5xx, without a
+    suppression: no mailbox error) or is retried (4xx), and the next one goes out over the same
+    connection."""
+    await subscribe(resources, "first@example.org", study="NCT05879978")
+    await subscribe(resources, "second@example.org", study="NCT05879978")
+    smtp.reject_data["first@example.org"] = answer
+    await post_events(client, [new_study("NCT05879978")])
+    await run_worker(resources)
+    first, second = await rows(resources)
+    if answer.startswith("5"):
+        assert [m.rcpt_to for m in smtp.messages] == ["second@example.org"]
+        assert smtp.connections == 1
+        assert (first.status, second.status) == ("failed", "sent")
+        assert (first.last_error or "").startswith("554 5.6.0")
+    else:
+        assert [m.rcpt_to for m in smtp.messages] == ["second@example.org", "first@example.org"]
+        assert smtp.connections == 2  # the batch, then the retry's
+        assert (first.status, first.attempts, second.status) == ("sent", 2, "sent")
+    async with resources.sessions() as session:
+        assert await session.scalar(select(func.count()).select_from(Suppression)) == 0
+
+
 async def test_a_mail_that_cannot_be_rendered_fails_alone(
     client: TestClient[Any, Any],
     resources: Resources,

@@ -115,29 +115,30 @@ async def test_the_worker_outlives_a_redis_drop_while_it_starts_a_job(
     """redis-py raises WatchError when the connection drops inside arq's WATCH/MULTI, which
     ended the worker (found by the fault suite's Redis restart): the slot is given back and the
     job starts at the next poll."""
-    import arq.worker
+    from redis.asyncio.client import Pipeline
     from redis.exceptions import WatchError
 
     from notifier.worker import build_worker
 
     await resources.redis.enqueue_job("purge_pending")
+    (job_id,) = await resources.redis.zrange(resources.settings.queue_name, 0, -1)
     worker = build_worker(resources.settings, resources, burst=True, handle_signals=False)
-    real_start = arq.worker.Worker.start_jobs
+    real_zscore = Pipeline.zscore
     dropped = 0
 
-    async def drop_once(self: arq.worker.Worker, job_ids: list[bytes]) -> None:
+    async def drop_once(self: Pipeline, *args: Any, **kwargs: Any) -> Any:
         nonlocal dropped
-        if dropped:
-            return await real_start(self, job_ids)
-        dropped += 1
-        await self.sem.acquire()  # as arq does before its pipeline
-        self.job_counter += 1
-        raise WatchError("A ConnectionError occurred on while watching one or more keys")
+        if not dropped:
+            dropped += 1  # what redis-py raises for a connection lost while watching
+            raise WatchError("A ConnectionError occurred on while watching one or more keys")
+        return await real_zscore(self, *args, **kwargs)
 
-    monkeypatch.setattr(arq.worker.Worker, "start_jobs", drop_once)
+    monkeypatch.setattr(Pipeline, "zscore", drop_once)
     free = worker.sem._value
-    await worker.start_jobs([b"some-job"])
+    worker._pool = resources.redis  # arq's own start_jobs, on the resources' connection pool
+    await worker.start_jobs([job_id])  # arq's pipeline, after its WATCH
     assert (dropped, worker.job_counter, worker.sem._value) == (1, 0, free)
+    worker._pool = None
     await worker.main()  # burst: runs the queued job, then stops
     assert worker.jobs_complete == 1
     await worker.close()
