@@ -23,7 +23,7 @@ from notifier.matching import active_matches, match_keys
 from notifier.metrics import DELIVERIES, MAILS
 from notifier.models import Delivery, Event, Subscriber, Subscription
 from notifier.resources import Resources
-from notifier.sending import until_written
+from notifier.sending import ERROR_MAX, until_written
 from notifier.summaries import summarize
 from notifier.worker import register, register_cron, resources_of
 
@@ -188,7 +188,7 @@ async def send_digest(ctx: dict[str, Any], subscriber_id: int) -> str:
 
     # The relay has the digest: record it even through a database outage, or the claim would
     # be released and the digest mailed again (the send path does the same).
-    await until_written(mark_sent)
+    await until_written(r, mark_sent)
     MAILS.labels(kind="digest").inc()
     DELIVERIES.labels(outcome="sent").inc(len(digest.claimed))
     return "sent"
@@ -289,13 +289,13 @@ async def _failed(ctx: dict[str, Any], r: Resources, digest: Digest, exc: SendEr
         await session.execute(
             update(Delivery)
             .where(Delivery.id.in_(digest.claimed), queries.delivery_status_is(CLAIMED))
-            .values(status=status, last_error=str(exc)[:500], message_id=None)
+            .values(status=status, last_error=str(exc)[:ERROR_MAX], message_id=None)
         )
         if exc.suppresses:
             subscriber = await session.get(Subscriber, digest.subscriber_id)
             if subscriber is not None:
                 await queries.suppress(
-                    session, subscriber.email_hash, "hard_bounce", str(exc)[:500]
+                    session, subscriber.email_hash, "hard_bounce", str(exc)[:ERROR_MAX]
                 )
     if permanent:
         log.warning("digest for subscriber %s refused: %s", digest.subscriber_id, exc)

@@ -253,9 +253,7 @@ async def record(
             row.update(status="pending", next_attempt_at=now + timedelta(seconds=delay))
             retries.setdefault(delay, []).append(o.delivery.id)
         params.append(row)
-    await until_written(
-        lambda: _write(r, outcomes, params, hashes, still_sending, now), lambda: note_outage(r)
-    )
+    await until_written(r, lambda: _write(r, outcomes, params, hashes, still_sending, now))
     for o in outcomes:
         DELIVERIES.labels(o.status).inc()
     for delay, ids in retries.items():
@@ -340,10 +338,7 @@ async def outage_within_claim(r: Resources) -> bool:
     return False
 
 
-async def until_written(
-    write: Callable[[], Awaitable[None]],
-    on_unreachable: Callable[[], Awaitable[None]] | None = None,
-) -> None:
+async def until_written(r: Resources, write: Callable[[], Awaitable[None]]) -> None:
     """Keep trying while PostgreSQL is unreachable: mail already handed to SMTP must be recorded
     as sent, or the sweep would send it again once the database is back. Sending waits too."""
     deadline = time.monotonic() + RECORD_RETRY_FOR
@@ -355,10 +350,7 @@ async def until_written(
         except (DBAPIError, PoolTimeout, OSError) as exc:
             if not transient_db_error(exc) or time.monotonic() >= deadline:
                 raise
-            if on_unreachable is None:
-                note_unreachable()
-            else:
-                await on_unreachable()
+            await note_outage(r)
             log.warning("outcomes not yet recorded, retrying: %s", type(exc).__name__)
         await asyncio.sleep(delay)
         delay = min(delay * 2, 0.5)
@@ -396,22 +388,19 @@ async def deliver(
         started = time.monotonic()
         await record(r, outcomes, hashes, [i.delivery.id for i in queue])
         last_flush = time.monotonic()
-        if last_flush - renewed < lapse:
+        if not lapsed():
             renewed = started  # the refresh was written at or after `started`
         # Else the sweep may have taken the rows before the refresh landed: `renewed` stays old
         # and the batch stops before its next message.
 
-    def check_claim() -> None:
-        if time.monotonic() - renewed >= lapse:
-            raise ClaimLapsed(f"claim of {len(queue)} unsent message(s) not renewed in time")
+    def lapsed() -> bool:
+        return time.monotonic() - renewed >= lapse
 
     def owned(outcomes: list[Outcome]) -> list[Outcome]:
         """After the claim lapsed (a send or a reconnect that hung), the rows may be another
         job's: only what was sent is still ours to record; a retry or a failure written now
         could put a row another job has sent back to pending."""
-        if time.monotonic() - renewed < lapse:
-            return outcomes
-        return [o for o in outcomes if o.status == "sent"]
+        return [o for o in outcomes if o.status == "sent"] if lapsed() else outcomes
 
     reconnects = 0
     try:
@@ -430,7 +419,10 @@ async def deliver(
                             queue.popleft()
                             continue
                         await rate.acquire(heartbeat=flush, every=r.settings.sweep_stale_after / 3)
-                        check_claim()
+                        if lapsed():
+                            raise ClaimLapsed(
+                                f"claim of {len(queue)} unsent message(s) not renewed in time"
+                            )
                         started = time.perf_counter()
                         try:
                             await conn.send(sender, item.email, data)
