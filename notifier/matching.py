@@ -25,7 +25,6 @@ from sqlalchemy import (
     select,
     text,
     true,
-    union_all,
 )
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -129,21 +128,6 @@ def page_parts(mk: MatchKeys, cursor: Any, limit: Any) -> list[Select[Any]]:
     return parts
 
 
-def page_query(mk: MatchKeys, cursor: int, limit: int) -> Select[Any] | None:
-    """The same page as one statement: UNION ALL of the ranges, DISTINCT, first `limit`."""
-    parts = page_parts(mk, cursor, limit)
-    if not parts:
-        return None
-    if len(parts) == 1:
-        return parts[0]  # already distinct (one row per subscriber and key), ordered, limited
-    # Each range is wrapped in a subquery: SQLite allows no LIMIT on a bare UNION member.
-    members = [select(p.subquery().c.subscriber_id) for p in parts]
-    combined = (members[0] if len(members) == 1 else union_all(*members)).subquery()
-    return (
-        select(combined.c.subscriber_id).distinct().order_by(combined.c.subscriber_id).limit(limit)
-    )
-
-
 @lru_cache(maxsize=64)
 def _page_statements(mk: MatchKeys) -> tuple[Select[Any], ...]:
     """page_parts with :cursor and :limit bound at execution: built once per event rather than
@@ -162,9 +146,9 @@ async def matching_page(
     """Next `limit` distinct matching subscriber ids above `cursor`.
 
     Each key's range runs as its own statement and the sorted results are merged here. As one
-    UNION statement (page_query) PostgreSQL's generic plan for the prepared statement is several
-    times slower than the plain ranges (measured in bench/match_scan); each range alone always
-    takes its partial index in order.
+    UNION ALL statement, PostgreSQL's generic plan for the prepared statement was several times
+    slower than the plain ranges (measured in bench/match_scan); each range alone always takes
+    its partial index in order.
 
     A caller walking pages may pass the same `exhausted` set each time: a range that returned
     fewer than `limit` ids has nothing above them, so later pages skip it (an event's study key
