@@ -188,9 +188,10 @@ async def materialise(r: Resources, slice_id: int) -> list[int] | None:
         ).first()
         if taken is None:
             return None
-        payload = await session.scalar(select(Event.payload).where(Event.id == taken.event_pk))
-        if payload is None:
-            return []
+        # The event is there: deleting it would have cascaded to the slice this UPDATE locked.
+        payload = (
+            await session.execute(select(Event.payload).where(Event.id == taken.event_pk))
+        ).scalar_one()
         mk = match_keys(payload)
         members = await slice_members(session, mk, taken.after_id, taken.last_id, taken.size)
         return await insert_deliveries(session, taken.event_pk, members) if members else []
