@@ -27,8 +27,8 @@ from bench.common import (
     smtp_source_rate,
 )
 from bench.seed import migrate, seed
+from notifier.ops.sample_events import build_event
 from notifier.pipeline import post_events
-from notifier.sample_events import build_event
 
 KEY = "cond:neuroendocrine tumors"
 EVENT_SECRET = "e" * 40

@@ -12,8 +12,8 @@ from redis.asyncio import Redis
 from bench.baselines import raw_redis_rate
 from bench.common import REDIS_URL, Result, asyncpg_dsn, fresh_database, median
 from bench.seed import migrate, seed
-from notifier.events import ingest, parse_events
-from notifier.fanout import fanout_event
+from notifier.core.events import ingest, parse_events
+from notifier.jobs.fanout import fanout_event
 from notifier.resources import open_resources
 from notifier.settings import Settings
 

@@ -9,8 +9,8 @@ import time
 from bench.baselines import raw_keyset_rate
 from bench.common import Result, asyncpg_dsn, fresh_database, median, rss_mb
 from bench.seed import migrate, seed
-from notifier.db import make_engine, make_sessionmaker
-from notifier.matching import iter_matching, match_keys
+from notifier.core.matching import iter_matching, match_keys
+from notifier.data.db import make_engine, make_sessionmaker
 
 KEY = "cond:neuroendocrine tumors"
 EVENT = {

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import asyncpg
 
-from notifier.migrate import upgrade
+from notifier.data.migrate import upgrade
 
 
 def migrate(url: str) -> None:

@@ -12,15 +12,15 @@ from typing import Any
 
 from bench.baselines import naive_send_rate
 from bench.common import STUDIES, Result, median, sink, smtp_source_rate
-from notifier.alerts import AlertRenderer
-from notifier.emails import message_id, sender_address, to_bytes
+from notifier.core.tokens import Tokens
+from notifier.data.models import Subscription
+from notifier.mail.alerts import AlertRenderer
+from notifier.mail.message import message_id, sender_address, to_bytes
+from notifier.mail.templates import make_environment
 from notifier.mailer import Mailer
-from notifier.models import Subscription
+from notifier.ops.sample_events import build_event
 from notifier.resources import Resources
-from notifier.sample_events import build_event
 from notifier.settings import Settings
-from notifier.templating import make_environment
-from notifier.tokens import Tokens
 
 CONNECTIONS = 8  # a worker runs up to 8 send jobs at once, each on its own connection
 
@@ -36,6 +36,7 @@ def resources(settings: Settings) -> Resources:
         mailer=Mailer(settings.smtp_url),
         templates=make_environment(),
         tokens=Tokens(settings.secret_keys, settings.confirm_max_age),
+        outage=None,  # type: ignore[arg-type]
     )
 
 
@@ -62,12 +63,12 @@ def subscription(i: int) -> Subscription:
 
 def render_all(r: Resources, event: dict[str, Any], n: int, batch: int = 100) -> list[bytes]:
     out = []
-    renderer = AlertRenderer(r, event)
+    renderer = AlertRenderer(r.mail, event)
     subs = [[subscription(i)] for i in range(n)]  # loaded from the database in the service
     start = time.perf_counter()
     for i in range(n):
         if i % batch == 0:
-            renderer = AlertRenderer(r, event)  # a new send job: one render per batch
+            renderer = AlertRenderer(r.mail, event)  # a new send job: one render per batch
         mail = renderer.render(subscriber_id=i, email=f"user{i}@example.org", subscriptions=subs[i])
         out.append(to_bytes(r.settings, mail, msgid=message_id(r.settings)))
     render_all.seconds = time.perf_counter() - start  # type: ignore[attr-defined]
@@ -82,11 +83,11 @@ async def ours(r: Resources, event: dict[str, Any], n: int) -> tuple[float, floa
     per = n // CONNECTIONS
 
     async def one_connection(offset: int) -> None:
-        renderer = AlertRenderer(r, event)
+        renderer = AlertRenderer(r.mail, event)
         async with r.mailer.connect() as conn:
             for i in range(offset, offset + per):
                 if i % 100 == 0:
-                    renderer = AlertRenderer(r, event)
+                    renderer = AlertRenderer(r.mail, event)
                 mail = renderer.render(
                     subscriber_id=i, email=f"user{i}@example.org", subscriptions=[subscription(i)]
                 )

@@ -60,7 +60,7 @@ async def _require_redis(settings: Settings) -> None:
 
 
 def cmd_migrate(settings: Settings) -> None:
-    from notifier.migrate import upgrade
+    from notifier.data.migrate import upgrade
 
     upgrade(settings.database_url)
     print(f"database is at the latest schema ({_safe_url(settings.database_url)})")
@@ -128,7 +128,7 @@ async def _dev(settings: Settings, host: str, port: int) -> None:
 
 
 def cmd_dev(settings: Settings, host: str, port: int) -> None:
-    from notifier.migrate import upgrade
+    from notifier.data.migrate import upgrade
 
     upgrade(settings.database_url)
     with contextlib.suppress(KeyboardInterrupt):
@@ -138,8 +138,8 @@ def cmd_dev(settings: Settings, host: str, port: int) -> None:
 def cmd_preview(settings: Settings, out: str) -> None:
     from pathlib import Path
 
-    from notifier.preview import run
-    from notifier.sample_events import NoRecords
+    from notifier.ops.preview import run
+    from notifier.ops.sample_events import NoRecords
 
     try:
         run(settings, Path(out))
@@ -198,7 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "preview":
             cmd_preview(settings, args.out)
         elif args.command in OPERATOR_COMMANDS:
-            from notifier.opscli import run
+            from notifier.ops.commands import run
 
             return run(settings, args)
     except (ConfigError, RedisUnavailable) as exc:

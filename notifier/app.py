@@ -1,4 +1,4 @@
-"""create_app(settings): the aiohttp application, its resources and the whole route table."""
+"""create_app(settings): the aiohttp application: middlewares, resources, routes and CORS."""
 
 from __future__ import annotations
 
@@ -7,35 +7,16 @@ from collections.abc import AsyncIterator
 import aiohttp_cors
 from aiohttp import web
 
-from notifier.handlers import (
-    admin,
-    confirm,
-    demo,
-    events,
-    health,
-    manage,
-    ops,
-    subscriptions,
-    unsubscribe,
-)
-from notifier.openapi import build_spec
-from notifier.resources import Resources, open_resources
-from notifier.settings import Settings
-from notifier.web import (
+from notifier.handlers.middleware import (
     RESOURCES,
     error_middleware,
     metrics_middleware,
     request_id_middleware,
     security_headers_middleware,
 )
-
-# Every handler module: its `routes` go in the route table, its OPENAPI_* into /openapi.json.
-HANDLER_MODULES = (health, ops, demo, unsubscribe, manage, admin, subscriptions, confirm, events)
-
-
-async def openapi_json(request: web.Request) -> web.Response:
-    settings = request.app[RESOURCES].settings
-    return web.json_response(build_spec(HANDLER_MODULES, settings.public_base))
+from notifier.handlers.routes import HANDLER_MODULES, ROUTES
+from notifier.resources import Resources, open_resources
+from notifier.settings import Settings
 
 
 def create_app(settings: Settings, resources: Resources | None = None) -> web.Application:
@@ -60,9 +41,7 @@ def create_app(settings: Settings, resources: Resources | None = None) -> web.Ap
             yield
 
     app.cleanup_ctx.append(resources_ctx)
-    for module in HANDLER_MODULES:
-        app.router.add_routes(module.routes)
-    app.router.add_get("/openapi.json", openapi_json)
+    app.router.add_routes(ROUTES)
     _allow_cors(app, settings)
     return app
 

@@ -9,7 +9,7 @@ Over HTTP (any network)::
 Inside the trusted network, a Python pipeline with access to the service's Redis may skip HTTP::
 
     from notifier.pipeline import enqueue_event
-    redis = await connect_redis(load_settings())  # notifier.resources / notifier.settings
+    redis = await connect_redis(Settings())  # notifier.resources / notifier.settings
     await enqueue_event(redis, event)  # validated, stored, deduplicated by the worker
 
 Both paths are safe to retry: `event_id` is the idempotency key.
@@ -28,7 +28,7 @@ import aiohttp
 from arq.connections import ArqRedis
 from arq.jobs import Job
 
-from notifier.signing import HEADER, header_value
+from notifier.core.signing import HEADER, header_value
 
 MAX_BATCH = 500
 RETRY_STATUSES = frozenset({429, 502, 503, 504})

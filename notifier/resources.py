@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from arq import create_pool
@@ -18,11 +18,14 @@ from limits.aio.storage import RedisStorage
 from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from notifier.db import make_engine, make_sessionmaker
+from notifier.core.tokens import Tokens
+from notifier.data.db import make_engine, make_sessionmaker
+from notifier.data.outage import DatabaseOutage
+from notifier.mail.context import MailContext
+from notifier.mail.templates import make_environment
 from notifier.mailer import Mailer
+from notifier.queue import deserialize, job_id, serialize
 from notifier.settings import Settings
-from notifier.templating import make_environment
-from notifier.tokens import Tokens
 
 log = logging.getLogger("notifier.resources")
 
@@ -44,16 +47,6 @@ def redis_missing_message(settings: Settings) -> str:
     )
 
 
-def serialize(data: dict[str, Any]) -> bytes:
-    """arq job payloads are JSON: jobs take ids and plain values, never pickled objects."""
-    return json.dumps(data, separators=(",", ":")).encode()
-
-
-def deserialize(data: bytes) -> dict[str, Any]:
-    result: dict[str, Any] = json.loads(data)
-    return result
-
-
 @dataclass
 class Resources:
     settings: Settings
@@ -65,11 +58,15 @@ class Resources:
     templates: Environment
     tokens: Tokens
 
+    outage: DatabaseOutage
+
     def job_id(self, *parts: object) -> str:
-        """An arq job id under this deployment's queue name: arq keeps job and result keys by id
-        alone, so two deployments on one Redis (or a bench after another) would otherwise take
-        each other's "fanout:1" for a job already done and drop it until the sweep."""
-        return ":".join((self.settings.queue_name, *map(str, parts)))
+        return job_id(self.settings.queue_name, *parts)
+
+    @cached_property
+    def mail(self) -> MailContext:
+        """What mail rendering takes: settings, templates and the link builder, no I/O."""
+        return MailContext(self.settings, self.templates, self.tokens)
 
     def email_hash(self, email: str) -> str:
         """Keyed hash of a normalised address: lets suppression outlive erasure."""
@@ -106,6 +103,11 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             mailer=Mailer(settings.smtp_url, timeout=settings.smtp_timeout),
             templates=make_environment(),
             tokens=Tokens(settings.secret_keys, settings.confirm_max_age),
+            outage=DatabaseOutage(
+                redis,
+                job_id(settings.queue_name, "database-unreachable"),
+                settings.sweep_stale_after,
+            ),
         )
     finally:
         await engine.dispose()

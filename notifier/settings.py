@@ -185,8 +185,3 @@ def check_secrets(settings: Settings) -> Settings:
     if fills:
         return settings.model_copy(update=fills)
     return settings
-
-
-def load_settings(**overrides: object) -> Settings:
-    """Read the environment (and explicit overrides) and validate secrets."""
-    return check_secrets(Settings(**overrides))  # type: ignore[arg-type]  # pydantic accepts kwargs

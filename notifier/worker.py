@@ -1,11 +1,9 @@
-"""arq worker: the job registry with explicit names, cron jobs, a Worker built from Settings."""
+"""arq worker: every job and cron listed with its explicit name, a Worker built from Settings."""
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 
 from arq import cron
 from arq.connections import RedisSettings
@@ -17,7 +15,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from notifier.resources import Resources, deserialize, open_resources, redis_settings, serialize
+from notifier.jobs import digests, fanout, ingest, maintenance, notices, sending, sweep
+from notifier.queue import JOB_TIMEOUT, Cron, Job, deserialize, serialize
+from notifier.resources import Resources, open_resources, redis_settings
 from notifier.settings import Settings
 
 log = logging.getLogger("notifier.worker")
@@ -26,42 +26,22 @@ log = logging.getLogger("notifier.worker")
 # to about two minutes (1 s apart at most) instead of exiting; jobs lost with Redis are swept.
 REDIS_OUTAGE_RETRIES = 120
 
-JOB_FUNCTIONS: list[Function] = []
-CRON_JOBS: list[CronJob] = []
-# Crons whose schedule comes from Settings (read when a worker is built, never at import).
-CRON_SCHEDULES: dict[str, Callable[[Settings], dict[str, Any]]] = {}
-
-
-Job = TypeVar("Job", bound=Callable[..., Awaitable[Any]])
-
-
-def register(name: str, **options: Any) -> Callable[[Job], Job]:
-    """Decorator: register an arq job under an explicit, stable name."""
-
-    def wrap(coroutine: Job) -> Job:
-        JOB_FUNCTIONS.append(func(cast(Any, coroutine), name=name, **options))
-        return coroutine
-
-    return wrap
-
-
-def register_cron(
-    name: str,
-    *,
-    schedule_from: Callable[[Settings], dict[str, Any]] | None = None,
-    **schedule: Any,
-) -> Callable[[Job], Job]:
-    """Register a cron job; `schedule_from(settings)` overrides `schedule` per worker."""
-
-    def wrap(coroutine: Job) -> Job:
-        CRON_JOBS.append(
-            cron(cast(Any, coroutine), name=name, unique=True, run_at_startup=False, **schedule)
-        )
-        if schedule_from is not None:
-            CRON_SCHEDULES[name] = schedule_from
-        return coroutine
-
-    return wrap
+# Every job, by the name it is queued under (notifier.queue.Job): explicit, so a rename of a
+# function can never orphan jobs already queued in Redis.
+FUNCTIONS: tuple[Function, ...] = tuple(
+    func(cast(Any, coroutine), name=name.value)
+    for name, coroutine in (
+        (Job.SEND_CONFIRMATION, notices.send_confirmation),
+        (Job.SEND_MANAGE_LINK, notices.send_manage_link),
+        (Job.INGEST_TRIAL_EVENT, ingest.ingest_trial_event),
+        (Job.FANOUT_EVENT, fanout.fanout_event),
+        (Job.SEND_SLICE, fanout.send_slice),
+        (Job.SEND_DELIVERIES, sending.send_deliveries),
+        (Job.SWEEP, sweep.sweep),
+        (Job.SEND_DIGEST, digests.send_digest),
+        (Job.PURGE_PENDING, maintenance.purge_pending),
+    )
+)
 
 
 def every(seconds: float) -> dict[str, Any]:
@@ -72,17 +52,17 @@ def every(seconds: float) -> dict[str, Any]:
     return {"second": {0}, "minute": set(range(0, 60, min(60, step // 60)))}
 
 
-def _cron_jobs(settings: Settings) -> list[CronJob]:
-    jobs = []
-    for job in CRON_JOBS:
-        schedule = CRON_SCHEDULES.get(job.name)
-        jobs.append(dataclasses.replace(job, **schedule(settings)) if schedule else job)
-    return jobs
-
-
-def _load_jobs() -> None:
-    # Importing these modules registers their jobs; keep the list explicit.
-    import notifier.jobs  # noqa: F401  # registration side effect
+def cron_jobs(settings: Settings) -> list[CronJob]:
+    """Every cron, with the schedules that come from settings."""
+    schedules: tuple[tuple[Cron, Any, dict[str, Any]], ...] = (
+        (Cron.SWEEP, sweep.sweep, every(settings.sweep_interval)),
+        (Cron.DIGEST_TICK, digests.digest_tick, {"minute": 0}),  # hourly: local midnights
+        (Cron.PURGE_PENDING, maintenance.purge_pending, {"minute": {7}, "second": {0}}),
+    )
+    return [
+        cron(coroutine, name=name.value, unique=True, run_at_startup=False, **schedule)
+        for name, coroutine, schedule in schedules
+    ]
 
 
 class NotifierWorker(Worker):
@@ -114,7 +94,6 @@ def build_worker(
     handle_signals: bool = True,
     max_jobs: int | None = None,
 ) -> Worker:
-    _load_jobs()
     holder: dict[str, Any] = {}
 
     async def on_startup(ctx: dict[str, Any]) -> None:
@@ -131,8 +110,8 @@ def build_worker(
             await cm.__aexit__(None, None, None)
 
     return NotifierWorker(
-        functions=list(JOB_FUNCTIONS),
-        cron_jobs=[] if burst else _cron_jobs(settings),
+        functions=list(FUNCTIONS),
+        cron_jobs=[] if burst else cron_jobs(settings),
         queue_name=settings.queue_name,
         redis_settings=worker_redis_settings(settings),
         # The worker opens (and on close, closes) its own pool; jobs enqueue through resources.
@@ -141,7 +120,7 @@ def build_worker(
         burst=burst,
         handle_signals=handle_signals,
         max_jobs=max_jobs or settings.worker_max_jobs,
-        job_timeout=600,
+        job_timeout=JOB_TIMEOUT,
         keep_result=60,
         max_tries=1000,  # transient failures retry by the ladder; the sweep is the backstop
         # 20 polls a second per worker is nothing for Redis, and the first mail of an event
@@ -161,8 +140,3 @@ def worker_redis_settings(settings: Settings) -> RedisSettings:
     # Refused connections (OSError) too: that is what a restarting Redis looks like.
     rs.retry_on_error = [RedisConnectionError, RedisTimeoutError, OSError]
     return rs
-
-
-def resources_of(ctx: dict[str, Any]) -> Resources:
-    resources: Resources = ctx["resources"]
-    return resources

@@ -21,8 +21,8 @@ from arq.worker import Worker
 from sqlalchemy import text
 
 from notifier.app import create_app
-from notifier.migrate import upgrade
-from notifier.models import Base
+from notifier.data.migrate import upgrade
+from notifier.data.models import Base
 from notifier.resources import Resources, open_resources
 from notifier.settings import Settings
 from notifier.worker import build_worker
@@ -179,12 +179,3 @@ async def run_worker(resources: Resources, *, allow_failures: bool = False) -> W
         assert failed == 0, f"{failed} job(s) failed"
     worker.jobs_failed, worker.jobs_complete = failed, complete  # totals over the bursts
     return worker
-
-
-@pytest.fixture(autouse=True)
-def no_database_outage_seen(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each test starts with no database outage in this process's memory (notifier.db): a test
-    that cut the database off must not change how a later test's sweep behaves."""
-    import notifier.db
-
-    monkeypatch.setattr(notifier.db, "_unreachable_at", float("-inf"))

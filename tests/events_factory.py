@@ -16,9 +16,9 @@ from aiohttp.test_utils import TestClient
 from sqlalchemy import select
 
 from notifier.clock import utcnow
-from notifier.fanout import fanout_event, materialise
-from notifier.models import FanoutSlice, Subscriber, Subscription
-from notifier.normalize import normalize_condition, normalize_mesh_id, normalize_nct
+from notifier.core.normalize import normalize_condition, normalize_mesh_id, normalize_nct
+from notifier.data.models import FanoutSlice, Subscriber, Subscription
+from notifier.jobs.fanout import fanout_event, materialise
 from notifier.pipeline import encode, sign
 from notifier.resources import Resources
 from tests.conftest import DATA, EVENT_SECRETS

@@ -12,8 +12,8 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from notifier.clock import utcnow
-from notifier.models import Delivery, Event, Subscriber, Subscription
-from notifier.normalize import normalize_condition, normalize_mesh_id, normalize_nct
+from notifier.core.normalize import normalize_condition, normalize_mesh_id, normalize_nct
+from notifier.data.models import Delivery, Event, Subscriber, Subscription
 from notifier.resources import Resources
 from tests.conftest import DATA
 

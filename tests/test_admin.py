@@ -11,7 +11,7 @@ from aiohttp.test_utils import TestClient
 from sqlalchemy import func, select
 
 from notifier.clock import utcnow
-from notifier.models import Bounce, Subscription, Suppression
+from notifier.data.models import Bounce, Subscription, Suppression
 from notifier.resources import Resources
 from tests.conftest import ADMIN_TOKEN
 from tests.factories import make_subscription

@@ -26,7 +26,7 @@ from playwright.async_api import (
 from sqlalchemy import func, select
 
 from notifier.app import create_app
-from notifier.models import Subscriber, Subscription
+from notifier.data.models import Subscriber, Subscription
 from notifier.pipeline import post_events
 from notifier.resources import Resources
 from tests.conftest import EVENT_SECRETS, run_worker

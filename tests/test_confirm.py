@@ -13,10 +13,10 @@ from itsdangerous import URLSafeTimedSerializer
 from sqlalchemy import select, update
 
 from notifier.clock import utcnow
-from notifier.models import Subscriber, Subscription
-from notifier.queries import suppress
+from notifier.core.tokens import Tokens
+from notifier.data.models import Subscriber, Subscription
+from notifier.data.queries import suppress
 from notifier.resources import Resources
-from notifier.tokens import Tokens
 from tests.conftest import SECRET_KEYS, SITE_ORIGIN, run_worker
 from tests.smtp_server import RecordingSMTP
 from tests.test_subscriptions import (  # noqa: F401  # `resources` is a fixture override
@@ -304,7 +304,7 @@ async def test_pending_older_than_30_days_is_purged_by_the_job(
 
 
 def test_confirm_pages_have_no_script() -> None:
-    from notifier.templating import make_environment
+    from notifier.mail.templates import make_environment
 
     env = make_environment()
     for name in ("confirm", "confirmed", "expired", "check_inbox"):

@@ -22,10 +22,12 @@ from sqlalchemy import func, insert, select
 
 from notifier.app import create_app
 from notifier.clock import utcnow
-from notifier.fanout import fanout_event, sweep
-from notifier.models import Delivery, Event, Subscriber, Subscription, Suppression
+from notifier.data.models import Delivery, Event, Subscriber, Subscription, Suppression
+from notifier.jobs.fanout import fanout_event
+from notifier.jobs.outcomes import claim
+from notifier.jobs.sending import send_deliveries
+from notifier.jobs.sweep import sweep
 from notifier.resources import Resources, open_resources
-from notifier.sending import claim, send_deliveries
 from tests.conftest import run_worker
 from tests.events_factory import fan_out_rows, new_study, post_events, subscribe
 from tests.proxy import TcpProxy
@@ -130,7 +132,7 @@ async def test_a_mail_that_cannot_be_rendered_fails_alone(
 ) -> None:
     """Messages are rendered one by one as the batch sends them: one that raises is recorded as
     failed with the reason, and the messages before and after it in the batch still go out."""
-    from notifier.alerts import AlertRenderer
+    from notifier.mail.alerts import AlertRenderer
 
     original = AlertRenderer.render
 

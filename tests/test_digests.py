@@ -15,13 +15,15 @@ import time_machine
 from aiohttp.test_utils import TestClient
 from sqlalchemy import select
 
-from notifier import queries
-from notifier.digests import DIGEST_TICK, digest_tick, period_start
-from notifier.models import Delivery, Event, Subscriber, Subscription
+from notifier.core.signing import header_value
+from notifier.data import queries
+from notifier.data.models import Delivery, Event, Subscriber, Subscription
+from notifier.jobs.digests import digest_tick, period_start
+from notifier.ops.sample_events import build_event, earlier_version, load_records, with_fewer_sites
+from notifier.queue import Cron
 from notifier.resources import Resources
-from notifier.sample_events import build_event, earlier_version, load_records, with_fewer_sites
-from notifier.signing import header_value
-from notifier.worker import CRON_JOBS
+from notifier.settings import Settings
+from notifier.worker import cron_jobs
 from tests.conftest import EVENT_SECRETS, run_worker
 from tests.smtp_server import RecordingSMTP
 
@@ -147,8 +149,8 @@ def test_periods_end_at_local_midnight_and_local_monday() -> None:
     assert period_start(now, "UTC", "instant") == now
 
 
-def test_the_tick_is_an_hourly_cron_on_the_hour() -> None:
-    [cron] = [c for c in CRON_JOBS if c.name == DIGEST_TICK]
+def test_the_tick_is_an_hourly_cron_on_the_hour(settings: Settings) -> None:
+    [cron] = [c for c in cron_jobs(settings) if c.name == Cron.DIGEST_TICK]
     assert cron.minute == 0
     assert cron.unique
 
@@ -407,7 +409,7 @@ async def test_items_not_due_yet_do_not_hold_back_due_ones(
 ) -> None:
     """Found in review: the digest read the 100 oldest held items and only then looked for due
     ones, so a busy weekly subscription could hold a daily one back until Monday."""
-    from notifier import digests
+    from notifier.jobs import digests
     from tests.factories import make_delivery, make_event, make_subscription
 
     r = resources

@@ -13,8 +13,8 @@ import pytest
 from aiohttp.test_utils import TestClient
 from sqlalchemy import func, select
 
-from notifier.events import TrialChangeEvent
-from notifier.models import Delivery, Event, RejectedEvent
+from notifier.core.events import TrialChangeEvent
+from notifier.data.models import Delivery, Event, RejectedEvent
 from notifier.pipeline import encode, enqueue_event, post_events, sign
 from notifier.resources import Resources
 from tests.conftest import ADMIN_TOKEN, DATA, EVENT_SECRETS, run_worker

@@ -12,9 +12,10 @@ import pytest
 from aiohttp.test_utils import TestClient
 from sqlalchemy import delete, select, update
 
-from notifier.fanout import enqueue_slices, fanout_event, materialise
-from notifier.models import Delivery, Event, FanoutSlice, Subscriber, Subscription
-from notifier.queries import suppress
+from notifier.data.models import Delivery, Event, FanoutSlice, Subscriber, Subscription
+from notifier.data.queries import suppress
+from notifier.jobs.fanout import fanout_event, materialise
+from notifier.queue import enqueue_slices
 from notifier.resources import Resources
 from tests.conftest import PUBLIC_URL, run_worker
 from tests.events_factory import (
@@ -285,8 +286,9 @@ class TestPagedFanout:
         subscriber who matches only the study key, confirmed meanwhile, would be missed)."""
         import io
 
-        import notifier.fanout
-        from notifier.opscli import Console, replay
+        import notifier.jobs.fanout
+        import notifier.queue
+        from notifier.ops.commands import Console, replay
 
         r = resources
         await subscribe(r, "early@example.org", study="NCT05879978")  # the study key: 1 row
@@ -294,7 +296,7 @@ class TestPagedFanout:
         for email in emails:
             await subscribe(r, email, condition="SCLC")
         event = new_study("NCT05879978")
-        real_enqueue = notifier.fanout.enqueue_slices
+        real_enqueue = notifier.queue.enqueue_slices
         pages = 0
 
         async def enqueue_then_replay(res: Resources, ids: list[int], *stamp: object) -> None:
@@ -306,7 +308,7 @@ class TestPagedFanout:
                 console = Console(io.StringIO(), io.StringIO())
                 assert await replay(r, event["event_id"], console) == 0
 
-        monkeypatch.setattr(notifier.fanout, "enqueue_slices", enqueue_then_replay)
+        monkeypatch.setattr(notifier.jobs.fanout, "enqueue_slices", enqueue_then_replay)
         await post_events(client, [event])
         await run_worker(r)
         expected = dict.fromkeys([*emails, "early@example.org", "late@example.org"], 1)
@@ -370,12 +372,12 @@ async def test_a_subscriber_erased_while_a_slice_is_written_costs_the_others_not
 ) -> None:
     """An erasure committed between a slice's read and its insert fails the insert (foreign
     key); the slice is read again at once, not left for the sweep minutes later."""
-    import notifier.fanout
+    import notifier.jobs.fanout
 
     r = resources
     emails = [f"e{i}@example.org" for i in range(4)]
     subs = [await subscribe(r, email, study="NCT05879978") for email in emails]
-    real_members = notifier.fanout.slice_members
+    real_members = notifier.jobs.fanout.slice_members
     erased = False
 
     async def members_then_erase(*args: Any) -> list[int]:
@@ -389,7 +391,7 @@ async def test_a_subscriber_erased_while_a_slice_is_written_costs_the_others_not
                 )
         return found
 
-    monkeypatch.setattr(notifier.fanout, "slice_members", members_then_erase)
+    monkeypatch.setattr(notifier.jobs.fanout, "slice_members", members_then_erase)
     await post_events(client, [new_study("NCT05879978")])
     await run_worker(r)
     assert erased

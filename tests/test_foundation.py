@@ -12,8 +12,8 @@ from alembic.migration import MigrationContext
 from sqlalchemy import Connection
 
 from notifier.__main__ import main
+from notifier.data.models import Base
 from notifier.mailer import SMTPConfig
-from notifier.models import Base
 from notifier.resources import Resources
 from notifier.settings import ConfigError, Settings, check_secrets
 from tests.conftest import run_worker
@@ -205,7 +205,7 @@ def test_a_sender_address_that_cannot_go_on_the_wire_is_refused_at_start_up(
 
 def test_send_batches_shrink_under_a_low_send_rate() -> None:
     """A worker's batches share NOTIFIER_SEND_RATE: each must end well within the job timeout."""
-    from notifier.fanout import BATCH_SECONDS, batch_size
+    from notifier.queue import BATCH_SECONDS, batch_size
 
     assert batch_size(Settings(env="dev")) == 500  # no rate: as configured
     assert batch_size(Settings(env="dev", send_rate=100)) == 500

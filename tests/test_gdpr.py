@@ -8,7 +8,7 @@ from aiohttp.test_utils import TestClient
 from sqlalchemy import delete, insert, select
 
 from notifier.clock import utcnow
-from notifier.models import Base, Subscriber
+from notifier.data.models import Base, Subscriber
 from notifier.resources import Resources
 from tests.conftest import ADMIN_TOKEN, run_worker
 from tests.factories import make_delivery, make_event, make_subscription

@@ -16,7 +16,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from sqlalchemy import func, select
 
-from notifier.models import Subscription, Suppression
+from notifier.data.models import Subscription, Suppression
 from notifier.pipeline import encode
 from notifier.resources import Resources
 from notifier.settings import Settings

@@ -18,10 +18,10 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from notifier import logs
 from notifier.app import create_app
+from notifier.core.tokens import Tokens
 from notifier.logs import JSONFormatter, mask, secrets_of, setup_logging
 from notifier.resources import Resources
 from notifier.settings import Settings
-from notifier.tokens import Tokens
 from tests.conftest import ADMIN_TOKEN, EVENT_SECRETS, PUBLIC_URL, SECRET_KEYS, run_worker
 from tests.events_factory import post_events, status_change
 from tests.smtp_server import RecordingSMTP

@@ -21,22 +21,22 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
 
-from notifier.alerts import render_alert
-from notifier.ctgov_labels import STATUS_LABELS
-from notifier.digest_mail import render_digest
-from notifier.emails import Mail, to_bytes
-from notifier.models import Event, Subscriber, Subscription
-from notifier.preview import offline_resources, subscription
+from notifier.core.signing import header_value
+from notifier.data.models import Event, Subscriber, Subscription
+from notifier.mail.alerts import render_alert
+from notifier.mail.digest import render_digest
+from notifier.mail.labels import STATUS_LABELS
+from notifier.mail.message import Mail, to_bytes
+from notifier.mail.summaries import ChangeLine, match_reason, summarize
+from notifier.ops.preview import mail_context, subscription
+from notifier.ops.sample_events import build_event, earlier_version, load_records, with_fewer_sites
 from notifier.resources import Resources
-from notifier.sample_events import build_event, earlier_version, load_records, with_fewer_sites
-from notifier.signing import header_value
-from notifier.summaries import ChangeLine, match_reason, summarize
 from tests.conftest import EVENT_SECRETS, PUBLIC_URL, make_settings, run_worker
 from tests.smtp_server import RecordingSMTP
 
 RECORDS = load_records()
 READER = "reader@example.org"
-R = offline_resources(make_settings("sqlite+aiosqlite://", "smtp://127.0.0.1:1"))
+R = mail_context(make_settings("sqlite+aiosqlite://", "smtp://127.0.0.1:1"))
 REQUIRED = (
     "From",
     "To",

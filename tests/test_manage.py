@@ -10,8 +10,8 @@ import pytest
 from aiohttp.test_utils import TestClient
 from sqlalchemy import select
 
-from notifier import queries
-from notifier.models import Subscriber, Subscription, Suppression
+from notifier.data import queries
+from notifier.data.models import Subscriber, Subscription, Suppression
 from notifier.resources import Resources
 from tests.conftest import PUBLIC_URL, SITE_ORIGIN, run_worker
 from tests.factories import make_subscription

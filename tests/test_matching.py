@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from sqlalchemy import select, text
 
-from notifier.matching import active_matches, iter_matching, match_keys, page_parts
-from notifier.models import Subscriber
+from notifier.core.matching import active_matches, iter_matching, match_keys, page_parts
+from notifier.data.models import Subscriber
 from notifier.resources import Resources
 from tests.events_factory import new_study, status_change, subscribe
 
@@ -209,7 +209,7 @@ async def test_every_page_range_uses_a_partial_index_not_a_scan(resources: Resou
 
 async def test_pages_above_a_cursor_beyond_32_bits(resources: Resources) -> None:
     """Subscriber ids are BIGINT: a cursor past 2**31 is a valid place to resume."""
-    from notifier.matching import matching_page
+    from notifier.core.matching import matching_page
 
     await subscribe(resources, "a@example.org", study="NCT05879978")
     async with resources.sessions() as session:

@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 
 from notifier.clock import utcnow
-from notifier.models import Delivery, Suppression
+from notifier.data.models import Delivery, Suppression
 from notifier.pipeline import encode
 from notifier.resources import Resources
 from tests.conftest import PUBLIC_URL, run_worker

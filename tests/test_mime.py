@@ -9,7 +9,7 @@ from email.message import EmailMessage
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from notifier.emails import Mail, to_bytes
+from notifier.mail.message import Mail, to_bytes
 from notifier.settings import Settings
 
 SETTINGS = Settings(

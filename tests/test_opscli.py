@@ -15,8 +15,8 @@ from sqlalchemy import func, select, update
 
 from notifier.__main__ import main
 from notifier.clock import utcnow
-from notifier.models import Delivery, Event, FanoutSlice, RejectedEvent, Subscription
-from notifier.queries import suppress
+from notifier.data.models import Delivery, Event, FanoutSlice, RejectedEvent, Subscription
+from notifier.data.queries import suppress
 from notifier.resources import Resources
 from notifier.settings import Settings
 from tests.conftest import run_worker

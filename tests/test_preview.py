@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from notifier.preview import build_samples, mail_templates, offline_resources, preview_settings
-from notifier.sample_events import NoRecords
-from notifier.tokens import TokenInvalid, Tokens
+from notifier.core.tokens import TokenInvalid, Tokens
+from notifier.ops.preview import build_samples, mail_context, mail_templates, preview_settings
+from notifier.ops.sample_events import NoRecords
 from tests.conftest import SECRET_KEYS, make_settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -84,7 +84,7 @@ def test_preview_links_never_work_with_the_real_keys(tmp_path: Path) -> None:
 
 
 def test_samples_cover_templates_and_a_missing_folder_is_a_clear_error(tmp_path: Path) -> None:
-    r = offline_resources(preview_settings(make_settings("sqlite+aiosqlite://", "smtp://x:1")))
+    r = mail_context(preview_settings(make_settings("sqlite+aiosqlite://", "smtp://x:1")))
     samples = build_samples(r)
     assert mail_templates() <= {s.template for s in samples}
     assert len({s.name for s in samples}) == len(samples)

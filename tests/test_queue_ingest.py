@@ -13,9 +13,9 @@ import pytest
 from arq import Retry
 from sqlalchemy import func, select
 
-from notifier.db import make_engine, make_sessionmaker
-from notifier.events import ingest_trial_event
-from notifier.models import Event, RejectedEvent
+from notifier.data.db import make_engine, make_sessionmaker
+from notifier.data.models import Event, RejectedEvent
+from notifier.jobs.ingest import ingest_trial_event
 from notifier.pipeline import enqueue_event
 from notifier.resources import Resources
 from tests.conftest import run_worker

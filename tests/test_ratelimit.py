@@ -12,7 +12,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from notifier.app import create_app
 from notifier.clock import utcnow
-from notifier.ratelimit import ip_retry_after, may_mail_address
+from notifier.core.ratelimit import ip_retry_after, may_mail_address
 from notifier.resources import Resources, open_resources
 from notifier.settings import Settings
 from tests.conftest import run_worker

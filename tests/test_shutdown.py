@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import func, insert, select
 
 from notifier.clock import utcnow
-from notifier.models import Delivery, Subscriber, Subscription
+from notifier.data.models import Delivery, Subscriber, Subscription
 from notifier.resources import Resources
 from tests.events_factory import new_study
 from tests.faults.harness import (

@@ -10,7 +10,7 @@ from aiohttp.test_utils import TestClient
 from sqlalchemy import delete, func, select, text, update
 
 from notifier.clock import utcnow
-from notifier.models import Subscriber, Subscription
+from notifier.data.models import Subscriber, Subscription
 from notifier.resources import Resources
 from tests.conftest import run_worker
 from tests.smtp_server import RecordingSMTP

@@ -16,10 +16,10 @@ from aiohttp.test_utils import TestClient
 from sqlalchemy import select
 
 from notifier.clock import utcnow
-from notifier.fanout import sweep
-from notifier.models import Delivery, Event
+from notifier.data.models import Delivery, Event
+from notifier.jobs.outcomes import claim
+from notifier.jobs.sweep import sweep
 from notifier.resources import Resources
-from notifier.sending import claim, outage_key
 from tests.conftest import run_worker
 from tests.events_factory import fan_out_rows, new_study, post_events, subscribe
 from tests.smtp_server import RecordingSMTP
@@ -73,14 +73,16 @@ class TestClaimLapse:
         duplicates): the claim on its unsent rows cannot be renewed, the sweep hands them to a
         new job once the database is back, and only then does the batch's write land. The batch
         must not go on sending them."""
-        import notifier.fanout
-        import notifier.sending
+        import notifier.jobs.outcomes
+        import notifier.jobs.sending
+        import notifier.jobs.sweep
+        import notifier.queue
 
         emails = [f"held{i}@example.org" for i in range(6)]
         for email in emails:
             await subscribe(resources, email, study="NCT05879978")
-        real_write = notifier.sending._write
-        real_enqueue = notifier.fanout.enqueue_sends
+        real_write = notifier.jobs.outcomes._write
+        real_enqueue = notifier.queue.enqueue_sends
         swept: list[int] = []
         held = False
 
@@ -104,9 +106,9 @@ class TestClaimLapse:
         async def hold_sweep_jobs(res: Resources, ids: list[int], prefix: str) -> None:
             swept.extend(ids)
 
-        monkeypatch.setattr(notifier.sending, "_write", held_up_write)
-        monkeypatch.setattr(notifier.fanout, "enqueue_sends", hold_sweep_jobs)
-        monkeypatch.setattr(notifier.sending, "FLUSH_SECONDS", 0.0)  # flush after every mail
+        monkeypatch.setattr(notifier.jobs.outcomes, "_write", held_up_write)
+        monkeypatch.setattr(notifier.jobs.sweep, "enqueue_sends", hold_sweep_jobs)
+        monkeypatch.setattr(notifier.jobs.sending, "FLUSH_SECONDS", 0.0)  # flush after every mail
         await post_events(client, [new_study("NCT05879978")])
         await run_worker(resources)
         assert held
@@ -118,8 +120,6 @@ class TestClaimLapse:
     ) -> None:
         """A live batch waiting through an outage lands its outcomes within a second of the
         database's return; the sweep must not take its rows first (found by the fault suite)."""
-        import notifier.db
-
         r = resources
         for i in range(3):
             await subscribe(r, f"claimed{i}@example.org", study="NCT05879978")
@@ -131,14 +131,14 @@ class TestClaimLapse:
         claimed = await claim(r, await fan_out_rows(r, pks[0]))  # a batch in flight…
         await fan_out_rows(r, pks[1])  # …and a row whose job was lost
         assert len(claimed) == 3
-        monkeypatch.setattr(notifier.db, "_unreachable_at", time.monotonic())  # seen here
+        r.outage.seen_at = time.monotonic()  # seen here
         later = utcnow() + timedelta(seconds=r.settings.sweep_stale_after + 1)
         with time_machine.travel(later, tick=False):
             assert (await sweep({"resources": r}))["deliveries"] == 1  # the pending row only
-            monkeypatch.setattr(notifier.db, "_unreachable_at", float("-inf"))  # long ago here…
-            await r.redis.set(outage_key(r), b"1", px=60_000)  # …but another worker just saw it
+            r.outage.seen_at = float("-inf")  # long ago here…
+            await r.redis.set(r.outage.key, b"1", px=60_000)  # …but another worker just saw it
             assert (await sweep({"resources": r}))["deliveries"] == 0
-            await r.redis.delete(outage_key(r))  # its report expired
+            await r.redis.delete(r.outage.key)  # its report expired
             assert (await sweep({"resources": r}))["deliveries"] == 3  # now the claimed ones
 
     async def test_a_send_that_hangs_past_the_claim_records_no_retry_over_another_job(

@@ -18,8 +18,8 @@ from aiohttp.test_utils import TestClient
 from sqlalchemy import func, select, update
 
 from notifier.clock import utcnow
-from notifier.models import Subscriber, Subscription
-from notifier.queries import suppress
+from notifier.data.models import Subscriber, Subscription
+from notifier.data.queries import suppress
 from notifier.resources import Resources
 from tests.conftest import PUBLIC_URL, SITE_ORIGIN, run_worker
 from tests.smtp_server import RecordingSMTP

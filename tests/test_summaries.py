@@ -11,8 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from notifier.ctgov_labels import STATUS_LABELS, field_label, status_label
-from notifier.sample_events import (
+from notifier.mail.labels import STATUS_LABELS, field_label, status_label
+from notifier.mail.summaries import ChangeLine, match_reason, summarize
+from notifier.ops.sample_events import (
     build_event,
     earlier_version,
     load_records,
@@ -20,7 +21,6 @@ from notifier.sample_events import (
     study_from_record,
     with_fewer_sites,
 )
-from notifier.summaries import ChangeLine, match_reason, summarize
 from tests.conftest import DATA
 
 RECORDS = load_records()

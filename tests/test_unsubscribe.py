@@ -13,12 +13,12 @@ from aiohttp.test_utils import TestClient
 from sqlalchemy import select
 
 from notifier.clock import utcnow
+from notifier.core.signing import HEADER
+from notifier.core.tokens import Tokens
+from notifier.data.models import Delivery, Subscription
 from notifier.metrics import REGISTRY
-from notifier.models import Delivery, Subscription
 from notifier.pipeline import encode, sign
 from notifier.resources import Resources
-from notifier.signing import HEADER
-from notifier.tokens import Tokens
 from tests.conftest import EVENT_SECRETS, PUBLIC_URL, SECRET_KEYS, run_worker
 from tests.factories import event_payload, make_delivery, make_event, make_subscription
 from tests.smtp_server import RecordingSMTP

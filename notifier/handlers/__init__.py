@@ -1,1 +1,2 @@
-"""Thin aiohttp handlers, one module per area; each exports a RouteTableDef named `routes`."""
+"""The HTTP edge: thin aiohttp handlers, one module per area, and their plumbing (middleware,
+body parsing, OpenAPI assembly); `routes.ROUTES` is the whole route table."""

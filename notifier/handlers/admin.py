@@ -8,15 +8,13 @@ from aiohttp import web
 from email_validator import EmailNotValidError
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
-from notifier import suppression
-from notifier.admin_auth import require_admin
-from notifier.normalize import has_control_chars
-from notifier.openapi import ADDRESS_PATTERN
-from notifier.openapi import error_response as openapi_error
-from notifier.validation import normalize_email
-from notifier.web import error_response, res
-
-routes = web.RouteTableDef()
+from notifier.core import suppression
+from notifier.core.normalize import has_control_chars
+from notifier.core.signup_input import normalize_email
+from notifier.handlers.auth import require_admin
+from notifier.handlers.middleware import error_response, res
+from notifier.handlers.openapi import ADDRESS_PATTERN
+from notifier.handlers.openapi import error_response as openapi_error
 
 MAX_BOUNCES = 500
 MAX_ID = 2**63 - 1  # a BIGINT: a larger cursor is a 422, not a database error
@@ -81,7 +79,6 @@ class BounceBatch(BaseModel):
         return data if isinstance(data, dict) and "bounces" in data else {"bounces": [data]}
 
 
-@routes.get("/v1/admin/suppressions")
 async def list_suppressions(request: web.Request) -> web.Response:
     require_admin(request)
     r = res(request)
@@ -99,7 +96,6 @@ async def list_suppressions(request: web.Request) -> web.Response:
     )
 
 
-@routes.post("/v1/admin/suppressions")
 async def add_suppression(request: web.Request) -> web.Response:
     require_admin(request)
     r = res(request)
@@ -112,7 +108,6 @@ async def add_suppression(request: web.Request) -> web.Response:
     return web.json_response(body, status=201 if created else 200)
 
 
-@routes.delete("/v1/admin/suppressions")
 async def remove_suppression(request: web.Request) -> web.Response:
     require_admin(request)
     r = res(request)
@@ -124,7 +119,6 @@ async def remove_suppression(request: web.Request) -> web.Response:
     return web.json_response({"removed": True})
 
 
-@routes.post("/v1/bounces")
 async def bounces(request: web.Request) -> web.Response:
     require_admin(request)
     r = res(request)
@@ -137,7 +131,6 @@ async def bounces(request: web.Request) -> web.Response:
     return web.json_response({"accepted": len(batch.bounces), "suppressed": newly})
 
 
-@routes.get("/v1/admin/subscribers")
 async def export_subscriber(request: web.Request) -> web.Response:
     require_admin(request)
     r = res(request)
@@ -146,7 +139,6 @@ async def export_subscriber(request: web.Request) -> web.Response:
         return web.json_response(await suppression.export(session, r, q.email))
 
 
-@routes.delete("/v1/admin/subscribers")
 async def erase_subscriber(request: web.Request) -> web.Response:
     require_admin(request)
     r = res(request)

@@ -6,15 +6,13 @@ from typing import Any
 
 from aiohttp import web
 
-from notifier.confirmations import LinkUnusable, confirm_link, pending_for_link
+from notifier.core.confirmation import LinkUnusable, confirm_link, pending_for_link
+from notifier.core.signup import Evidence
+from notifier.core.tokens import TokenExpired, TokenInvalid
+from notifier.handlers.bodies import FORM, JSON, BodyError, decode_body
+from notifier.handlers.middleware import client_ip, error_response, res
+from notifier.handlers.openapi import error_response as error_doc
 from notifier.metrics import CONFIRMATIONS
-from notifier.openapi import error_response as error_doc
-from notifier.signup import Evidence
-from notifier.tokens import TokenExpired, TokenInvalid
-from notifier.validation import FORM, JSON, BodyError, decode_body
-from notifier.web import client_ip, error_response, res
-
-routes = web.RouteTableDef()
 
 
 def _page(request: web.Request, name: str, status: int = 200, **context: Any) -> web.Response:
@@ -59,7 +57,6 @@ def requested_ids(data: dict[str, Any]) -> list[int] | None:
     return ids
 
 
-@routes.get("/v1/confirm/{token}")
 async def confirm_page(request: web.Request) -> web.Response:
     try:
         items = await pending_for_link(res(request), request.match_info["token"])
@@ -68,7 +65,6 @@ async def confirm_page(request: web.Request) -> web.Response:
     return _page(request, "confirm", subscriptions=items, action=request.path)
 
 
-@routes.post("/v1/confirm/{token}")
 async def confirm(request: web.Request) -> web.Response:
     try:
         data = decode_body(request.content_type, await request.read(), allow_empty=True)

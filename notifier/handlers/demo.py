@@ -6,10 +6,8 @@ from importlib import resources as pkg
 
 from aiohttp import web
 
-from notifier.openapi import error_response as error_doc
-from notifier.web import res
-
-routes = web.RouteTableDef()
+from notifier.handlers.middleware import res
+from notifier.handlers.openapi import error_response as error_doc
 
 FORM_JS = pkg.files("notifier").joinpath("static/notifier-form.js").read_bytes()
 
@@ -46,7 +44,6 @@ OPENAPI_PATHS = {
 }
 
 
-@routes.get("/static/notifier-form.js")
 async def form_script(request: web.Request) -> web.Response:
     return web.Response(
         body=FORM_JS,
@@ -76,11 +73,9 @@ def _demo(request: web.Request, kind: str) -> web.Response:
     return response
 
 
-@routes.get("/demo/study")
 async def demo_study(request: web.Request) -> web.Response:
     return _demo(request, "study")
 
 
-@routes.get("/demo/condition")
 async def demo_condition(request: web.Request) -> web.Response:
     return _demo(request, "condition")

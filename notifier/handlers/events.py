@@ -8,14 +8,12 @@ from typing import Any
 
 from aiohttp import web
 
-from notifier import events
-from notifier.admin_auth import require_admin
+from notifier.core import events
+from notifier.core.signing import HEADER, SignatureError, verify
+from notifier.handlers.auth import require_admin
+from notifier.handlers.middleware import error_response, res
+from notifier.handlers.openapi import error_response as openapi_error
 from notifier.metrics import EVENTS
-from notifier.openapi import error_response as openapi_error
-from notifier.signing import HEADER, SignatureError, verify
-from notifier.web import error_response, res
-
-routes = web.RouteTableDef()
 
 CHUNK = 64 * 1024
 
@@ -35,7 +33,6 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-@routes.post("/v1/events")
 async def post_events(request: web.Request) -> web.Response:
     r = res(request)
     body = await read_body(request, r.settings.max_event_body_bytes)
@@ -58,7 +55,6 @@ async def post_events(request: web.Request) -> web.Response:
     )
 
 
-@routes.get(r"/v1/admin/events/{event_id:.{1,200}}")
 async def event_progress(request: web.Request) -> web.Response:
     require_admin(request)
     async with res(request).sessions() as session:

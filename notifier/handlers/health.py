@@ -7,9 +7,7 @@ import asyncio
 from aiohttp import web
 from sqlalchemy import text
 
-from notifier.web import res
-
-routes = web.RouteTableDef()
+from notifier.handlers.middleware import res
 
 OPENAPI_PATHS = {
     "/healthz": {"get": {"summary": "Process alive", "responses": {"200": {"description": "ok"}}}},
@@ -24,12 +22,10 @@ OPENAPI_PATHS = {
 CHECK_TIMEOUT = 1.5
 
 
-@routes.get("/healthz")
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
-@routes.get("/readyz")
 async def readyz(request: web.Request) -> web.Response:
     r = res(request)
 

@@ -8,16 +8,15 @@ from aiohttp import web
 from email_validator import EmailNotValidError, validate_email
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from notifier import preferences
+from notifier.core import preferences
+from notifier.core.tokens import TokenInvalid
+from notifier.data.models import Subscriber, Subscription
+from notifier.handlers.middleware import client_ip, error_response, res
+from notifier.handlers.openapi import SIGNUP_EMAIL_PATTERN
+from notifier.handlers.openapi import error_response as openapi_error
 from notifier.handlers.unsubscribe import not_found
-from notifier.models import Subscriber, Subscription
-from notifier.openapi import SIGNUP_EMAIL_PATTERN
-from notifier.openapi import error_response as openapi_error
 from notifier.resources import Resources
-from notifier.tokens import TokenInvalid
-from notifier.web import client_ip, error_response, res
 
-routes = web.RouteTableDef()
 # The website may ask for a manage link with fetch() as well as with a plain form.
 CORS_PATHS = ("/v1/manage",)
 
@@ -145,7 +144,6 @@ OPENAPI_PATHS: dict[str, Any] = {
 }
 
 
-@routes.get("/v1/manage/{token}")
 async def manage_page(request: web.Request) -> web.Response:
     subscriber_id = _read_token(request)
     if subscriber_id is None:
@@ -153,7 +151,6 @@ async def manage_page(request: web.Request) -> web.Response:
     return await _render(request, subscriber_id, None)
 
 
-@routes.post("/v1/manage/{token}")
 async def manage_change(request: web.Request) -> web.Response:
     r = res(request)
     subscriber_id = _read_token(request)
@@ -172,7 +169,6 @@ async def manage_change(request: web.Request) -> web.Response:
     return await _render(request, subscriber_id, message)
 
 
-@routes.post("/v1/manage")
 async def request_link(request: web.Request) -> web.Response:
     data = ManageLinkRequest.model_validate(await _body(request))
     retry_after = await preferences.request_manage_link(

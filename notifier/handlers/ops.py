@@ -5,10 +5,8 @@ from __future__ import annotations
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from notifier.handlers.middleware import res
 from notifier.metrics import QUEUE_DEPTH, REGISTRY
-from notifier.web import res
-
-routes = web.RouteTableDef()
 
 OPENAPI_PATHS = {
     "/metrics": {
@@ -20,7 +18,6 @@ OPENAPI_PATHS = {
 }
 
 
-@routes.get("/metrics")
 async def metrics(request: web.Request) -> web.Response:
     r = res(request)
     QUEUE_DEPTH.set(await r.redis.zcard(r.settings.queue_name))

@@ -7,16 +7,14 @@ from typing import Any
 from aiohttp import web
 from pydantic import ValidationError
 
+from notifier.core.signup import Evidence, sign_up
+from notifier.core.signup_input import SignupRequest, parse_signup
+from notifier.handlers.bodies import FORM, JSON, BodyError, decode_body
+from notifier.handlers.bodies import single_values as form_values
+from notifier.handlers.middleware import client_ip, error_response, refuse_if_ip_limited, res
+from notifier.handlers.openapi import SIGNUP_EMAIL_PATTERN
+from notifier.handlers.openapi import error_response as error_doc
 from notifier.metrics import SIGNUPS
-from notifier.openapi import SIGNUP_EMAIL_PATTERN
-from notifier.openapi import error_response as error_doc
-from notifier.ratelimit import refuse_if_ip_limited
-from notifier.signup import Evidence, sign_up
-from notifier.validation import FORM, JSON, BodyError, SignupRequest, decode_body, parse_signup
-from notifier.validation import single_values as form_values
-from notifier.web import client_ip, error_response, res
-
-routes = web.RouteTableDef()
 
 # Paths a website may call with fetch() from its allowed origins (app.py wires CORS for them).
 CORS_PATHS = ("/v1/subscriptions",)
@@ -24,7 +22,6 @@ CHECK_INBOX = "/v1/subscriptions/check-inbox"
 PENDING = {"status": "pending"}
 
 
-@routes.post("/v1/subscriptions")
 async def create_subscription(request: web.Request) -> web.Response:
     r = res(request)
     if (refusal := await refuse_if_ip_limited(request)) is not None:
@@ -55,7 +52,6 @@ async def create_subscription(request: web.Request) -> web.Response:
     return web.json_response(PENDING, status=202)
 
 
-@routes.get(CHECK_INBOX)
 async def check_inbox(request: web.Request) -> web.Response:
     settings = res(request).settings
     home = settings.allowed_origins[0] if settings.allowed_origins else None

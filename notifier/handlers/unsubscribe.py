@@ -7,14 +7,12 @@ from urllib.parse import parse_qs
 
 from aiohttp import web
 
-from notifier import preferences
-from notifier.models import Subscription
-from notifier.openapi import error_response as error_doc
+from notifier.core import preferences
+from notifier.core.tokens import TokenInvalid
+from notifier.data.models import Subscription
+from notifier.handlers.middleware import res
+from notifier.handlers.openapi import error_response as error_doc
 from notifier.resources import Resources
-from notifier.tokens import TokenInvalid
-from notifier.web import res
-
-routes = web.RouteTableDef()
 
 _TOKEN = {"name": "token", "in": "path", "required": True, "schema": {"type": "string"}}
 _NOT_FOUND = error_doc("tampered or unknown token; nothing changed", html=True)
@@ -63,7 +61,6 @@ OPENAPI_PATHS: dict[str, Any] = {
 }
 
 
-@routes.get("/v1/unsubscribe/{token}")
 async def unsubscribe_page(request: web.Request) -> web.Response:
     r = res(request)
     subscription_id = read_token(request)
@@ -76,12 +73,11 @@ async def unsubscribe_page(request: web.Request) -> web.Response:
     page = r.templates.get_template("pages/unsubscribe.html").render(
         label=sub.label,
         action=request.path,
-        manage_url=preferences.manage_url(r, sub.subscriber_id),
+        manage_url=r.mail.manage_url(sub.subscriber_id),
     )
     return web.Response(text=page, content_type="text/html")
 
 
-@routes.post("/v1/unsubscribe/{token}")
 async def unsubscribe(request: web.Request) -> web.Response:
     r = res(request)
     subscription_id = read_token(request)
@@ -124,7 +120,7 @@ def done(
         return web.json_response({"status": "unsubscribed"})
     page = r.templates.get_template("pages/unsubscribed.html").render(
         label=label,
-        manage_url=preferences.manage_url(r, subscriber_id) if subscriber_id else None,
+        manage_url=r.mail.manage_url(subscriber_id) if subscriber_id else None,
         site_name=r.settings.site_name,
     )
     return web.Response(text=page, content_type="text/html")

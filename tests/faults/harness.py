@@ -19,7 +19,7 @@ from sqlalchemy import func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from notifier.clock import utcnow
-from notifier.models import Base, Delivery, Event, Subscriber, Subscription
+from notifier.data.models import Base, Delivery, Event, Subscriber, Subscription
 from notifier.pipeline import encode, sign
 from tests.conftest import ADMIN_TOKEN, EVENT_SECRETS, PUBLIC_URL, SECRET_KEYS, SITE_ORIGIN
 from tests.smtp_server import RecordingSMTP

@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from notifier.models import Subscription
+from notifier.data.models import Subscription
 from tests.conftest import SITE_ORIGIN
 from tests.events_factory import new_study
 from tests.faults.conftest import Stack

@@ -1,0 +1,120 @@
+"""Double opt-in: what the confirm link's page shows and what its POST does.
+
+The mail with the link is jobs.notices.send_confirmation."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from notifier.clock import utcnow
+from notifier.core.signup import Evidence, new_nonce
+from notifier.data.models import Subscriber, Subscription
+from notifier.data.queries import is_suppressed
+from notifier.resources import Resources
+
+log = logging.getLogger("notifier.confirmations")
+
+FREQUENCY_WORDS = {"instant": "as it happens", "daily": "daily digest", "weekly": "weekly digest"}
+
+
+class LinkUnusable(Exception):
+    """A genuine confirm link that can no longer confirm: used, or nothing pending (410)."""
+
+
+@dataclass(frozen=True)
+class Item:
+    """A subscription as the confirm mail and pages show it: labels only, never other input."""
+
+    id: int
+    kind: str
+    label: str
+    mesh_id: str | None
+    broad: bool
+    frequency: str
+
+    @classmethod
+    def of(cls, row: Subscription) -> Item:
+        return cls(row.id, row.kind, row.label, row.mesh_id, row.broad, row.frequency)
+
+    @property
+    def description(self) -> str:
+        if self.kind == "study":
+            what = f"every change to study {self.label}"
+        else:
+            narrower = " (including narrower terms)" if self.broad else ""
+            what = f"new studies on “{self.label}”{narrower}"
+        return f"{what}, {FREQUENCY_WORDS.get(self.frequency, self.frequency)}"
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+async def pending_subscriptions(
+    session: AsyncSession, subscriber_id: int, ids: list[int] | None = None, *, lock: bool = False
+) -> list[Subscription]:
+    query = select(Subscription).where(
+        Subscription.subscriber_id == subscriber_id, Subscription.status == "pending"
+    )
+    if ids is not None:
+        query = query.where(Subscription.id.in_(ids))
+    if lock:
+        query = query.with_for_update()
+    return list(await session.scalars(query.order_by(Subscription.id)))
+
+
+async def pending_for_link(r: Resources, token: str) -> list[Item]:
+    """What a confirm link would confirm; changes nothing (link scanners GET every link)."""
+    subscriber_id, nonce = r.tokens.read_confirm(token)  # TokenInvalid -> 404, TokenExpired -> 410
+    async with r.sessions.begin() as session:
+        subscriber = await session.get(Subscriber, subscriber_id)
+        if subscriber is None or not hmac.compare_digest(subscriber.confirm_nonce or "", nonce):
+            raise LinkUnusable("already used, or the address was erased")
+        if await is_suppressed(session, r.email_hash(subscriber.email)):
+            raise LinkUnusable("address suppressed")
+        items = [Item.of(row) for row in await pending_subscriptions(session, subscriber_id)]
+    if not items:
+        raise LinkUnusable("nothing waiting for confirmation")
+    return items
+
+
+async def confirm_link(
+    r: Resources, token: str, ids: list[int] | None, evidence: Evidence
+) -> list[Item]:
+    """Confirm the pending subscriptions the page listed (all pending when `ids` is None).
+
+    Single use: the subscriber's nonce is swapped in the same statement that checks it, so a
+    second POST (or a concurrent one) finds it gone. Unsubscribed rows are never touched.
+    """
+    subscriber_id, nonce = r.tokens.read_confirm(token)
+    async with r.sessions.begin() as session:
+        swapped = await session.execute(
+            update(Subscriber)
+            .where(Subscriber.id == subscriber_id, Subscriber.confirm_nonce == nonce)
+            .values(confirm_nonce=new_nonce())
+            .execution_options(synchronize_session=False)
+        )
+        if swapped.rowcount != 1:  # type: ignore[attr-defined]  # CursorResult has rowcount
+            raise LinkUnusable("already used, or the address was erased")
+        subscriber = await session.get(Subscriber, subscriber_id, populate_existing=True)
+        # Raising below rolls the nonce swap back: a refused confirm changes nothing.
+        if subscriber is None or await is_suppressed(session, r.email_hash(subscriber.email)):
+            raise LinkUnusable("address suppressed")
+        rows = await pending_subscriptions(session, subscriber_id, ids, lock=True)
+        if not rows:
+            raise LinkUnusable("nothing waiting for confirmation")
+        now = utcnow()
+        for row in rows:
+            row.status = "confirmed"
+            row.confirmed_at = now
+            row.confirm_ip = evidence.ip
+            row.confirm_user_agent = evidence.user_agent
+            row.updated_at = now
+        if subscriber.first_confirmed_at is None:
+            subscriber.first_confirmed_at = now
+        return [Item.of(row) for row in rows]

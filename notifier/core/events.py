@@ -1,0 +1,286 @@
+"""Trial-change events: the pydantic model, and validate-and-store shared by HTTP and the queue."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from redis.exceptions import RedisError
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from notifier.clock import utcnow
+from notifier.core.fields import validation_fields
+from notifier.core.normalize import normalize_mesh_id, normalize_nct
+from notifier.data.models import Delivery, Event, FanoutSlice
+from notifier.data.queries import insert_for
+from notifier.metrics import EVENTS
+from notifier.queue import enqueue_fanout
+from notifier.resources import Resources
+
+log = logging.getLogger("notifier.events")
+
+MAX_BATCH = 500
+ChangeKind = Literal[
+    "new_study",
+    "status_changed",
+    "results_posted",
+    "recruitment_sites_changed",
+    "conditions_changed",
+    "dates_changed",
+    "study_updated",
+    "study_unavailable",
+]
+Text = Annotated[str, Field(max_length=4000)]
+ShortList = Annotated[list[Text], Field(max_length=1000)]
+
+
+class _Open(BaseModel):
+    # Unknown fields are kept (and stored): the pipeline may send more than we read today.
+    model_config = ConfigDict(extra="allow")
+
+
+class EventMesh(_Open):
+    id: Annotated[str, Field(max_length=20)]
+    term: Text
+
+    @field_validator("id")
+    @classmethod
+    def _mesh_id(cls, value: str) -> str:
+        if normalize_mesh_id(value) is None:
+            raise ValueError("not a MeSH id (D000000 or D000000000)")
+        return value
+
+
+class EventLocations(_Open):
+    count: Annotated[int, Field(ge=0)] | None = None
+    countries: ShortList = []
+    recruiting_count: Annotated[int, Field(ge=0)] | None = None
+
+
+class EventStudy(_Open):
+    brief_title: Annotated[str, Field(min_length=1, max_length=1000)]
+    url: Annotated[str, Field(max_length=2000)] | None = None
+    overall_status: Annotated[str, Field(max_length=40)] | None = None
+    why_stopped: Text | None = None
+    conditions: ShortList = []
+    keywords: ShortList = []
+    condition_mesh: Annotated[list[EventMesh], Field(max_length=1000)] = []
+    condition_mesh_ancestors: Annotated[list[EventMesh], Field(max_length=1000)] = []
+    locations_summary: EventLocations | None = None
+
+
+class EventChange(_Open):
+    path: Annotated[str, Field(min_length=1, max_length=500)]
+    old: Any = None
+    new: Any = None
+
+
+class TrialChangeEvent(_Open):
+    """The service's own event schema (published in the OpenAPI spec); a superset of the
+    reference schema: everything valid there is valid here."""
+
+    event_id: Annotated[str, Field(min_length=1, max_length=200)]
+    nct_id: str
+    nct_id_aliases: Annotated[list[str], Field(max_length=100)] = []
+    change_kind: ChangeKind
+    occurred_on: date
+    detected_at: datetime | None = None
+    study: EventStudy
+    changes: Annotated[list[EventChange], Field(max_length=5000)] = []
+
+    @field_validator("nct_id")
+    @classmethod
+    def _nct(cls, value: str) -> str:
+        nct = normalize_nct(value)
+        if nct is None:
+            raise ValueError("must be NCT followed by 8 digits")
+        return nct
+
+    @field_validator("nct_id_aliases")
+    @classmethod
+    def _aliases(cls, values: list[str]) -> list[str]:
+        out = []
+        for value in values:
+            nct = normalize_nct(value)
+            if nct is None:
+                raise ValueError("every alias must be NCT followed by 8 digits")
+            out.append(nct)
+        return out
+
+
+class EventsInvalid(Exception):
+    """A single event or a batch failed validation; `fields` maps locations to messages."""
+
+    def __init__(self, message: str, fields: dict[str, str]) -> None:
+        super().__init__(message)
+        self.fields = fields
+
+
+def parse_events(data: Any) -> list[TrialChangeEvent]:
+    """One event object or `{"events": [...]}` -> validated events; all or nothing."""
+    if isinstance(data, dict) and "events" in data and "event_id" not in data:
+        items = data["events"]
+        if not isinstance(items, list) or not items:
+            raise EventsInvalid("invalid batch", {"events": "must be a non-empty list"})
+        if len(items) > MAX_BATCH:
+            raise EventsInvalid(
+                "batch too large", {"events": f"at most {MAX_BATCH} events per request"}
+            )
+        prefix: str | None = "events"
+    elif isinstance(data, dict):
+        items, prefix = [data], None
+    else:
+        raise EventsInvalid("invalid event", {"body": "must be an event object or {events: [...]}"})
+    events: list[TrialChangeEvent] = []
+    fields: dict[str, str] = {}
+    for index, item in enumerate(items):
+        if _has_nul(item):  # PostgreSQL cannot store U+0000 in text or JSONB: was a 503
+            fields[f"{prefix}.{index}" if prefix else "body"] = "text must not contain U+0000"
+            continue
+        try:
+            events.append(TrialChangeEvent.model_validate(item))
+        except ValidationError as exc:
+            for name, message in validation_fields(exc).items():
+                where = name if prefix is None else f"{prefix}.{index}.{name}"
+                fields.setdefault(where, message)
+    if fields:
+        raise EventsInvalid("invalid event" if prefix is None else "invalid events", fields)
+    return events
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
+
+
+@dataclass
+class Stored:
+    new_pks: list[int] = field(default_factory=list)
+    duplicates: int = 0
+
+
+async def store_events(session: AsyncSession, events: list[TrialChangeEvent]) -> Stored:
+    """INSERT … ON CONFLICT (event_id) DO NOTHING; count the ones already known."""
+    now = utcnow()
+    rows = [
+        {
+            "event_id": e.event_id,
+            "nct_id": e.nct_id,
+            "change_kind": e.change_kind,
+            "payload": e.model_dump(mode="json"),
+            "received_at": now,
+            "duplicates": 0,
+            "status": "received",
+            "fanout_cursor": 0,
+            "matched": 0,
+        }
+        for e in events
+    ]
+    stmt = (
+        insert_for(session, Event)
+        .values(rows)
+        .on_conflict_do_nothing(index_elements=["event_id"])
+        .returning(Event.id, Event.event_id)
+    )
+    inserted = {event_id: pk for pk, event_id in (await session.execute(stmt)).all()}
+    # A repeat inside one batch counts as a duplicate as well: one row, one fan-out.
+    repeats = Counter(e.event_id for e in events)
+    extra: dict[int, list[str]] = {}
+    for event_id, seen in repeats.items():
+        dup = seen - (1 if event_id in inserted else 0)
+        if dup:
+            extra.setdefault(dup, []).append(event_id)
+    for increment, event_ids in extra.items():
+        await session.execute(
+            update(Event)
+            .where(Event.event_id.in_(event_ids))
+            .values(duplicates=Event.duplicates + increment)
+        )
+    return Stored(
+        new_pks=sorted(inserted.values()), duplicates=sum(n * len(v) for n, v in extra.items())
+    )
+
+
+async def enqueue_fanouts(r: Resources, pks: list[int]) -> None:
+    """Trigger fan-out after commit; if Redis is down the sweep finds the stored events later."""
+    try:
+        for pk in pks:
+            await enqueue_fanout(r, pk)
+    except (RedisError, OSError) as exc:
+        log.warning("events stored but fan-out not enqueued (the sweep will): %s", exc)
+
+
+async def ingest(r: Resources, events: list[TrialChangeEvent], source: str) -> Stored:
+    """Store validated events in one transaction, then enqueue their fan-out."""
+    async with r.sessions.begin() as session:
+        stored = await store_events(session, events)
+    await enqueue_fanouts(r, stored.new_pks)
+    if stored.new_pks:
+        EVENTS.labels("accepted", source).inc(len(stored.new_pks))
+    if stored.duplicates:
+        EVENTS.labels("duplicate", source).inc(stored.duplicates)
+    return stored
+
+
+def openapi_schemas() -> dict[str, Any]:
+    """TrialChangeEvent and its parts as OpenAPI components (refs to #/components/schemas)."""
+    schema = TrialChangeEvent.model_json_schema(ref_template="#/components/schemas/{model}")
+    parts: dict[str, Any] = schema.pop("$defs", {})
+    return {**parts, "TrialChangeEvent": schema}
+
+
+PROGRESS_FIELDS = (
+    "event_id",
+    "status",
+    "matched",
+    "sent",
+    "pending",
+    "failed",
+    "skipped",
+    "held",
+    "duplicates",
+)
+
+
+async def progress(session: AsyncSession, event_id: str) -> dict[str, Any] | None:
+    """Fan-out progress of one event: `matched` is what the fan-out's walk found; `pending`
+    includes rows being sent right now and the recipients of slices not yet written as rows."""
+    event = await session.scalar(select(Event).where(Event.event_id == event_id))
+    if event is None:
+        return None
+    counts = dict(
+        (
+            await session.execute(
+                select(Delivery.status, func.count())
+                .where(Delivery.event_pk == event.id)
+                .group_by(Delivery.status)
+            )
+        ).all()
+    )
+    # Recipients of slices whose delivery rows are not written yet count as pending too.
+    unsliced = await session.scalar(
+        select(func.coalesce(func.sum(FanoutSlice.size), 0)).where(
+            FanoutSlice.event_pk == event.id, FanoutSlice.status == "pending"
+        )
+    )
+    return {
+        "event_id": event.event_id,
+        "status": event.status,
+        "matched": event.matched,
+        "sent": counts.get("sent", 0),
+        "pending": counts.get("pending", 0) + counts.get("sending", 0) + int(unsliced or 0),
+        "failed": counts.get("failed", 0),
+        "skipped": counts.get("skipped", 0),
+        "held": counts.get("held", 0),
+        "duplicates": event.duplicates,
+    }

@@ -1,0 +1,205 @@
+"""What a signup may ask for: the address, a study or a condition, and how often (pydantic)."""
+
+from __future__ import annotations
+
+import re
+from functools import cache
+from typing import Any, Literal
+from urllib.parse import urlsplit
+from zoneinfo import available_timezones
+
+from email_validator import EmailNotValidError, validate_email
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+from notifier.core.matching import MATCH_KEY_MAX
+from notifier.core.normalize import (
+    CONDITION_MAX,
+    CONDITION_MIN,
+    clean_label,
+    has_control_chars,
+    normalize_condition,
+    normalize_mesh_id,
+    normalize_nct,
+)
+
+
+def normalize_email(value: str) -> str:
+    """The one stored form of an address (signup, admin, bounces): email-validator's
+    normalisation (Unicode NFC, IDNA domain), lower-cased. Raises EmailNotValidError."""
+    return validate_email(value.strip(), check_deliverability=False).normalized.lower()
+
+
+EVIDENCE_MAX = 512
+# Free text that ends up in a confirmation mail must not be usable to carry a link or an address.
+_LINKISH = re.compile(r"://|www\.|@|\.(com|net|org|io|ru|cn|info|biz|xyz)\b", re.IGNORECASE)
+_OPTIONAL = frozenset({"study", "condition", "mesh_id", "timezone", "redirect", "source"})
+_EMPTY_MEANS = {"broad": False, "frequency": "instant"}  # an unticked box, an unset select
+
+Frequency = Literal["instant", "daily", "weekly"]
+
+
+@cache
+def _zones() -> frozenset[str]:
+    return frozenset(available_timezones())
+
+
+def origin_of(url: str) -> str | None:
+    """'HTTPS://Trials.example.org:443/x' -> 'https://trials.example.org'; None if not http(s)."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return None
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname or parts.username:
+        return None
+    scheme = parts.scheme.lower()
+    default = 443 if scheme == "https" else 80
+    suffix = f":{port}" if port and port != default else ""
+    return f"{scheme}://{parts.hostname.lower()}{suffix}"
+
+
+def is_allowed_redirect(url: str, allowed_origins: list[str]) -> bool:
+    if "\\" in url or not url.lower().startswith(("http://", "https://")):
+        return False  # browsers read "\" as "/", which would let "//evil" through
+    origin = origin_of(url)
+    return origin is not None and origin in {origin_of(o) for o in allowed_origins}
+
+
+class SignupRequest(BaseModel):
+    """POST /v1/subscriptions: an address and exactly one study or condition."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    email: str = Field(description="the address to alert; normalised and lower-cased")
+    study: str | None = Field(default=None, description="NCT id, e.g. NCT01234567 (any case)")
+    condition: str | None = Field(
+        default=None,
+        validate_default=True,
+        description=f"free text, {CONDITION_MIN}-{CONDITION_MAX} characters",
+    )
+    mesh_id: str | None = Field(default=None, description="MeSH id of the condition, D055752")
+    broad: bool = Field(
+        default=False, validate_default=True, description="with mesh_id: narrower terms too"
+    )
+    frequency: Frequency = "instant"
+    timezone: str | None = Field(default=None, description="IANA name, e.g. Europe/Paris")
+    redirect: str | None = Field(
+        default=None, description="form posts: where to send the browser; an allowed origin"
+    )
+    source: str | None = Field(
+        default=None, description="page the form is on (consent evidence); default: Referer"
+    )
+    website: str = Field(default="", max_length=1000, description="honeypot: leave empty")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _plain_text(cls, value: object, info: ValidationInfo) -> object:
+        if isinstance(value, str):
+            if has_control_chars(value):
+                raise ValueError("must not contain line breaks or other control characters")
+            if not value.strip() and info.field_name in _OPTIONAL:
+                return None  # an HTML form sends its empty fields as ""
+            if not value.strip() and info.field_name in _EMPTY_MEANS:
+                return _EMPTY_MEANS[info.field_name]
+        return value
+
+    @field_validator("email")
+    @classmethod
+    def _email(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("an email address is required")
+        try:
+            return normalize_email(value)
+        except EmailNotValidError as exc:
+            raise ValueError(f"not a valid email address: {exc}") from None
+
+    @field_validator("study")
+    @classmethod
+    def _study(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        nct = normalize_nct(value)
+        if nct is None:
+            raise ValueError("must be NCT followed by 8 digits, e.g. NCT01234567")
+        return nct
+
+    @field_validator("condition")
+    @classmethod
+    def _condition(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if "study" in info.data:  # else the study itself was invalid: one error is enough
+            if value is not None and info.data["study"] is not None:
+                raise ValueError("give a study or a condition, not both")
+            if value is None and info.data["study"] is None:
+                raise ValueError("give a study (NCT id) or a condition")
+        if value is None:
+            return None
+        label = clean_label(value)
+        if not CONDITION_MIN <= len(label) <= CONDITION_MAX:
+            raise ValueError(f"must be {CONDITION_MIN} to {CONDITION_MAX} characters")
+        if not any(ch.isalpha() for ch in label) or len(normalize_condition(label)) < 2:
+            raise ValueError("must name a condition in words")
+        if _LINKISH.search(label):
+            raise ValueError("must name a condition, not a link or an address")
+        if len("cond:" + normalize_condition(label)) > MATCH_KEY_MAX:
+            raise ValueError("too long once normalised")
+        return label
+
+    @field_validator("mesh_id")
+    @classmethod
+    def _mesh(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        mesh = normalize_mesh_id(value)
+        if mesh is None:
+            raise ValueError("must be a MeSH id such as D000055752 or D055752")
+        if info.data.get("condition", "") is None:
+            raise ValueError("only goes with a condition")
+        return mesh
+
+    @field_validator("broad")
+    @classmethod
+    def _broad(cls, value: bool, info: ValidationInfo) -> bool:
+        if value and "mesh_id" in info.data and info.data["mesh_id"] is None:
+            raise ValueError("needs a mesh_id: narrower terms are found through MeSH")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, value: str | None) -> str | None:
+        if value is not None and value not in _zones():
+            raise ValueError("must be an IANA time zone name, e.g. Europe/Paris")
+        return value
+
+    @field_validator("redirect")
+    @classmethod
+    def _redirect(cls, value: str | None, info: ValidationInfo) -> str | None:
+        allowed = (info.context or {}).get("allowed_origins", [])
+        if value is not None and (len(value) > 2000 or not is_allowed_redirect(value, allowed)):
+            raise ValueError("must be a URL on one of the site's allowed origins")
+        return value
+
+    @field_validator("source")
+    @classmethod
+    def _source(cls, value: str | None) -> str | None:
+        if value is not None and len(value) > EVIDENCE_MAX:
+            raise ValueError(f"at most {EVIDENCE_MAX} characters")
+        return value
+
+    @property
+    def kind(self) -> str:
+        return "study" if self.study else "condition"
+
+    @property
+    def label(self) -> str:
+        return self.study or self.condition or ""
+
+    @property
+    def match_key(self) -> str:
+        if self.study:
+            return f"study:{self.study}"
+        return f"cond:{normalize_condition(self.condition or '')}"
+
+
+def parse_signup(data: dict[str, Any], allowed_origins: list[str]) -> SignupRequest:
+    """Validate a decoded body; raises pydantic.ValidationError (-> 422 with field errors)."""
+    return SignupRequest.model_validate(data, context={"allowed_origins": allowed_origins})

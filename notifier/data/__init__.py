@@ -1,0 +1,1 @@
+"""Models, the engine and sessions, shared queries and the migrations runner."""

@@ -1,0 +1,55 @@
+"""The whole route table: every path the service answers, and the handler behind it."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from notifier.handlers import (
+    admin,
+    confirm,
+    demo,
+    events,
+    health,
+    manage,
+    ops,
+    subscriptions,
+    unsubscribe,
+)
+from notifier.handlers.middleware import res
+from notifier.handlers.openapi import build_spec
+
+# Every handler module: its OPENAPI_* go into /openapi.json, its CORS_PATHS take fetch() from the
+# website's origins.
+HANDLER_MODULES = (health, ops, demo, unsubscribe, manage, admin, subscriptions, confirm, events)
+
+
+async def openapi_json(request: web.Request) -> web.Response:
+    return web.json_response(build_spec(HANDLER_MODULES, res(request).settings.public_base))
+
+
+ROUTES: list[web.RouteDef] = [
+    web.get("/openapi.json", openapi_json),
+    web.get("/healthz", health.healthz),
+    web.get("/readyz", health.readyz),
+    web.get("/metrics", ops.metrics),
+    web.get("/static/notifier-form.js", demo.form_script),
+    web.get("/demo/study", demo.demo_study),
+    web.get("/demo/condition", demo.demo_condition),
+    web.get("/v1/unsubscribe/{token}", unsubscribe.unsubscribe_page),
+    web.post("/v1/unsubscribe/{token}", unsubscribe.unsubscribe),
+    web.get("/v1/manage/{token}", manage.manage_page),
+    web.post("/v1/manage/{token}", manage.manage_change),
+    web.post("/v1/manage", manage.request_link),
+    web.get("/v1/admin/suppressions", admin.list_suppressions),
+    web.post("/v1/admin/suppressions", admin.add_suppression),
+    web.delete("/v1/admin/suppressions", admin.remove_suppression),
+    web.post("/v1/bounces", admin.bounces),
+    web.get("/v1/admin/subscribers", admin.export_subscriber),
+    web.delete("/v1/admin/subscribers", admin.erase_subscriber),
+    web.post("/v1/subscriptions", subscriptions.create_subscription),
+    web.get(subscriptions.CHECK_INBOX, subscriptions.check_inbox),
+    web.get("/v1/confirm/{token}", confirm.confirm_page),
+    web.post("/v1/confirm/{token}", confirm.confirm),
+    web.post("/v1/events", events.post_events),
+    web.get(r"/v1/admin/events/{event_id:.{1,200}}", events.event_progress),
+]

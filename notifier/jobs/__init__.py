@@ -1,0 +1,1 @@
+"""Every arq job and cron; `notifier.worker` lists them."""

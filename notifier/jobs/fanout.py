@@ -1,0 +1,255 @@
+"""arq jobs that turn a stored event into fan-out slices, and a slice into its send batch.
+
+PostgreSQL is the source of truth and Redis only triggers work. The fan-out walks the matching
+subscribers and commits one slice row per send batch (a run of subscriber ids) before that
+batch's job exists; the slice's job writes the run's delivery rows (unique per event and
+subscriber) and mails them. The sweep (jobs.sweep) re-enqueues whatever waits too long.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import suppress
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import bindparam, insert, select, text, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from notifier.clock import utcnow
+from notifier.core.matching import MatchKeys, match_keys, matching_page
+from notifier.data.models import Delivery, Event, FanoutSlice, UTCDateTime
+from notifier.data.queries import dialect_name, insert_for
+from notifier.data.states import OPEN_EVENT, DeliveryStatus, EventStatus, SliceStatus
+from notifier.jobs.context import resources_of
+from notifier.jobs.sending import send_batch
+from notifier.mail.summaries import is_material
+from notifier.queue import batch_size, enqueue_slices
+from notifier.resources import Resources
+
+log = logging.getLogger("notifier.fanout")
+
+# A slice's send job reads its run with a little room above the size the fan-out found, so that
+# a few confirmations since then cost no second round trip.
+SLICE_SLACK = 64
+MATERIALISE_TRIES = 3
+
+
+# PostgreSQL: the page's ids as one array parameter. Each row of an executemany costs ~40 µs of
+# SQLAlchemy parameter processing in the worker (cProfile of bench/fanout_scheduling).
+_PG_INSERT = text(
+    "INSERT INTO deliveries"
+    " (event_pk, subscriber_id, status, attempts, next_attempt_at, created_at)"
+    " SELECT :event_pk, sid, 'pending', 0, :now, :now"
+    " FROM unnest(CAST(:ids AS BIGINT[])) AS sid"
+    " ON CONFLICT (event_pk, subscriber_id) DO NOTHING RETURNING id"
+).bindparams(bindparam("now", type_=UTCDateTime()))
+
+
+async def insert_deliveries(
+    session: AsyncSession, event_pk: int, subscriber_ids: list[int]
+) -> list[int]:
+    """One pending row per subscriber (none for one that has it already): the new rows' ids."""
+    now = utcnow()
+    if dialect_name(session) == "postgresql":
+        params = {"event_pk": event_pk, "ids": subscriber_ids, "now": now}
+        return sorted((await session.scalars(_PG_INSERT, params)).all())
+    rows = [
+        {
+            "event_pk": event_pk,
+            "subscriber_id": sid,
+            "status": DeliveryStatus.PENDING,
+            "attempts": 0,
+            "next_attempt_at": now,
+            "created_at": now,
+        }
+        for sid in subscriber_ids
+    ]
+    stmt = (
+        insert_for(session, Delivery)
+        .on_conflict_do_nothing(index_elements=["event_pk", "subscriber_id"])
+        .returning(Delivery.id)
+    )
+    # executemany: SQLAlchemy's "insertmanyvalues" sends a few cached multi-row statements
+    # within the driver's parameter limit; a .values(rows) statement is compiled afresh each
+    # page and costs ~5x as much (measured, docs/PERFORMANCE.md).
+    return sorted((await session.scalars(stmt, rows)).all())
+
+
+async def write_slices(
+    session: AsyncSession, event_pk: int, cursor: int, subscriber_ids: list[int], size: int
+) -> list[int]:
+    """A page of matching subscriber ids (ordered, all above `cursor`) as slices of `size`: the
+    first starts after `cursor`, each next one after the last id of the one before."""
+    now = utcnow()
+    rows: list[dict[str, Any]] = []
+    after = cursor
+    for start in range(0, len(subscriber_ids), size):
+        chunk = subscriber_ids[start : start + size]
+        rows.append(
+            {
+                "event_pk": event_pk,
+                "after_id": after,
+                "last_id": chunk[-1],
+                "size": len(chunk),
+                "status": DeliveryStatus.PENDING,
+                "queued_at": now,
+            }
+        )
+        after = chunk[-1]
+    return sorted(await session.scalars(insert(FanoutSlice).returning(FanoutSlice.id), rows))
+
+
+async def slice_members(
+    session: AsyncSession, mk: MatchKeys, after_id: int, last_id: int, size: int
+) -> list[int]:
+    """The subscribers who match now in (after_id, last_id]: read again when the slice is sent,
+    so who unsubscribed meanwhile gets no row and who confirmed meanwhile gets one."""
+    limit = size + SLICE_SLACK
+    found: list[int] = []
+    cursor = after_id
+    while True:
+        page = await matching_page(session, mk, cursor, limit)
+        found.extend(sid for sid in page if sid <= last_id)
+        if len(page) < limit or page[-1] >= last_id:
+            return found
+        cursor = page[-1]
+
+
+async def materialise(r: Resources, slice_id: int) -> list[int] | None:
+    """Write a pending slice's delivery rows and mark it done, in one transaction: the new rows'
+    ids, or None when another run did it already. Rows that exist (a replay) are left alone."""
+    async with r.sessions.begin() as session:
+        # The UPDATE locks the slice: a twin job waits, then finds it done.
+        taken = (
+            await session.execute(
+                update(FanoutSlice)
+                .where(FanoutSlice.id == slice_id, FanoutSlice.status == SliceStatus.PENDING)
+                .values(status=SliceStatus.DONE)
+                .returning(
+                    FanoutSlice.event_pk,
+                    FanoutSlice.after_id,
+                    FanoutSlice.last_id,
+                    FanoutSlice.size,
+                )
+                .execution_options(synchronize_session=False)
+            )
+        ).first()
+        if taken is None:
+            return None
+        # The event is there: deleting it would have cascaded to the slice this UPDATE locked.
+        payload = (
+            await session.execute(select(Event.payload).where(Event.id == taken.event_pk))
+        ).scalar_one()
+        mk = match_keys(payload)
+        members = await slice_members(session, mk, taken.after_id, taken.last_id, taken.size)
+        return await insert_deliveries(session, taken.event_pk, members) if members else []
+
+
+async def send_slice(ctx: dict[str, Any], slice_id: int) -> dict[str, int]:
+    """One slice: its delivery rows are committed, then sent as one batch by this same job (a
+    crash in between leaves pending rows, which the sweep re-enqueues)."""
+    r = resources_of(ctx)
+    for attempt in range(1, MATERIALISE_TRIES + 1):
+        try:
+            new_ids = await materialise(r, int(slice_id))
+            break
+        except IntegrityError:
+            # A subscriber erased between the read and the insert (a foreign key violation):
+            # read the run again rather than leave the others to the sweep.
+            if attempt == MATERIALISE_TRIES:
+                raise
+            log.info("slice %s: a subscriber went away while it was written; again", slice_id)
+    if not new_ids:
+        return {"claimed": 0}
+    return await send_batch(r, new_ids)
+
+
+@dataclass
+class _Walk:
+    """One run of fanout_event through an event's audience."""
+
+    mk: MatchKeys
+    exhausted: set[int] = field(default_factory=set)  # ranges with nothing left (matching_page)
+    written: int | None = None  # the cursor this run last stored
+
+
+async def _next_page(
+    r: Resources, event_pk: int, walk: _Walk
+) -> tuple[list[int], int, bool] | None:
+    """Commit the next page's slices with the event's cursor: (slice ids, subscribers found,
+    whether it was the last page), or None when another run finished the event."""
+    size = batch_size(r.settings)
+    async with r.sessions.begin() as session:
+        # The UPDATE comes first: it locks the event row, so two runs of this job (a retry, a
+        # sweep) take turns page by page instead of walking the same page together.
+        cursor = await session.scalar(
+            update(Event)
+            .where(Event.id == event_pk, Event.status.in_(OPEN_EVENT))
+            .values(status=EventStatus.FANNING_OUT)
+            .returning(Event.fanout_cursor)
+        )
+        if cursor is None:
+            return None
+        if cursor != walk.written:
+            # Another run (a replay, a sweep's re-run) moved the cursor: what this run found
+            # exhausted may hold subscribers behind the new cursor. Start the ranges afresh.
+            walk.exhausted.clear()
+        # The first page is one send batch, so the first mails go out while the rest of the
+        # audience is still being paged.
+        limit = r.settings.fanout_page_size if cursor else min(r.settings.fanout_page_size, size)
+        subscriber_ids = await matching_page(session, walk.mk, cursor, limit, walk.exhausted)
+        slice_ids: list[int] = []
+        if subscriber_ids:
+            slice_ids = await write_slices(session, event_pk, cursor, subscriber_ids, size)
+        done = len(subscriber_ids) < limit
+        values: dict[str, Any] = {"matched": Event.matched + len(subscriber_ids)}
+        if subscriber_ids:
+            values["fanout_cursor"] = walk.written = subscriber_ids[-1]
+        if done:
+            values.update(status=EventStatus.FANNED_OUT, fanned_out_at=utcnow())
+        await session.execute(update(Event).where(Event.id == event_pk).values(**values))
+    return slice_ids, len(subscriber_ids), done
+
+
+async def fanout_event(ctx: dict[str, Any], event_pk: int) -> dict[str, Any]:
+    """Walk the matching subscribers page by page from the event's cursor; idempotent."""
+    r = resources_of(ctx)
+    async with r.sessions.begin() as session:
+        event = await session.get(Event, event_pk)
+    if event is None or event.status not in OPEN_EVENT:
+        return {"event_pk": event_pk, "status": event.status if event else "missing"}
+    if not is_material(event.payload):
+        async with r.sessions.begin() as session:
+            await session.execute(
+                update(Event)
+                .where(Event.id == event_pk, Event.status.in_(OPEN_EVENT))
+                .values(status=EventStatus.IMMATERIAL, fanned_out_at=utcnow())
+            )
+        return {"event_pk": event_pk, "status": "immaterial"}
+    walk = _Walk(match_keys(event.payload))
+    recipients = 0
+    enqueuing: asyncio.Task[None] | None = None  # the previous page's jobs
+    try:
+        while (page := await _next_page(r, event_pk, walk)) is not None:
+            slice_ids, found, done = page
+            # After commit: a crash between commit and enqueue leaves pending slices for the
+            # sweep. Queued while the next page is read (one page's jobs at a time, in order).
+            if enqueuing is not None:
+                await enqueuing
+            enqueuing = asyncio.create_task(enqueue_slices(r, slice_ids))
+            recipients += found
+            if done:
+                break
+    except BaseException:
+        if enqueuing is not None:
+            # Let the last page's jobs go out, without hiding the error that stopped the walk
+            # (what they fail to enqueue waits for the sweep).
+            with suppress(Exception):
+                await enqueuing
+        raise
+    if enqueuing is not None:
+        await enqueuing
+    return {"event_pk": event_pk, "recipients": recipients}

@@ -1,0 +1,60 @@
+"""Transactional mail jobs: the confirm link of a signup and a requested manage link."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from notifier.core.confirmation import Item, pending_subscriptions
+from notifier.core.signup import new_nonce
+from notifier.data import queries
+from notifier.data.models import Subscriber
+from notifier.jobs.context import resources_of
+from notifier.jobs.retry import retry_or_give_up
+from notifier.mail.message import sender_address, to_bytes
+from notifier.mail.notices import manage_link_mail, render_confirmation
+from notifier.mailer import SendError
+from notifier.metrics import MAILS
+
+
+async def send_confirmation(ctx: dict[str, Any], subscriber_id: int) -> str:
+    """Mail one confirm link listing every pending subscription of the address."""
+    r = resources_of(ctx)
+    async with r.sessions.begin() as session:
+        subscriber = await session.get(Subscriber, subscriber_id)
+        if subscriber is None:
+            return "gone"
+        email_hash = r.email_hash(subscriber.email)
+        if await queries.is_suppressed(session, email_hash):
+            return "suppressed"
+        items = [Item.of(row) for row in await pending_subscriptions(session, subscriber_id)]
+        if not items:
+            return "nothing pending"
+        if subscriber.confirm_nonce is None:
+            subscriber.confirm_nonce = new_nonce()
+        token = r.tokens.confirm(subscriber_id, subscriber.confirm_nonce)
+        to = subscriber.email
+    message = to_bytes(r.settings, render_confirmation(r.mail, to, items, token))
+    try:
+        await r.mailer.send_one(sender_address(r.settings), to, message)
+    except SendError as exc:
+        return await retry_or_give_up(r, ctx, email_hash, exc, "confirmation")
+    MAILS.labels(kind="confirm").inc()
+    return "sent"
+
+
+async def send_manage_link(ctx: dict[str, Any], subscriber_id: int) -> str:
+    """Mail a manage link; re-checks the address first (it may be erased or suppressed since)."""
+    r = resources_of(ctx)
+    async with r.sessions.begin() as session:
+        subscriber = await session.get(Subscriber, subscriber_id)
+        if subscriber is None or await queries.is_suppressed(session, subscriber.email_hash):
+            return "skipped"
+        mail = manage_link_mail(r.mail, subscriber.email, subscriber.id)
+    try:
+        await r.mailer.send_one(sender_address(r.settings), mail.to, to_bytes(r.settings, mail))
+    except SendError as exc:
+        return await retry_or_give_up(
+            r, ctx, subscriber.email_hash, exc, f"manage link to subscriber {subscriber.id}"
+        )
+    MAILS.labels(kind="manage_link").inc()
+    return "sent"

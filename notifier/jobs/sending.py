@@ -1,0 +1,203 @@
+"""The send job: mail a batch of claimed deliveries over one SMTP connection, at the shared rate.
+
+Outcomes are written at least every FLUSH_SECONDS and at the end of the batch, so a worker killed
+with SIGKILL can at most repeat the messages of its batch in flight that it had not yet recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from limits import RateLimitItemPerSecond
+from limits.aio.strategies import MovingWindowRateLimiter
+
+from notifier.clock import utcnow
+from notifier.data.states import DeliveryStatus
+from notifier.jobs.context import resources_of
+from notifier.jobs.outcomes import Outcome, Outgoing, claim, failure, prepare, record, render
+from notifier.mail.alerts import AlertRenderer
+from notifier.mail.message import sender_address
+from notifier.mailer import ConnectionLost, SendError
+from notifier.metrics import MAILS, SEND_SECONDS
+from notifier.resources import Resources
+
+log = logging.getLogger("notifier.sending")
+
+FLUSH_SECONDS = 1.0
+MAX_RECONNECTS = 3  # per batch: sessions a relay may drop before the rest waits for a retry
+# A batch sends only while its claim is younger than this share of NOTIFIER_SWEEP_STALE_AFTER:
+# an older claim (its renewal held up by a database outage) may have been handed to another job.
+CLAIM_LAPSE = 0.8
+
+
+class SendRate:
+    """`send_rate` messages/s over every worker, kept in Redis; waits rather than drops."""
+
+    def __init__(self, r: Resources) -> None:
+        rate = r.settings.send_rate
+        self.enabled = rate > 0
+        # An integer count per whole-second window that never exceeds the configured rate.
+        window = max(1, math.ceil(1 / rate)) if self.enabled else 1
+        self.item = RateLimitItemPerSecond(max(1, int(rate * window)), window)
+        self.limiter = MovingWindowRateLimiter(r.limits_storage)
+
+    async def acquire(
+        self, heartbeat: Callable[[], Awaitable[None]] | None = None, every: float = 30.0
+    ) -> None:
+        """Wait for a slot; while waiting, call `heartbeat` every `every` seconds (the batch
+        refreshes its claim, so the sweep never takes a slow but live batch for a dead one)."""
+        if not self.enabled:
+            return
+        last = time.monotonic()
+        while not await self.limiter.hit(self.item, "send"):
+            stats = await self.limiter.get_window_stats(self.item, "send")
+            await asyncio.sleep(min(1.0, every, max(0.005, stats.reset_time - time.time())))
+            if heartbeat is not None and time.monotonic() - last >= every:
+                await heartbeat()
+                last = time.monotonic()
+
+
+class ClaimLapsed(Exception):
+    """A batch's claim on its unsent rows may have been taken over by the sweep."""
+
+
+class Batch:
+    """One send batch over one SMTP connection at the configured rate, recording outcomes as it
+    goes.
+
+    `renewed` is when the rows' claim was written (time.monotonic()). A row is sent only while
+    the claim is fresh, which flushes renew; a batch whose renewal was held up (PostgreSQL
+    unreachable longer than most of NOTIFIER_SWEEP_STALE_AFTER) stops and leaves its unsent
+    rows to the sweep rather than race the job the sweep may have given them to."""
+
+    def __init__(
+        self,
+        r: Resources,
+        outgoing: list[Outgoing],
+        hashes: dict[int, str],
+        renderers: dict[int, AlertRenderer],
+        renewed: float,
+    ) -> None:
+        self.r = r
+        self.hashes = hashes
+        self.renderers = renderers
+        self.renewed = renewed
+        self.queue = deque(outgoing)
+        self.done: list[Outcome] = []
+        self.last_flush = time.monotonic()
+        self.lapse = r.settings.sweep_stale_after * CLAIM_LAPSE
+        self.rate = SendRate(r)
+        self.sender = sender_address(r.settings)
+
+    def lapsed(self) -> bool:
+        return time.monotonic() - self.renewed >= self.lapse
+
+    def owned(self, outcomes: list[Outcome]) -> list[Outcome]:
+        """After the claim lapsed (a send or a reconnect that hung), the rows may be another
+        job's: only what was sent is still ours to record; a retry or a failure written now
+        could put a row another job has sent back to pending."""
+        return (
+            [o for o in outcomes if o.status == DeliveryStatus.SENT] if self.lapsed() else outcomes
+        )
+
+    async def flush(self) -> None:
+        """Record what was sent and refresh the claim of the rest (also while waiting for the
+        send rate: a slow but live batch must never look dead to the sweep)."""
+        outcomes, self.done = self.owned(self.done), []
+        started = time.monotonic()
+        await record(self.r, outcomes, self.hashes, [i.delivery.id for i in self.queue])
+        self.last_flush = time.monotonic()
+        if not self.lapsed():
+            self.renewed = started  # the refresh was written at or after `started`
+        # Else the sweep may have taken the rows before the refresh landed: `renewed` stays old
+        # and the batch stops before its next message.
+
+    async def run(self) -> None:
+        reconnects = 0
+        try:
+            while self.queue:
+                # A relay that drops one session (421, a reset) usually takes the next at once:
+                # reconnect and go on; only the message in flight waits for its retry. A relay
+                # that refuses the connection itself, or keeps dropping it, gets the whole rest
+                # of the batch back on the retry ladder.
+                try:
+                    await self._session()
+                except ConnectionLost as exc:
+                    reconnects += 1
+                    if reconnects > MAX_RECONNECTS or not self.queue:
+                        raise
+                    log.warning("SMTP session lost, reconnecting (%d): %s", reconnects, exc)
+        except ClaimLapsed as exc:
+            # Unsent rows stay as they are: claimed by this batch (the sweep hands them out once
+            # stale) or already handed to another job. Either way, not sent from here.
+            log.warning("%s: left to the sweep", exc)
+        except ConnectionLost as exc:
+            # Every message still queued: the relay is not taking connections, try again later.
+            now = utcnow()
+            self.done.extend(failure(self.r, item.delivery, exc, now) for item in self.queue)
+            log.warning(
+                "SMTP connection lost, %d message(s) will be retried: %s", len(self.queue), exc
+            )
+        finally:
+            # Also on any other error: what was sent is recorded; the rest stays claimed for
+            # the sweep.
+            await record(self.r, self.owned(self.done), self.hashes, [])
+
+    async def _session(self) -> None:
+        """Send the queue's messages over one SMTP connection until it is empty or drops."""
+        r, queue = self.r, self.queue
+        async with r.mailer.connect() as conn:
+            while queue:
+                item = queue[0]
+                sent, data = render(r, self.renderers, item)
+                if data is None:
+                    self.done.append(sent)
+                    queue.popleft()
+                    continue
+                await self.rate.acquire(
+                    heartbeat=self.flush, every=r.settings.sweep_stale_after / 3
+                )
+                if self.lapsed():
+                    raise ClaimLapsed(
+                        f"claim of {len(queue)} unsent message(s) not renewed in time"
+                    )
+                started = time.perf_counter()
+                try:
+                    await conn.send(self.sender, item.email, data)
+                except ConnectionLost as exc:
+                    self.done.append(failure(r, item.delivery, exc, utcnow()))
+                    queue.popleft()
+                    raise
+                except SendError as exc:
+                    self.done.append(failure(r, item.delivery, exc, utcnow()))
+                else:
+                    self.done.append(sent)
+                    MAILS.labels("alert").inc()
+                finally:
+                    SEND_SECONDS.observe(time.perf_counter() - started)
+                queue.popleft()
+                if time.monotonic() - self.last_flush >= FLUSH_SECONDS:
+                    await self.flush()
+
+
+async def send_batch(r: Resources, delivery_ids: list[int]) -> dict[str, int]:
+    """Claim, re-check and send these delivery rows: the work of send_deliveries and send_slice."""
+    claimed_at = time.monotonic()
+    claimed = await claim(r, delivery_ids)
+    if not claimed:
+        return {"claimed": 0}
+    outgoing, outcomes, hashes, renderers = await prepare(r, claimed)
+    await record(r, outcomes, hashes, [])
+    if outgoing:
+        await Batch(r, outgoing, hashes, renderers, claimed_at).run()
+    return {"claimed": len(claimed), "sent_or_tried": len(outgoing)}
+
+
+async def send_deliveries(ctx: dict[str, Any], delivery_ids: list[int]) -> dict[str, int]:
+    return await send_batch(resources_of(ctx), [int(i) for i in delivery_ids])

@@ -1,0 +1,126 @@
+"""The sweep: re-enqueue slices, deliveries and events that waited too long, so a lost job, a
+flushed Redis or a killed worker loses nothing (PostgreSQL is the truth; Redis only triggers)."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import ColumnElement, select, update
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+from notifier.clock import utcnow
+from notifier.data.db import transient_db_error
+from notifier.data.models import Delivery, Event, FanoutSlice
+from notifier.data.states import OPEN_EVENT, DeliveryStatus, SliceStatus
+from notifier.jobs.context import resources_of
+from notifier.metrics import SWEEP_RECOVERED
+from notifier.queue import enqueue_fanout, enqueue_sends, enqueue_slices
+from notifier.resources import Resources
+
+log = logging.getLogger("notifier.sweep")
+
+# Rows per sweep transaction: a flushed Redis over a huge backlog stays bounded in memory.
+SWEEP_CHUNK = 10_000
+
+
+async def sweep(ctx: dict[str, Any]) -> dict[str, int]:
+    """Re-enqueue what waited longer than `sweep_stale_after` (see _sweep)."""
+    r = resources_of(ctx)
+    try:
+        return await _sweep(r)
+    except (DBAPIError, PoolTimeout, OSError) as exc:
+        if transient_db_error(exc):
+            await r.outage.note()
+        raise
+
+
+async def _sweep(r: Resources) -> dict[str, int]:
+    """Re-enqueue deliveries, slices and events that waited longer than `sweep_stale_after`.
+
+    Pending slices whose job was lost get a fresh queued_at and job. Pending rows whose job was
+    lost, and `sending` rows whose worker died (the claim time is kept
+    in next_attempt_at and refreshed while a batch is in progress), go back to pending with a
+    fresh timestamp, so the next sweep leaves them alone while their new job waits in the queue.
+
+    Not `sending` rows for NOTIFIER_SWEEP_STALE_AFTER after any worker found the database
+    unreachable (Resources.outage): no batch could renew its claim meanwhile, and a live one
+    lands its outcomes within a second of the database's return. Taking its rows first would
+    mail them again.
+    """
+    now = utcnow()
+    stale_after = r.settings.sweep_stale_after
+    cutoff = now - timedelta(seconds=stale_after)
+    pending, sending = DeliveryStatus.PENDING, DeliveryStatus.SENDING
+    statuses = (pending,) if await r.outage.within_window() else (pending, sending)
+    recovered = 0
+    while True:
+        where = (Delivery.status.in_(statuses), Delivery.next_attempt_at < cutoff)
+        ids = await _take_stale(
+            r, Delivery, where, {"status": DeliveryStatus.PENDING, "next_attempt_at": now}
+        )
+        if ids:
+            await enqueue_sends(r, ids, f"sweep:{int(now.timestamp())}")
+        recovered += len(ids)
+        if len(ids) < SWEEP_CHUNK:
+            break
+    slices = await _sweep_slices(r, now, cutoff)
+    async with r.sessions.begin() as session:
+        events = list(
+            await session.scalars(
+                select(Event.id).where(Event.status.in_(OPEN_EVENT), Event.received_at < cutoff)
+            )
+        )
+    for pk in events:
+        # A fresh job id: the original may still sit in the queue behind a dead worker's claim.
+        await enqueue_fanout(r, pk, int(now.timestamp()))
+    if recovered:
+        SWEEP_RECOVERED.inc(recovered)
+    if recovered or slices or events:
+        log.info(
+            "sweep re-enqueued %d deliveries, %d slices and %d events",
+            recovered,
+            slices,
+            len(events),
+        )
+    return {"deliveries": recovered, "slices": slices, "events": len(events)}
+
+
+async def _sweep_slices(r: Resources, now: datetime, cutoff: datetime) -> int:
+    """Pending slices queued before `cutoff`: a fresh queued_at, a fresh job each."""
+    count = 0
+    while True:
+        where = (FanoutSlice.status == SliceStatus.PENDING, FanoutSlice.queued_at < cutoff)
+        ids = await _take_stale(r, FanoutSlice, where, {"queued_at": now})
+        await enqueue_slices(r, ids, int(now.timestamp()))
+        count += len(ids)
+        if len(ids) < SWEEP_CHUNK:
+            return count
+
+
+async def _take_stale(
+    r: Resources,
+    model: type[Delivery] | type[FanoutSlice],
+    where: tuple[ColumnElement[bool], ...],
+    values: dict[str, Any],
+) -> list[int]:
+    """Up to SWEEP_CHUNK rows of `model` matching `where`, given `values` in one transaction:
+    their ids. Rows a job is writing right now are not stale: skipped, never waited for."""
+    async with r.sessions.begin() as session:
+        stale = (
+            select(model.id)
+            .where(*where)
+            .order_by(model.id)
+            .limit(SWEEP_CHUNK)
+            .with_for_update(skip_locked=True)
+        )
+        taken = await session.scalars(
+            update(model)
+            .where(model.id.in_(stale.scalar_subquery()))
+            .values(**values)
+            .returning(model.id)
+            .execution_options(synchronize_session=False)
+        )
+        return sorted(taken)

@@ -1,0 +1,1 @@
+"""Mail rendering only: messages, MIME, templates, links, change summaries, reasons, labels."""

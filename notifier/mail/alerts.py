@@ -1,0 +1,151 @@
+"""One alert mail for one subscriber about one event, naming every subscription that matched."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from notifier.data.models import Subscription
+from notifier.mail.context import MailContext
+from notifier.mail.labels import status_label
+from notifier.mail.message import Mail
+from notifier.mail.summaries import match_reason, summarize
+
+NEUTRAL_STUDY_SUBJECT = "Update on a study you follow"
+NEUTRAL_CONDITION_SUBJECT = "A new study matches a condition you follow"
+NEUTRAL_PREHEADER = "Open this message to read what changed."
+
+
+def study_url(event: dict[str, Any]) -> str:
+    """The study page: the pipeline's URL when it is http(s), else built from the NCT id."""
+    url = str((event.get("study") or {}).get("url") or "")
+    if urlsplit(url).scheme in ("http", "https") and urlsplit(url).netloc:
+        return url
+    return f"https://clinicaltrials.gov/study/{event.get('nct_id', '')}"
+
+
+def _subject(
+    event: dict[str, Any], headline: str, subscriptions: Sequence[Subscription]
+) -> tuple[str, str | None]:
+    """(subject, preheader or None for the default); neutral when any subscription is discreet."""
+    if any(sub.discreet for sub in subscriptions):
+        new_for_condition = event.get("change_kind") == "new_study" and any(
+            sub.kind == "condition" for sub in subscriptions
+        )
+        subject = NEUTRAL_CONDITION_SUBJECT if new_for_condition else NEUTRAL_STUDY_SUBJECT
+        return subject, NEUTRAL_PREHEADER
+    title = str((event.get("study") or {}).get("brief_title") or "")
+    return f"{headline} · {event.get('nct_id', '')}: {title}", None
+
+
+@dataclass(frozen=True)
+class _Rendered:
+    subject: str
+    text: str
+    html: str
+
+
+# Placeholders for the per-recipient links: plain ASCII that HTML escaping leaves alone.
+def _unsubscribe_placeholder(index: int) -> str:
+    return f"@@notifier-unsubscribe-{index}@@"
+
+
+MANAGE_PLACEHOLDER = "@@notifier-manage@@"
+
+
+class AlertRenderer:
+    """Renders one event's alerts. The templates run once per distinct set of matching
+    subscriptions (kind, label, MeSH id, discreet); each recipient's signed links are then put
+    in by string replacement. A fan-out to 100k followers of one condition renders once per
+    send batch instead of 100k times."""
+
+    def __init__(
+        self, mail_ctx: MailContext, event: dict[str, Any], *, cache_size: int = 256
+    ) -> None:
+        self.mail_ctx = mail_ctx
+        self.event = event
+        self.summary = summarize(event)
+        self._cache: dict[tuple[Any, ...], _Rendered] = {}
+        self._cache_size = cache_size
+
+    def render(
+        self, *, subscriber_id: int, email: str, subscriptions: Sequence[Subscription]
+    ) -> Mail:
+        """Text and HTML parts with the same facts; List-Unsubscribe ends the first subscription."""
+        if not subscriptions:
+            raise ValueError("an alert needs at least one matching subscription")
+        signature = tuple((s.kind, s.label, s.mesh_id, s.discreet) for s in subscriptions)
+        cached = self._cache.get(signature)
+        if cached is None:
+            cached = self._render_templates(subscriptions)
+            if len(self._cache) >= self._cache_size:
+                self._cache.clear()
+            self._cache[signature] = cached
+        links = [
+            (_unsubscribe_placeholder(i), self.mail_ctx.unsubscribe_url(s.id))
+            for i, s in enumerate(subscriptions)
+        ]
+        links.append((MANAGE_PLACEHOLDER, self.mail_ctx.manage_url(subscriber_id)))
+        text, html = cached.text, cached.html
+        for placeholder, url in links:
+            text = text.replace(placeholder, url)
+            html = html.replace(placeholder, url)
+        return Mail(
+            to=email, subject=cached.subject, text=text, html=html, unsubscribe_url=links[0][1]
+        )
+
+    def _render_templates(self, subscriptions: Sequence[Subscription]) -> _Rendered:
+        event, summary, mail_ctx = self.event, self.summary, self.mail_ctx
+        study = event.get("study") or {}
+        items = [
+            {
+                "label": sub.label,
+                "kind": sub.kind,
+                "reason": match_reason(sub.kind, sub.label, event, mesh_id=sub.mesh_id),
+                "unsubscribe_url": _unsubscribe_placeholder(i),
+            }
+            for i, sub in enumerate(subscriptions)
+        ]
+        subject, preheader = _subject(event, summary.headline, subscriptions)
+        first_line = summary.lines[0] if summary.lines else None
+        default_preheader = (
+            f"{first_line.label}: {first_line.new or first_line.old or ''}".strip(": ")
+            if first_line
+            else str(study.get("brief_title") or "")
+        )
+        overall = study.get("overall_status")
+        context = {
+            "site_name": mail_ctx.settings.site_name,
+            "subject": subject,
+            "preheader": preheader if preheader is not None else default_preheader,
+            "headline": summary.headline,
+            "lines": summary.lines,
+            "is_new_study": event.get("change_kind") == "new_study",
+            "nct_id": str(event.get("nct_id") or ""),
+            "title": str(study.get("brief_title") or ""),
+            "status": status_label(overall) if overall else "",
+            "study_url": study_url(event),
+            "items": items,
+            "manage_url": MANAGE_PLACEHOLDER,
+        }
+        return _Rendered(
+            subject=subject,
+            text=mail_ctx.templates.get_template("mail/alert.txt").render(context),
+            html=mail_ctx.templates.get_template("mail/alert.html").render(context),
+        )
+
+
+def render_alert(
+    mail_ctx: MailContext,
+    event: dict[str, Any],
+    *,
+    subscriber_id: int,
+    email: str,
+    subscriptions: Sequence[Subscription],
+) -> Mail:
+    """One alert on its own (previews, tests); the send job keeps one AlertRenderer per event."""
+    return AlertRenderer(mail_ctx, event).render(
+        subscriber_id=subscriber_id, email=email, subscriptions=subscriptions
+    )

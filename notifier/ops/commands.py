@@ -1,0 +1,324 @@
+"""Operator commands `notifier send-test|replay|stats`: results on stdout, progress on stderr."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, TextIO
+from urllib.parse import quote
+
+from email_validator import EmailNotValidError, validate_email
+from jinja2 import ChoiceLoader, DictLoader
+from redis.exceptions import RedisError
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from notifier.clock import utcnow
+from notifier.core import events
+from notifier.data.models import (
+    Delivery,
+    Event,
+    FanoutSlice,
+    RejectedEvent,
+    Subscriber,
+    Subscription,
+    Suppression,
+)
+from notifier.data.states import OPEN_EVENT
+from notifier.mail.message import Mail, message_id, sender_address, to_bytes
+from notifier.mailer import ConnectionLost, SendError
+from notifier.queue import enqueue_fanout, enqueue_sends
+from notifier.resources import Resources, open_resources
+from notifier.settings import Settings
+
+# Statuses always listed by `stats` (zeros included, so that scripts can rely on the keys).
+KNOWN = {
+    "subscriptions": ("pending", "confirmed", "unsubscribed"),
+    "events": ("received", "fanning_out", "fanned_out", "immaterial"),
+    "deliveries": ("pending", "sending", "sent", "failed", "skipped", "held"),
+    "fanout_slices": ("pending", "done"),
+}
+
+# The test mail uses the notification layout, so it shows what real alerts look like. It lives
+# here rather than in templates/mail/: it is no mail a subscriber receives.
+_TEST_TEXT = """{% extends "mail/base.txt" %}
+{% block body %}
+Test message from {{ site_name }}
+
+The operator of the clinical-trial alert service sent this message with
+`notifier send-test` to check that mail reaches this address.
+
+Sent at:     {{ sent_at }}
+Relay:       {{ relay }}
+Message-ID:  {{ msgid }}
+
+If it landed in a spam folder, real alerts probably will too: check the
+sending domain's SPF, DKIM and DMARC records.
+{% endblock %}
+{% block footer %}
+This is a test: it does not subscribe this address to anything.
+{% endblock %}
+"""
+_TEST_HTML = """{% extends "mail/base.html" %}
+{% block body %}
+<h1 style="margin:0 0 16px;font-size:22px;line-height:1.3;">Test message from {{ site_name }}</h1>
+<p style="margin:0 0 16px;">The operator of the clinical-trial alert service sent this message
+with <code>notifier send-test</code> to check that mail reaches this address.</p>
+<p style="margin:0 0 16px;font-size:14px;">Sent at: {{ sent_at }}<br>Relay: {{ relay }}<br>
+Message-ID: <span style="word-break:break-all;">{{ msgid }}</span></p>
+<p style="margin:0;">If it landed in a spam folder, real alerts probably will too: check the
+sending domain's SPF, DKIM and DMARC records.</p>
+{% endblock %}
+{% block footer %}
+<p style="margin:0;">This is a test: it does not subscribe this address to anything.</p>
+{% endblock %}
+"""
+
+
+@dataclass
+class Console:
+    out: TextIO
+    err: TextIO
+
+    def say(self, line: str) -> None:
+        self.out.write(line + "\n")
+        self.out.flush()
+
+    def progress(self, line: str) -> None:
+        self.err.write(line + "\n")
+        self.err.flush()
+
+
+def run(settings: Settings, args: argparse.Namespace, console: Console | None = None) -> int:
+    """Run one operator command to completion; the exit status says how it went."""
+    con = console or Console(sys.stdout, sys.stderr)
+
+    async def main() -> int:
+        async with open_resources(settings) as r:
+            return await _dispatch(r, args, con)
+
+    try:
+        return asyncio.run(main())
+    except (OperationalError, DBAPIError, PoolTimeout) as exc:
+        con.progress(f"notifier: database not reachable: {type(exc).__name__}")
+    except (RedisError, OSError) as exc:
+        con.progress(f"notifier: database or Redis not reachable: {type(exc).__name__}: {exc}")
+    return 2
+
+
+async def _dispatch(r: Resources, args: argparse.Namespace, con: Console) -> int:
+    if args.command == "send-test":
+        return await send_test(r, args.address, con, force=args.force)
+    if args.command == "replay":
+        follow = args.timeout if args.wait else None
+        return await replay(r, args.event_id, con, follow_for=follow)
+    if args.command == "stats":
+        return await stats(r, con, as_json=args.json)
+    raise ValueError(f"not an operator command: {args.command}")
+
+
+# ---- send-test ---------------------------------------------------------------------------------
+
+
+def render_test_mail(r: Resources, to: str, msgid: str) -> Mail:
+    settings = r.settings
+    subject = f"Test message from {settings.site_name}"
+    context = {
+        "site_name": settings.site_name,
+        "subject": subject,
+        "preheader": "Sent by the operator to check mail delivery.",
+        "sent_at": utcnow().strftime("%Y-%m-%d %H:%M:%S UTC"),
+        "relay": f"{r.mailer.config.host}:{r.mailer.config.port}",
+        "msgid": msgid,
+    }
+    # Named templates in an overlay: the environment's rules (HTML autoescaped) apply by name.
+    own = DictLoader({"send_test.txt": _TEST_TEXT, "send_test.html": _TEST_HTML})
+    loader = ChoiceLoader([own] if r.templates.loader is None else [own, r.templates.loader])
+    templates = r.templates.overlay(loader=loader)
+    text = templates.get_template("send_test.txt").render(context)
+    html = templates.get_template("send_test.html").render(context)
+    return Mail(to=to, subject=subject, text=text, html=html, headers={"X-Notifier-Test": "yes"})
+
+
+async def send_test(r: Resources, address: str, con: Console, *, force: bool = False) -> int:
+    """Mail a test message through the configured relay and say what the relay answered."""
+    try:
+        to = validate_email(address, check_deliverability=False).normalized
+    except EmailNotValidError as exc:
+        con.progress(f"not a valid address: {exc}")
+        return 2
+    async with r.sessions() as session:
+        reason = await session.scalar(
+            select(Suppression.reason).where(Suppression.email_hash == r.email_hash(to))
+        )
+    if reason is not None and not force:
+        con.say(f"not sent: {to} is on the suppression list ({reason}); --force sends anyway")
+        return 1
+    msgid = message_id(r.settings)
+    data = to_bytes(r.settings, render_test_mail(r, to, msgid), msgid=msgid)
+    con.progress(f"sending to {to} via {r.mailer.config!r} …")
+    started = time.perf_counter()
+    try:
+        await r.mailer.send_one(sender_address(r.settings), to, data)
+    except ConnectionLost as exc:
+        con.say(f"not sent: cannot talk to the SMTP relay: {exc}")
+        return 1
+    except SendError as exc:
+        kind = "refused permanently" if exc.permanent else "deferred (temporary failure)"
+        con.say(f"not sent: {kind}: {exc}")
+        if exc.suppresses:
+            con.say("a real notification would put this address on the suppression list")
+        return 1
+    ms = (time.perf_counter() - started) * 1000
+    con.say(f"sent: {msgid} to {to}, accepted by the relay in {ms:.0f} ms")
+    return 0
+
+
+# ---- replay ------------------------------------------------------------------------------------
+
+
+async def replay(
+    r: Resources,
+    event_id: str,
+    con: Console,
+    *,
+    follow_for: float | None = None,
+    interval: float = 1.0,
+) -> int:
+    """Fan a stored event out again from the first subscriber.
+
+    Safe to repeat: delivery rows are unique per (event, subscriber), so whoever already has a
+    row gets no second mail; subscribers who match now but did not then get it once. Pending
+    deliveries that are due are re-enqueued too (their claim is atomic, so a twin job is moot).
+    """
+    async with r.sessions.begin() as session:
+        event = await session.scalar(select(Event).where(Event.event_id == event_id))
+        if event is None:
+            con.say(f"no stored event with event_id {event_id!r}")
+            return 1
+        before = event.status
+        await session.execute(
+            update(Event)
+            .where(Event.id == event.id)
+            .values(status="received", fanout_cursor=0, matched=0, fanned_out_at=None)
+        )
+        due = list(
+            await session.scalars(
+                select(Delivery.id)
+                .where(
+                    Delivery.event_pk == event.id,
+                    Delivery.status == "pending",
+                    Delivery.next_attempt_at <= utcnow(),
+                )
+                .order_by(Delivery.id)
+            )
+        )
+    stamp = f"{utcnow().timestamp():.6f}"
+    await enqueue_fanout(r, event.id, "replay", stamp)
+    await enqueue_sends(r, due, f"replay:{event.id}:{stamp}")
+    con.say(
+        f"event {event_id} ({event.nct_id}, {event.change_kind}): was {before}, fan-out "
+        f"enqueued from the start; {len(due)} due pending deliveries re-enqueued"
+    )
+    if follow_for is None:
+        path = f"/v1/admin/events/{quote(event_id, safe='')}"
+        con.say(f"the worker does the rest: follow it with --wait or GET {path}")
+        return 0
+    return await _follow(r, event_id, con, follow_for, interval)
+
+
+async def _follow(
+    r: Resources, event_id: str, con: Console, seconds: float, interval: float
+) -> int:
+    deadline = time.monotonic() + seconds
+    last: dict[str, Any] | None = None
+    while True:
+        async with r.sessions() as session:
+            now = await events.progress(session, event_id)
+        if now is None:
+            con.say(f"event {event_id} is gone (erased?)")
+            return 1
+        if now != last:
+            con.progress(
+                "  {status}: matched {matched}, sent {sent}, pending {pending}, held {held}, "
+                "failed {failed}, skipped {skipped}".format(**now)
+            )
+            last = now
+        if now["status"] not in OPEN_EVENT and now["pending"] == 0:
+            con.say(f"done: {now['status']}, {now['sent']} sent, {now['failed']} failed")
+            return 0
+        if time.monotonic() >= deadline:
+            con.say(f"still in progress after {seconds:.0f} s; the worker carries on")
+            return 1
+        await asyncio.sleep(interval)
+
+
+# ---- stats -------------------------------------------------------------------------------------
+
+
+async def _by_status(session: AsyncSession, model: Any, section: str) -> dict[str, int]:
+    rows = (await session.execute(select(model.status, func.count()).group_by(model.status))).all()
+    counts = dict.fromkeys(KNOWN[section], 0)
+    counts.update({str(status): int(n) for status, n in rows})
+    return counts
+
+
+async def _count(session: AsyncSession, column: Any, *where: Any) -> int:
+    return int(await session.scalar(select(func.count(column)).where(*where)) or 0)
+
+
+async def collect_stats(r: Resources, con: Console) -> dict[str, Any]:
+    """Counts of everything an operator asks about first; each section reports as it starts."""
+    out: dict[str, Any] = {}
+    async with r.sessions() as session:
+        con.progress("counting subscribers …")
+        out["subscribers"] = await _count(session, Subscriber.id)
+        con.progress("counting subscriptions …")
+        out["subscriptions"] = await _by_status(session, Subscription, "subscriptions")
+        out["subscriptions_paused"] = await _count(
+            session, Subscription.id, Subscription.status == "confirmed", Subscription.paused
+        )
+        con.progress("counting events …")
+        out["events"] = await _by_status(session, Event, "events")
+        out["events_rejected"] = await _count(session, RejectedEvent.id)
+        con.progress("counting deliveries …")
+        out["deliveries"] = await _by_status(session, Delivery, "deliveries")
+        out["fanout_slices"] = await _by_status(session, FanoutSlice, "fanout_slices")
+        rows = await session.execute(
+            select(Suppression.reason, func.count()).group_by(Suppression.reason)
+        )
+        out["suppressions"] = {str(reason): int(n) for reason, n in rows.all()}
+    con.progress("reading the queue …")
+    queue = r.settings.queue_name
+    now_ms = int(time.time() * 1000)  # arq scores queued jobs by their due time in ms
+    depth = int(await r.redis.zcard(queue))
+    ready = int(await r.redis.zcount(queue, "-inf", now_ms))
+    out["queue"] = {"depth": depth, "ready": ready, "deferred": depth - ready}
+    return out
+
+
+def _line(counts: dict[str, int]) -> str:
+    return " · ".join(f"{name} {n}" for name, n in counts.items()) or "none"
+
+
+async def stats(r: Resources, con: Console, *, as_json: bool = False) -> int:
+    data = await collect_stats(r, con)
+    if as_json:
+        con.say(json.dumps(data, indent=2, sort_keys=True))
+        return 0
+    con.say(f"subscribers     {data['subscribers']}")
+    con.say(
+        f"subscriptions   {_line(data['subscriptions'])} (paused {data['subscriptions_paused']})"
+    )
+    con.say(f"events          {_line(data['events'])} (rejected {data['events_rejected']})")
+    con.say(f"deliveries      {_line(data['deliveries'])}")
+    con.say(f"fan-out slices  {_line(data['fanout_slices'])}")
+    con.say(f"suppressions    {_line(data['suppressions'])}")
+    con.say(f"queue           {_line(data['queue'])}")
+    return 0
