@@ -1,0 +1,1 @@
+"""Operator commands, preview and sample events."""
