@@ -131,12 +131,66 @@ _IRREGULAR = {
 }
 # Words that end like a plural but are not one (or whose singular would collide).
 _NOT_PLURAL = frozenset(
-    "diabetes herpes measles mumps rabies scabies caries species series rickets ascites pancreas "
-    "gas aids always perhaps this has was does yes less news lens biceps triceps hydrops "
-    "mellitus sepsis crisis axis status plexus corpus lupus virus pubis pelvis testis iris "
-    "arthritis psoriasis syphilis tetanus ileus sinus uterus fetus thymus nevus abacus "
-    "polyposis stenosis thrombosis sclerosis fibrosis necrosis".split()
-)
+    {
+        "diabetes",
+        "herpes",
+        "measles",
+        "mumps",
+        "rabies",
+        "scabies",
+        "caries",
+        "species",
+        "series",
+        "rickets",
+        "ascites",
+        "pancreas",
+        "gas",
+        "aids",
+        "always",
+        "perhaps",
+        "this",
+        "has",
+        "was",
+        "does",
+        "yes",
+        "less",
+        "news",
+        "lens",
+        "biceps",
+        "triceps",
+        "hydrops",
+        "mellitus",
+        "sepsis",
+        "crisis",
+        "axis",
+        "status",
+        "plexus",
+        "corpus",
+        "lupus",
+        "virus",
+        "pubis",
+        "pelvis",
+        "testis",
+        "iris",
+        "arthritis",
+        "psoriasis",
+        "syphilis",
+        "tetanus",
+        "ileus",
+        "sinus",
+        "uterus",
+        "fetus",
+        "thymus",
+        "nevus",
+        "abacus",
+        "polyposis",
+        "stenosis",
+        "thrombosis",
+        "sclerosis",
+        "fibrosis",
+        "necrosis",
+    }
+)  # fmt: skip
 
 
 @functools.lru_cache(maxsize=1 << 16)
@@ -222,7 +276,8 @@ def family_key(key: str, *, query: bool = False) -> str:
 
 
 def uninvert(term: str) -> str | None:
-    """MeSH's inverted form read naturally: "Leukemia, Myeloid, Acute" -> "Acute Myeloid Leukemia"."""
+    """MeSH's inverted form read naturally: "Leukemia, Myeloid, Acute" -> "Acute Myeloid
+    Leukemia"."""
     if "," not in term:
         return None
     parts = [p.strip() for p in term.split(",") if p.strip()]
@@ -546,12 +601,13 @@ class Vocabulary:
     def from_data(cls, data: dict[str, Any]) -> Vocabulary:
         if data.get("format") != FORMAT or data.get("normalization") != NORMALIZATION:
             raise VocabularyError(
-                "vocabulary file made by another version: run python -m notifier.ops.build_vocabulary"
+                "vocabulary file made by another version: "
+                "run python -m notifier.ops.build_vocabulary"
             )
         descriptors: dict[str, Descriptor] = {}
         by_tree: dict[str, str] = {}
         for ui, name, trees, terms in data["descriptors"]:
-            descriptors[ui] = Descriptor(ui, name, tuple(trees), tuple([name, *terms]))
+            descriptors[ui] = Descriptor(ui, name, tuple(trees), (name, *terms))
             for tree in trees:
                 by_tree[tree] = ui
         names = {ui: d.name for ui, d in descriptors.items()}
@@ -717,9 +773,9 @@ class Vocabulary:
         word = raw.strip()
         for candidate in (word, word[:-1] if len(word) > 2 and word.endswith("s") else ""):
             entry = self._acronyms.get(candidate)
-            if entry is not None and (strict_ok or candidate not in self._acronym_strict):
-                if candidate == word or candidate.isupper():
-                    return entry
+            allowed = strict_ok or candidate not in self._acronym_strict
+            if entry is not None and allowed and (candidate == word or candidate.isupper()):
+                return entry
         if alone:
             abbr = self._acronym_folded.get(word.casefold())
             if abbr is not None and abbr not in self._acronym_strict:
@@ -790,7 +846,7 @@ class Vocabulary:
     def _sentence_case(self, term: str) -> str:
         words = term.split(" ")
         out = []
-        for index, word in enumerate(words):
+        for word in words:
             parts = word.split("-")
             fixed = []
             for part in parts:
@@ -808,7 +864,7 @@ class Vocabulary:
 
     @functools.cached_property
     def _eponyms(self) -> frozenset[str]:
-        found = set()
+        found: set[str] = set()
         for descriptor in self._descriptors.values():
             for term in descriptor.terms:
                 found.update(m.casefold() for m in _EPONYM_RE.findall(term))
@@ -824,7 +880,6 @@ class Vocabulary:
         narrower = self._best_known_narrower(canonical)
         if not narrower:
             return self._lower(label)
-            return head
         names = [self._lower(self.label(n)) for n in narrower]
         head = self._lower(label)
         names = _shorten_shared_tail(names, head)
