@@ -1,0 +1,1 @@
+"""The rules: matching, normalisation, signup, confirmation, preferences, suppression, tokens, signing, events."""
