@@ -89,6 +89,8 @@ def diff(
     if new_study_window_days < 0:
         raise ValueError("new_study_window_days must not be negative")
     seen = detected_at or datetime(today.year, today.month, today.day, tzinfo=UTC)
+    if seen.tzinfo is None:  # a naive time is taken as UTC, never as the host's local time
+        seen = seen.replace(tzinfo=UTC)
     stamp = seen.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     if old is None:
         first = new.study_first_post
