@@ -5,6 +5,7 @@ Knobs, never magic strings:
     smtp.reject["bob@example.org"] = ["451 4.3.0 a", "451 4.3.0 b"]  # these, then accept
     smtp.drop_after_data.add("carol@example.org")  # store the message, then drop before 250
     smtp.reject_sender = "553 5.1.8 sender domain does not exist"  # MAIL FROM refused
+    smtp.pipelining = False  # EHLO without PIPELINING (RFC 2920), which is offered by default
     await smtp.stop(); await smtp.start()          # an outage on the same port
 """
 
@@ -43,12 +44,26 @@ class RecordingSMTP:
     reject_sender: str | None = None  # the answer to every MAIL FROM while set
     slow: dict[str, float] = field(default_factory=dict)  # seconds before answering RCPT TO
     reject_data: dict[str, str] = field(default_factory=dict)  # answer to a message's data, once
+    pipelining: bool = True  # offer PIPELINING in the EHLO answer
     transactions: int = 0  # DATA commands that reached the server
     connections: int = 0
     _server: asyncio.AbstractServer | None = None
     _protocols: set[SMTP] = field(default_factory=set)
 
     # aiosmtpd handler hooks -------------------------------------------------------------
+    async def handle_EHLO(  # aiosmtpd's hook name (the 5-argument form)
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        session.host_name = hostname
+        if self.pipelining:  # before the last line, "250 HELP"
+            responses.insert(len(responses) - 1, "250-PIPELINING")
+        return responses
+
     async def handle_MAIL(  # aiosmtpd's hook name
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: Any
     ) -> str:

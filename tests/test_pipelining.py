@@ -1,0 +1,171 @@
+"""The SMTP seam pipelines a transaction (RFC 2920) when the server offers PIPELINING, and maps
+every failure exactly as the one-command-at-a-time path does."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+
+import aiosmtplib
+import pytest
+import uvloop
+from aiosmtplib.protocol import SMTPProtocol
+
+from notifier.mailer import Connection, ConnectionLost, Mailer, PipeliningProtocol, SendError
+from tests.smtp_server import RecordingSMTP
+
+SENDER = "alerts@notify.example.org"
+MESSAGE = b"Subject: hello\r\nTo: someone\r\n\r\n.a line that starts with a dot\r\nbye\r\n"
+
+
+@pytest.fixture(params=[True, False], ids=["pipelining", "one-at-a-time"])
+async def server(request: pytest.FixtureRequest) -> AsyncIterator[RecordingSMTP]:
+    smtp = RecordingSMTP(pipelining=request.param)
+    await smtp.start()
+    yield smtp
+    await smtp.stop()
+
+
+async def send(conn: Connection, recipient: str) -> SendError | None:
+    try:
+        await conn.send(SENDER, recipient, MESSAGE)
+    except SendError as exc:
+        return exc
+    return None
+
+
+async def test_the_session_pipelines_only_when_the_server_offers_it(server: RecordingSMTP) -> None:
+    async with Mailer(server.url, timeout=5).connect() as conn:
+        assert (conn._pipelined is not None) is server.pipelining
+        assert isinstance(conn._client.protocol, PipeliningProtocol)
+        for i in range(20):
+            assert await send(conn, f"r{i}@example.org") is None
+    assert [m.rcpt_to for m in server.messages] == [f"r{i}@example.org" for i in range(20)]
+    # Dot-stuffing and the terminator: the server reads back exactly the message.
+    assert {m.data for m in server.messages} == {MESSAGE}
+    assert server.connections == 1
+
+
+async def test_a_refused_recipient_leaves_the_session_usable(server: RecordingSMTP) -> None:
+    server.reject["busy@example.org"] = "452 4.2.2 mailbox full"
+    server.reject["gone@example.org"] = "550 5.1.1 no such user"
+    async with Mailer(server.url, timeout=5).connect() as conn:
+        busy = await send(conn, "busy@example.org")
+        gone = await send(conn, "gone@example.org")
+        assert await send(conn, "ok@example.org") is None
+    assert busy is not None
+    assert not busy.permanent
+    assert busy.code == 452
+    assert not isinstance(busy, ConnectionLost)
+    assert gone is not None
+    assert gone.permanent
+    assert gone.suppresses
+    assert [m.rcpt_to for m in server.messages] == ["ok@example.org"]
+    assert server.transactions == 1  # a refused RCPT: DATA was answered 503, nothing stored
+
+
+async def test_a_refused_data_is_permanent_and_the_next_message_goes(server: RecordingSMTP) -> None:
+    server.reject_data["spam@example.org"] = "554 5.7.1 message refused"
+    async with Mailer(server.url, timeout=5).connect() as conn:
+        refused = await send(conn, "spam@example.org")
+        assert await send(conn, "ok@example.org") is None
+    assert refused is not None
+    assert refused.permanent
+    assert refused.code == 554
+    assert not refused.suppresses
+    assert [m.rcpt_to for m in server.messages] == ["ok@example.org"]
+
+
+async def test_a_refused_sender_never_suppresses(server: RecordingSMTP) -> None:
+    server.reject_sender = "553 5.1.8 sender domain does not exist"
+    async with Mailer(server.url, timeout=5).connect() as conn:
+        refused = await send(conn, "ok@example.org")
+    assert refused is not None
+    assert not refused.permanent
+    assert not refused.suppresses
+    assert "sender refused" in str(refused)
+    assert server.messages == []
+
+
+async def test_421_closes_the_session_for_the_batch_to_reconnect(server: RecordingSMTP) -> None:
+    server.reject["late@example.org"] = "421 4.3.2 shutting down"
+    async with Mailer(server.url, timeout=5).connect() as conn:
+        assert await send(conn, "first@example.org") is None
+        lost = await send(conn, "late@example.org")
+    assert isinstance(lost, ConnectionLost)
+    assert lost.code == 421
+
+
+async def test_a_drop_after_the_content_is_the_one_possible_duplicate(
+    server: RecordingSMTP,
+) -> None:
+    """The server stored the message and the connection dropped before its 250: the sender
+    cannot know, so the message counts as not sent (ConnectionLost, retried)."""
+    server.drop_after_data.add("dropped@example.org")
+    async with Mailer(server.url, timeout=5).connect() as conn:
+        lost = await send(conn, "dropped@example.org")
+        assert not conn.is_connected
+    assert isinstance(lost, ConnectionLost)
+    assert [m.rcpt_to for m in server.messages] == ["dropped@example.org"]
+
+
+async def test_a_server_that_stops_answering_times_out(server: RecordingSMTP) -> None:
+    server.slow["slow@example.org"] = 3.0
+    async with Mailer(server.url, timeout=0.5).connect() as conn:
+        lost = await send(conn, "slow@example.org")
+        assert not conn.is_connected
+    assert isinstance(lost, ConnectionLost)
+
+
+async def test_replies_split_across_packets_and_joined_in_one(server: RecordingSMTP) -> None:
+    """The FIFO takes every complete reply in the buffer, however the bytes arrive."""
+    replies: list[list[aiosmtplib.SMTPResponse]] = []
+    async with Mailer(server.url, timeout=5).connect() as conn:
+        protocol = conn._client.protocol
+        assert isinstance(protocol, PipeliningProtocol)
+        joined = b"250 a\r\n250-b\r\n250 c\r\n354 d\r\n"
+        task = asyncio.ensure_future(protocol.group(b"NOOP\r\n", 1, 5))
+        await asyncio.sleep(0.05)
+        replies.append(await task)  # the server's own reply to NOOP
+        waiting = asyncio.ensure_future(protocol.group(b"", 3, 5))
+        await asyncio.sleep(0)
+        for i in range(0, len(joined), 5):  # in pieces of 5 bytes
+            protocol.data_received(joined[i : i + 5])
+        replies.append(await waiting)
+    assert [r.code for r in replies[0]] == [250]
+    assert [(r.code, r.message) for r in replies[1]] == [(250, "a"), (250, "b\nc"), (354, "d")]
+
+
+def test_pipelining_under_uvloop_the_worker_s_loop() -> None:
+    """uvloop keeps a protocol's bound data_received: the class change must reach it."""
+
+    async def main() -> list[str]:
+        smtp = RecordingSMTP()
+        await smtp.start()
+        try:
+            async with Mailer(smtp.url, timeout=5).connect() as conn:
+                assert conn._pipelined is not None
+                for i in range(5):
+                    await conn.send(SENDER, f"u{i}@example.org", MESSAGE)
+        finally:
+            await smtp.stop()
+        return [m.rcpt_to for m in smtp.messages]
+
+    assert uvloop.run(main()) == [f"u{i}@example.org" for i in range(5)]
+
+
+def test_the_private_names_the_subclass_reads_are_still_there() -> None:
+    """PipeliningProtocol was written against aiosmtplib 5.1.3 (requirements.lock). A newer
+    aiosmtplib must still have what it reads, or this fails before any mail is lost."""
+    protocol = SMTPProtocol(loop=asyncio.new_event_loop())
+    for name in ("_buffer", "_command_lock", "_loop", "_read_response_from_buffer", "write"):
+        assert hasattr(protocol, name), name
+    assert callable(aiosmtplib.SMTP.supports_extension)
+    read: Callable[[], object] = protocol._read_response_from_buffer
+    protocol._buffer.extend(b"250-one\r\n250 two\r\n354 go\r\n")
+    first, second = read(), read()
+    assert (first, second) == (
+        aiosmtplib.SMTPResponse(250, "one\ntwo"),
+        aiosmtplib.SMTPResponse(354, "go"),
+    )
+    protocol._loop.close()
