@@ -22,6 +22,16 @@ import asyncpg
 
 PG_ADMIN = os.environ.get("NOTIFIER_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("NOTIFIER_BENCH_REDIS", "redis://127.0.0.1:6379/14")
+# Queue names (and so arq job ids) unique per run: two runs back to back on one Redis would
+# otherwise share ids such as "bench:e2e:fanout:1", and arq refuses a job whose id it still
+# keeps a result for: the second run's fan-out waited ~5 minutes for the sweep.
+RUN = f"{os.getpid()}-{time.time_ns()}"
+
+
+def queue_name(benchmark: str) -> str:
+    return f"bench:{benchmark}:{RUN}"
+
+
 ROOT = Path(__file__).resolve().parent.parent
 STUDIES = ROOT / "tests" / "data" / "studies"
 

@@ -10,7 +10,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from bench.baselines import raw_redis_rate
-from bench.common import REDIS_URL, Result, asyncpg_dsn, fresh_database, median
+from bench.common import REDIS_URL, Result, asyncpg_dsn, fresh_database, median, queue_name
 from bench.seed import migrate, seed
 from notifier.core.events import ingest, parse_events
 from notifier.jobs.fanout import fanout_event
@@ -68,7 +68,7 @@ async def run(quick: bool) -> list[Result]:
         secret_keys=["b" * 40],
         event_secrets=["c" * 40],
         admin_token="d" * 40,
-        queue_name="bench:sched",
+        queue_name=queue_name("sched"),
         send_batch_size=500,
     )
     our_runs, bytes_runs, base_runs, base_bytes = [], [], [], []

@@ -13,7 +13,7 @@ from typing import Any
 import asyncpg
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from bench.common import Result, asyncpg_dsn, free_port, fresh_database, median, service
+from bench.common import Result, asyncpg_dsn, free_port, fresh_database, median, queue_name, service
 from bench.fanout_e2e import EVENT_SECRET, KEY, env_for, the_event
 from bench.seed import migrate, seed
 from notifier.pipeline import post_events
@@ -96,7 +96,7 @@ async def runs_of(url: str, messages: int, runs: int) -> list[dict[str, float]]:
         **env_for(url, f"smtp://127.0.0.1:{smtp_port}"),
         "NOTIFIER_SEND_RATE": str(RATE),
         "NOTIFIER_RETRY_LADDER": "0.5,1,2",
-        "NOTIFIER_QUEUE_NAME": "bench:rate",
+        "NOTIFIER_QUEUE_NAME": queue_name("rate"),
     }
     measured = []
     try:

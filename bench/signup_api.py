@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from bench.baselines import NOOP_APP, wait_port
-from bench.common import REDIS_URL, ROOT, Result, free_port, fresh_database, median
+from bench.common import REDIS_URL, ROOT, Result, free_port, fresh_database, median, queue_name
 from bench.seed import migrate
 
 WRK_SCRIPT = r"""
@@ -86,7 +86,7 @@ def notifier_env(database_url: str) -> dict[str, str]:
         "NOTIFIER_EVENT_SECRETS": "e" * 40,
         "NOTIFIER_ADMIN_TOKEN": "a" * 40,
         "NOTIFIER_IP_REQUESTS_PER_MINUTE": "100000000",
-        "NOTIFIER_QUEUE_NAME": "bench:signup",
+        "NOTIFIER_QUEUE_NAME": queue_name("signup"),
         "NOTIFIER_LOG_LEVEL": "WARNING",
     }
 

@@ -5,13 +5,16 @@ from __future__ import annotations
 import re
 import time
 from collections import Counter
+from datetime import timedelta
 from email.message import EmailMessage
 from typing import Any
 
 import pytest
+import time_machine
 from aiohttp.test_utils import TestClient
 from sqlalchemy import delete, select, update
 
+from notifier.clock import utcnow
 from notifier.data.models import Delivery, Event, FanoutSlice, Subscriber, Subscription
 from notifier.data.queries import suppress
 from notifier.jobs.fanout import fanout_event, materialise
@@ -396,3 +399,17 @@ async def test_a_subscriber_erased_while_a_slice_is_written_costs_the_others_not
     await run_worker(r)
     assert erased
     assert sorted(m.rcpt_to for m in smtp.messages) == sorted(emails[:1] + emails[2:])
+
+
+async def test_an_event_key_handed_out_again_still_gets_its_fan_out(resources: Resources) -> None:
+    """A database restored or recreated behind the same Redis hands out event pk 1 again while
+    arq still keeps the first "fanout 1" (queued, or its result): the second event's fan-out
+    must be queued, not refused as a duplicate and left ~5 minutes to the sweep."""
+    from notifier.core.events import enqueue_fanouts
+
+    await enqueue_fanouts(resources, [1])
+    with time_machine.travel(utcnow() + timedelta(seconds=1), tick=False):
+        await enqueue_fanouts(resources, [1])
+    jobs = await resources.redis.queued_jobs()
+    assert [job.function for job in jobs] == ["fanout_event", "fanout_event"]
+    assert len({job.job_id for job in jobs}) == 2

@@ -212,10 +212,15 @@ async def store_events(session: AsyncSession, events: list[TrialChangeEvent]) ->
 
 
 async def enqueue_fanouts(r: Resources, pks: list[int]) -> None:
-    """Trigger fan-out after commit; if Redis is down the sweep finds the stored events later."""
+    """Trigger fan-out after commit; if Redis is down the sweep finds the stored events later.
+
+    The job id carries the time of ingestion: an event is enqueued here once (a duplicate is
+    never a new row), and a restored or recreated database that hands out a primary key again
+    must not find its fan-out refused as the job arq still keeps a result for."""
+    stamp = f"{utcnow().timestamp():.6f}"
     try:
         for pk in pks:
-            await enqueue_fanout(r, pk)
+            await enqueue_fanout(r, pk, stamp)
     except (RedisError, OSError) as exc:
         log.warning("events stored but fan-out not enqueued (the sweep will): %s", exc)
 
