@@ -52,7 +52,7 @@ def _allow_cors(app: web.Application, settings: Settings) -> None:
         allow_credentials=False,  # nothing public uses cookies
         allow_headers=("Content-Type", "Accept"),
         expose_headers=("Retry-After",),
-        allow_methods=("POST",),
+        allow_methods=("GET", "POST"),  # each path answers only the methods it routes
     )
     cors = aiohttp_cors.setup(
         app, defaults={origin.rstrip("/"): options for origin in settings.allowed_origins}

@@ -116,7 +116,7 @@ async def test_labelled_matching_evaluation(
     tp, fp, fn = len(got & expected), sorted(got - expected), sorted(expected - got)
     precision = tp / (tp + len(fp)) if got else 0.0
     recall = tp / len(expected)
-    print(
+    print(  # noqa: T201  # the figures are the evaluation's output
         f"\nmatching evaluation [{backend}]: precision {precision:.3f}, recall {recall:.3f} "
         f"({tp} right, {len(fp)} wrong, {len(fn)} missed of {len(expected)})"
         f"\n  wrong: {fp}\n  missed: {fn}"

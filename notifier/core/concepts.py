@@ -240,3 +240,30 @@ def _residue_fact(text: str, matches: Iterable[Any]) -> str | None:
             fact = _WORD_FACTS.get(token, token)
             return SOLID if fact == "solid" else WORD + fact
     return None
+
+
+_FACT_PHRASES = {
+    WORD + "child": "studies for children",
+    WORD + "metastatic": "studies for cancer that has spread",
+    SOLID: "solid tumours only",
+}
+
+
+def meaning(mesh_id: str | None, requires: str | None, label: str = "") -> str | None:
+    """What a condition subscription catches, in plain words: "lung cancer — including
+    non-small cell and small cell lung cancer"; None when it matches by its text only."""
+    if mesh_id is None:
+        return None
+    v = vocabulary()
+    if requires in _FACT_PHRASES and canonical_ui(mesh_id) == NEOPLASMS:
+        return f"cancer: {_FACT_PHRASES[requires or '']}"
+    words = v.describe(mesh_id)
+    if requires is None:
+        return words
+    if requires in _FACT_PHRASES:
+        return f"{words} ({_FACT_PHRASES[requires]})"
+    if requires.startswith(WORD):
+        word = requires[len(WORD) :]
+        typed = next((w for w in label.split() if term_tokens(w) == [word]), word)
+        return f"{words} (only studies that mention “{typed}”)"
+    return f"{words} (only studies also about {v.label(requires).lower()})"
