@@ -226,7 +226,7 @@ async def test_suggestions_rank_what_people_mean_first(client: Client) -> None:
     body = await suggest(client, "lung canc", limit=8)
     assert 1 <= len(body["conditions"]) <= 8
     assert body["conditions"][0]["name"] == "Lung Neoplasms"
-    assert set(body["conditions"][0]) == {"mesh_id", "name", "label", "matched", "description"}
+    assert set(body["conditions"][0]) == {"mesh_id", "name", "label", "matched"}
 
 
 async def test_suggestions_refuse_short_queries_and_ignore_junk(client: Client) -> None:

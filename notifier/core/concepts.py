@@ -267,3 +267,10 @@ def meaning(mesh_id: str | None, requires: str | None, label: str = "") -> str |
         typed = next((w for w in label.split() if term_tokens(w) == [word]), word)
         return f"{words} (only studies that mention “{typed}”)"
     return f"{words} (only studies also about {v.label(requires).lower()})"
+
+
+def warm_vocabulary() -> None:
+    """Load the vocabulary and build what describing and suggesting use (about a second)."""
+    v = vocabulary()
+    v.describe(NEOPLASMS)
+    v.suggest("lung cancer")

@@ -499,6 +499,7 @@ BEST_KNOWN: dict[str, tuple[str, ...]] = {
     "D007938": ("D054198", "D015470", "D015451"),  # leukemia: ALL, AML, CLL
     "D008223": ("D006689", "D008228"),  # lymphoma: Hodgkin, non-Hodgkin
     "D003920": ("D003924", "D003922"),  # diabetes: type 2, type 1
+    "D019337": ("D007938", "D008223", "D009101"),  # blood cancer: leukemia, lymphoma, myeloma
 }
 
 KINDS = (
@@ -918,13 +919,26 @@ class Vocabulary:
         if ui not in self._descriptors or ui in GENERIC:
             return []
         depth = self._depth(ui)
+        trees = self._sorted_trees
+        candidates: set[str] = set()
+        for tree in self._descriptors[ui].tree_numbers:
+            # Descendants by tree number prefix, at most three levels down.
+            lo = bisect.bisect_left(trees, tree + ".")
+            hi = bisect.bisect_left(trees, tree + ".\uffff", lo)
+            candidates.update(
+                self._by_tree[t] for t in trees[lo:hi] if t.count(".") - tree.count(".") <= 3
+            )
         found = [
             d
-            for d in self._descriptors
+            for d in candidates
             if d != ui and ui in self.match_keys_for(d) and self._depth(d) <= depth + 3
         ]
         found.sort(key=lambda d: (-self._popularity(d), d))
         return found[:limit] if len(found) > 1 else found
+
+    @functools.cached_property
+    def _sorted_trees(self) -> list[str]:
+        return sorted(self._by_tree)
 
     def _depth(self, ui: str) -> int:
         trees = self._descriptors[ui].tree_numbers

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from functools import lru_cache
 from typing import Any
 
 from aiohttp import web
@@ -29,32 +31,31 @@ async def suggest_conditions(request: web.Request) -> web.Response:
         fields["limit"] = f"must be a whole number from 1 to {LIMIT_MAX}"
     if fields:
         return error_response(request, 422, "invalid query", fields)
-    v = vocabulary()
+    return web.Response(
+        body=_answer(q, limit),
+        content_type="application/json",
+        headers={"Cache-Control": CACHE},
+    )
+
+
+@lru_cache(maxsize=4096)
+def _answer(q: str, limit: int) -> bytes:
+    """The JSON body for a query, kept: the same few prefixes come back from every form."""
     found = [
-        {
-            "mesh_id": s.mesh_id,
-            "name": s.name,
-            "label": s.label,
-            "matched": s.matched,
-            "description": v.describe(s.mesh_id),
-        }
-        for s in v.suggest(q, limit)
+        {"mesh_id": s.mesh_id, "name": s.name, "label": s.label, "matched": s.matched}
+        for s in vocabulary().suggest(q, limit)
     ]
-    return web.json_response({"conditions": found}, headers={"Cache-Control": CACHE})
+    return json.dumps({"conditions": found}).encode()
 
 
 _SUGGESTION = {
     "type": "object",
-    "required": ["mesh_id", "name", "label", "matched", "description"],
+    "required": ["mesh_id", "name", "label", "matched"],
     "properties": {
         "mesh_id": {"type": "string", "description": "MeSH descriptor UI, e.g. D008175"},
         "name": {"type": "string", "description": "the MeSH heading: Lung Neoplasms"},
         "label": {"type": "string", "description": "words a patient uses: Lung cancer"},
         "matched": {"type": "string", "description": "the term that matched what was typed"},
-        "description": {
-            "type": "string",
-            "description": "what a subscription to it catches, in plain words",
-        },
     },
 }
 

@@ -148,7 +148,6 @@
         option.setAttribute("role", "option");
         option.setAttribute("aria-selected", "false");
         option.textContent = found[i].label;
-        if (found[i].description) option.title = found[i].description;
         option.addEventListener("mousedown", (function (index) {
           return function (event) { event.preventDefault(); pick(index); };
         })(i));
