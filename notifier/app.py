@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import aiohttp_cors
 from aiohttp import web
 
+from notifier.core.concepts import warm_vocabulary
 from notifier.handlers.middleware import (
     RESOURCES,
     error_middleware,
@@ -41,9 +43,16 @@ def create_app(settings: Settings, resources: Resources | None = None) -> web.Ap
             yield
 
     app.cleanup_ctx.append(resources_ctx)
+    app.on_startup.append(_load_vocabulary)
     app.router.add_routes(ROUTES)
     _allow_cors(app, settings)
     return app
+
+
+async def _load_vocabulary(app: web.Application) -> None:
+    """The MeSH vocabulary and its derived tables, once, before the first request (off the event
+    loop): otherwise the first signup or suggestion would wait for them."""
+    await asyncio.to_thread(warm_vocabulary)
 
 
 def _allow_cors(app: web.Application, settings: Settings) -> None:
@@ -52,7 +61,7 @@ def _allow_cors(app: web.Application, settings: Settings) -> None:
         allow_credentials=False,  # nothing public uses cookies
         allow_headers=("Content-Type", "Accept"),
         expose_headers=("Retry-After",),
-        allow_methods=("POST",),
+        allow_methods=("GET", "POST"),  # each path answers only the methods it routes
     )
     cors = aiohttp_cors.setup(
         app, defaults={origin.rstrip("/"): options for origin in settings.allowed_origins}

@@ -29,6 +29,11 @@ DELIVERIES = Counter(
     ["outcome"],
     registry=REGISTRY,
 )
+UNSUPPORTED_MESH = Counter(
+    "notifier_unsupported_mesh_terms",
+    "MeSH terms on a study record that none of the study's own words support (never matched)",
+    registry=REGISTRY,
+)
 MAILS = Counter("notifier_mails", "Mails handed to SMTP by kind", ["kind"], registry=REGISTRY)
 SEND_SECONDS = Histogram(
     "notifier_send_seconds",

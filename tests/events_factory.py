@@ -16,6 +16,7 @@ from aiohttp.test_utils import TestClient
 from sqlalchemy import select
 
 from notifier.clock import utcnow
+from notifier.core.concepts import Concept, concept_of
 from notifier.core.normalize import normalize_condition, normalize_mesh_id, normalize_nct
 from notifier.data.models import FanoutSlice, Subscriber, Subscription
 from notifier.jobs.fanout import fanout_event, materialise
@@ -215,6 +216,7 @@ async def subscribe(
             )
             session.add(subscriber)
             await session.flush()
+        concept = Concept(None, None, ())
         if study is not None:
             nct = normalize_nct(study)
             assert nct is not None
@@ -222,12 +224,15 @@ async def subscribe(
         else:
             assert condition is not None
             kind, label, key = "condition", condition, f"cond:{normalize_condition(condition)}"
+            concept = concept_of(condition, normalize_mesh_id(mesh_id) if mesh_id else None)
         sub = Subscription(
             subscriber_id=subscriber.id,
             kind=kind,
             match_key=key,
             label=label,
-            mesh_id=normalize_mesh_id(mesh_id) if mesh_id else None,
+            mesh_id=concept.mesh_id,
+            requires=concept.requires,
+            resolved=concept.stored,
             broad=broad,
             status=status,
             paused=paused,

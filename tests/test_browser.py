@@ -313,3 +313,32 @@ async def test_invalid_address_shows_an_inline_field_error(
         assert await session.scalar(select(func.count(Subscriber.id))) == 0
     await s.context.close()
     assert_screenshots(s.shots)
+
+
+async def test_condition_suggestions_by_keyboard(
+    browser: Browser, server: TestServer, base: str, resources: Resources, smtp: RecordingSMTP
+) -> None:
+    """The condition field is an ARIA combobox fed by GET /v1/conditions: type, arrow down,
+    Enter picks (fills mesh_id, does not submit), then the form signs up for that descriptor."""
+    s = await open_session(browser, base, "suggest")
+    page = s.page
+    await page.goto(f"{base}/demo/condition")
+    field = page.get_by_role("combobox", name="Condition")
+    await field.fill("")
+    await field.press_sequentially("heart att")
+    listbox = page.get_by_role("listbox")
+    await expect(listbox.get_by_role("option").first).to_have_text("Heart attack")
+    await field.press("ArrowDown")
+    await expect(field).to_have_attribute("aria-activedescendant", re.compile(r"-0$"))
+    await field.press("Enter")
+    await expect(field).to_have_value("Heart attack")
+    await expect(field).to_have_attribute("aria-expanded", "false")
+    await s.check_page("suggestion-picked")
+    await page.get_by_label("Your email address").fill(ADA)
+    await page.get_by_role("button", name="Notify me of new studies").click()
+    await expect(page.locator("[data-notifier-message]")).to_contain_text("check your inbox")
+    async with resources.sessions() as session:
+        sub = await session.scalar(select(Subscription))
+    assert sub is not None
+    assert (sub.label, sub.mesh_id) == ("Heart attack", "D000009203")
+    await s.context.close()

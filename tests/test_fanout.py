@@ -107,7 +107,7 @@ async def test_three_matching_subscriptions_get_one_mail_naming_all_three(
     for label in ("NCT05879978", "Neuroendocrine Tumors", "SCLC"):
         assert f"Stop alerts for {label}" in text
         assert f"Stop alerts for {label}" in html
-    assert "You follow Neuroendocrine Tumors" in text
+    assert "You follow “Neuroendocrine Tumors”" in text
     links = re.findall(rf"{re.escape(PUBLIC_URL)}/v1/unsubscribe/[\w.\-]+", text)
     assert len(set(links)) == 3
     assert msg["List-Unsubscribe"] == f"<{links[0]}>"

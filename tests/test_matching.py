@@ -27,8 +27,9 @@ async def matched_emails(r: Resources, event: dict[str, Any], page_size: int = 1
 
 def test_match_keys_of_a_new_study() -> None:
     mk = match_keys(new_study("NCT05879978"))
-    assert "study:NCT05879978" in mk.keys
-    # Condition texts, their parenthesised acronyms, and the MeSH terms' names.
+    assert mk.keys == ("study:NCT05879978",)
+    assert mk.condition_kind == "new_study"
+    # Condition texts, their parenthesised acronyms, and the supported MeSH terms' names.
     assert {
         "cond:small cell lung carcinoma sclc",
         "cond:small cell lung carcinoma",
@@ -36,10 +37,10 @@ def test_match_keys_of_a_new_study() -> None:
         "cond:neuroendocrine neoplasms",
         "cond:neuroendocrine tumors",
         "cond:lung neoplasms",
-    } <= set(mk.keys)
-    assert "D000055752" in mk.mesh_ids
-    assert "D000013899" in mk.broad_mesh_ids  # Thoracic Neoplasms, an ancestor
-    assert not set(mk.mesh_ids) & set(mk.broad_mesh_ids)
+    } <= set(mk.text_keys)
+    # The descriptors and every broader one a subscriber may hold (the vocabulary's rule).
+    assert {"D000055752", "D000008175", "D000013899", "D000009369"} <= set(mk.mesh_ids)
+    assert "D000008545" not in mk.mesh_ids  # Melanoma is narrower, not broader
 
 
 def test_other_events_match_the_study_and_its_aliases_only() -> None:
@@ -47,12 +48,13 @@ def test_other_events_match_the_study_and_its_aliases_only() -> None:
     event["nct_id_aliases"] = ["NCT01234567"]
     mk = match_keys(event)
     assert mk.keys == ("study:NCT01234567", "study:NCT05879978")
-    assert mk.mesh_ids == mk.broad_mesh_ids == ()
+    assert mk.condition_kind is None
+    assert mk.text_keys == mk.mesh_ids == ()
 
 
 def test_unpadded_mesh_ids_are_normalised() -> None:
     mk = match_keys(new_study("NCT06610240"))  # 2025 format: D002289
-    assert mk.mesh_ids == ("D000002289",)
+    assert "D000002289" in mk.mesh_ids
 
 
 async def test_nct05879978_reaches_net_and_sclc_followers_not_melanoma(
@@ -66,7 +68,7 @@ async def test_nct05879978_reaches_net_and_sclc_followers_not_melanoma(
     # MeSH files Melanoma under Neuroendocrine Tumors; a melanoma follower must not get this.
     await subscribe(r, "melanoma@example.org", condition="Melanoma", mesh_id="D008545", broad=True)
     await subscribe(r, "lung-cancer@example.org", condition="Lung cancer")
-    # Thoracic Neoplasms is an ancestor: only the broad form reaches it.
+    # Thoracic Neoplasms is broader: it catches the study, `broad` or not.
     await subscribe(
         r, "thoracic-broad@example.org", condition="Thoracic tumours", mesh_id="D013899", broad=True
     )
@@ -81,7 +83,9 @@ async def test_nct05879978_reaches_net_and_sclc_followers_not_melanoma(
         "sclc@example.org",
         "sclc-acronym@example.org",
         "net-mesh@example.org",
+        "lung-cancer@example.org",
         "thoracic-broad@example.org",
+        "thoracic-narrow@example.org",
         "study@example.org",
     }
     # The NET-only study reaches NET followers but not SCLC ones.
@@ -97,12 +101,16 @@ async def test_studies_without_mesh_match_by_text(resources: Resources) -> None:
     await subscribe(r, "gastric@example.org", condition="gastric or GASTROESOPHAGEAL  cancer")
     await subscribe(r, "nsclc@example.org", condition="NSCLC")
     await subscribe(r, "stomach@example.org", condition="Stomach Neoplasms", mesh_id="D013274")
-    assert await matched_emails(r, new_study("NCT05913115")) == {"gastric@example.org"}
+    # "Gastric or Gastroesophageal Cancer" is read as gastric cancer too: Stomach Neoplasms.
+    assert await matched_emails(r, new_study("NCT05913115")) == {
+        "gastric@example.org",
+        "stomach@example.org",
+    }
     assert await matched_emails(r, new_study("NCT02856893")) == {"nsclc@example.org"}
 
 
 async def test_both_mesh_id_forms_match_one_subscription(resources: Resources) -> None:
-    await subscribe(resources, "nsclc-mesh@example.org", condition="Lung cancer", mesh_id="D002289")
+    await subscribe(resources, "nsclc-mesh@example.org", condition="NSCLC", mesh_id="D002289")
     for nct in ("NCT05826366", "NCT06610240", "NCT05701787"):  # D000002289 and D002289
         assert await matched_emails(resources, new_study(nct)) == {"nsclc-mesh@example.org"}
 

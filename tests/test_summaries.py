@@ -322,33 +322,41 @@ def test_study_subscription_reason() -> None:
 
 
 def test_condition_reasons_name_what_matched() -> None:
-    new = EXAMPLES[
-        "new_study"
-    ]  # conditions: 'Small Cell Lung Carcinoma (SCLC)', 'Neuroendocrine Neoplasms'
+    new = EXAMPLES["new_study"]  # 'Small Cell Lung Carcinoma (SCLC)', 'Neuroendocrine Neoplasms'
     assert match_reason("condition", "Neuroendocrine Tumors", new) == (
-        "You follow Neuroendocrine Tumors; this study lists Neuroendocrine Neoplasms."
+        "You follow “Neuroendocrine Tumors”: this study is about neuroendocrine tumors"
+        " (it lists “Neuroendocrine Neoplasms”)."
     )
     assert match_reason("condition", "sclc", new) == (
-        "You follow sclc; this study lists Small Cell Lung Carcinoma (SCLC)."
+        "You follow “sclc”: this study is about small cell lung cancer"
+        " (it lists “Small Cell Lung Carcinoma”)."
     )
-    assert match_reason("condition", "Lung Neoplasms", new) == (
-        "You follow Lung Neoplasms; this study is indexed under the MeSH term Lung Neoplasms."
+    # A broader term: what the study is about, then "a kind of" the subscriber's own term.
+    assert match_reason("condition", "lung cancer", new) == (
+        "You follow “lung cancer”: this study is about small cell lung cancer"
+        " (it lists “Small Cell Lung Carcinoma”), a kind of lung cancer."
     )
-    # The subscription's MeSH id matches in either id form.
-    assert match_reason("condition", "Oat cell carcinoma", new, mesh_id="D055752") == (
-        "You follow Oat cell carcinoma; this study lists Small Cell Lung Carcinoma (SCLC)."
+    # The subscription's MeSH id matches in either id form; the reason names their words.
+    assert match_reason("condition", "Oat cell carcinoma", new, mesh_id="D000055752") == (
+        "You follow “Oat cell carcinoma”: this study is about small cell lung cancer"
+        " (it lists “Small Cell Lung Carcinoma”)."
     )
-    broad = match_reason("condition", "Thoracic Neoplasms", new)
-    assert broad.startswith("You follow Thoracic Neoplasms; this study is filed under that term")
-    assert "Small Cell Lung Carcinoma (SCLC)" in broad
-    assert match_reason("condition", "Diabetes", new) == "You follow Diabetes."
+    assert match_reason("condition", "Diabetes", new) == "You follow “Diabetes”."
+
+
+def test_condition_reasons_never_name_mesh_the_study_does_not_support() -> None:
+    eye = build_event(RECORDS["NCT05850520"], "new_study")  # indexed as Neoplasm Metastasis
+    assert match_reason("condition", "cancer", eye) == "You follow “cancer”."
+    assert "macular edema" in match_reason("condition", "macular oedema", eye)
 
 
 def test_condition_reason_without_mesh_uses_the_text() -> None:
     apple = build_event(RECORDS["NCT02856893"], "new_study")  # NSCLC, no MeSH mapping at all
     assert match_reason("condition", "nsclc", apple) == (
-        "You follow nsclc; this study lists it as a condition."
+        "You follow “nsclc”: this study is about non-small cell lung cancer (it lists “NSCLC”)."
     )
-    assert match_reason("condition", "Osimertinib", apple) == (
-        "You follow Osimertinib; this study has the keyword Osimertinib."
+    assert match_reason("condition", "EGFR lung cancer", apple) == (
+        "You follow “EGFR lung cancer”: this study is about non-small cell lung cancer"
+        " (it lists “NSCLC”), a kind of lung cancer, and it mentions “EGFR”."
     )
+    assert match_reason("condition", "liquid biopsy", apple) == "You follow “liquid biopsy”."

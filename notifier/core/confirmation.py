@@ -13,6 +13,7 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from notifier.clock import utcnow
+from notifier.core.concepts import meaning
 from notifier.core.signup import Evidence, new_nonce
 from notifier.data.models import Subscriber, Subscription
 from notifier.data.queries import is_suppressed
@@ -37,18 +38,21 @@ class Item:
     mesh_id: str | None
     broad: bool
     frequency: str
+    meaning: str | None = None  # what a condition resolved to, in plain words
 
     @classmethod
     def of(cls, row: Subscription) -> Item:
-        return cls(row.id, row.kind, row.label, row.mesh_id, row.broad, row.frequency)
+        plain = meaning(row.mesh_id, row.requires, row.label) if row.kind == "condition" else None
+        return cls(row.id, row.kind, row.label, row.mesh_id, row.broad, row.frequency, plain)
 
     @property
     def description(self) -> str:
         if self.kind == "study":
             what = f"every change to study {self.label}"
         else:
-            narrower = " (including narrower terms)" if self.broad else ""
-            what = f"new studies on “{self.label}”{narrower}"
+            what = f"new studies on “{self.label}”"
+            if self.meaning:
+                what += f" ({self.meaning})"
         return f"{what}, {FREQUENCY_WORDS.get(self.frequency, self.frequency)}"
 
     def as_json(self) -> dict[str, Any]:

@@ -1,9 +1,11 @@
 """Event -> match keys, and the indexed, keyset-paginated query for the subscribers it reaches.
 
 Subscriptions store what they match on (`match_key` "study:NCT…" / "cond:<normalised text>",
-`mesh_id`, `broad`); an event is turned into the same vocabulary once, and every lookup is one
-small range scan of a partial index (`ix_subscriptions_active_key`, `ix_subscriptions_active_mesh`)
-per key, never a scan of the subscriptions table.
+and for a condition its MeSH descriptor `mesh_id` with an optional `requires` fact); an event is
+turned into the same vocabulary once (core.concepts: the descriptors its own words support, and
+every broader descriptor a subscriber may hold), and every lookup is one small range scan of a
+partial index (`ix_subscriptions_active_key`, `ix_subscriptions_active_mesh`) per key, never a
+scan of the subscriptions table.
 """
 
 from __future__ import annotations
@@ -19,16 +21,18 @@ from sqlalchemy import (
     ColumnElement,
     Integer,
     Select,
+    Text,
     and_,
     bindparam,
+    cast,
     or_,
     select,
     text,
-    true,
 )
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from notifier.core.normalize import condition_keys, normalize_mesh_id, normalize_nct
+from notifier.core.concepts import study_terms
+from notifier.core.normalize import condition_keys, normalize_nct
 from notifier.data.models import Subscription
 
 # Written exactly as the partial indexes' predicates, so both planners can prove they apply
@@ -38,70 +42,83 @@ ACTIVE_MESH_SQL = ACTIVE_SQL + " AND mesh_id IS NOT NULL"
 MATCH_KEY_MAX = 260  # the column's width: a longer key cannot match anything
 
 
+NEW_STUDY = "new_study"
+STARTS_RECRUITING = "starts_recruiting"  # a condition subscription's optional extra
+
+
 @dataclass(frozen=True)
 class MatchKeys:
     """What an event matches, in the subscriptions' own vocabulary."""
 
     change_kind: str
-    keys: tuple[str, ...]  # match_key values: study:NCT… (id and aliases), cond:… (new studies)
-    mesh_ids: tuple[str, ...]  # condition_mesh: matches narrow and broad subscriptions
-    broad_mesh_ids: tuple[str, ...]  # condition_mesh_ancestors: broad subscriptions only
+    keys: tuple[str, ...]  # study:NCT… (the id and its aliases): every event
+    # What condition subscriptions see the event as: new_study, starts_recruiting, or None.
+    condition_kind: str | None = None
+    text_keys: tuple[str, ...] = ()  # cond:… of the study's conditions and supported MeSH terms
+    mesh_ids: tuple[str, ...] = ()  # 9-digit descriptors a condition subscription may hold
+    facts: tuple[str, ...] = ()  # what a subscription's `requires` may name (ids and w:words)
 
     def admits(self, sub: Subscription) -> bool:
         """The same rule as the SQL, for one loaded subscription, plus its event-kind choice."""
         if sub.status != "confirmed" or sub.paused:
             return False
-        hit = (
-            sub.match_key in self.keys
-            or sub.mesh_id in self.mesh_ids
-            or (sub.broad and sub.mesh_id in self.broad_mesh_ids)
-        )
-        # None (or an empty choice, read as "not narrowed") means every kind.
         kinds = sub.event_kinds
-        return hit and (not kinds or self.change_kind in kinds)
+        if sub.kind == "study":
+            # None (or an empty choice, read as "not narrowed") means every kind.
+            return sub.match_key in self.keys and (not kinds or self.change_kind in kinds)
+        kind = self.condition_kind
+        if kind is None or kind not in (kinds or [NEW_STUDY]):
+            return False
+        if sub.match_key in self.text_keys:
+            return True
+        return sub.mesh_id in self.mesh_ids and (sub.requires is None or sub.requires in self.facts)
 
     @property
     def empty(self) -> bool:
-        return not (self.keys or self.mesh_ids or self.broad_mesh_ids)
+        return not (self.keys or self.text_keys or self.mesh_ids)
 
 
-def _mesh_ids(items: Iterable[Any]) -> list[str]:
-    out = []
-    for item in items:
-        if isinstance(item, dict) and isinstance(item.get("id"), str):
-            mesh = normalize_mesh_id(item["id"])
-            if mesh is not None:
-                out.append(mesh)
-    return out
+def starts_recruiting(event: dict[str, Any]) -> bool:
+    """A status change whose new overall status is RECRUITING."""
+    if event.get("change_kind") != "status_changed":
+        return False
+    status = str((event.get("study") or {}).get("overall_status") or "").upper()
+    return status == "RECRUITING"
 
 
 def match_keys(event: dict[str, Any]) -> MatchKeys:
-    """Study keys for every event; condition text and MeSH keys only for new studies."""
+    """Study keys for every event; condition keys for new studies and studies that start
+    recruiting (those reach only condition subscriptions that chose it)."""
     kind = str(event.get("change_kind", ""))
     ncts = [event.get("nct_id", ""), *event.get("nct_id_aliases", [])]
     keys = {f"study:{n}" for n in (normalize_nct(str(x)) for x in ncts) if n}
-    mesh: set[str] = set()
-    broad: set[str] = set()
-    if kind == "new_study":
-        study = event.get("study") or {}
-        texts = [c for c in study.get("conditions") or [] if isinstance(c, str)]
-        texts += [
-            m["term"]
-            for m in study.get("condition_mesh") or []
-            if isinstance(m, dict) and isinstance(m.get("term"), str)
-        ]
-        for condition in texts:
-            keys.update(f"cond:{k}" for k in condition_keys(condition))
-        mesh = set(_mesh_ids(study.get("condition_mesh") or []))
-        # MeSH's tree is not a clinical taxonomy (Melanoma sits under Neuroendocrine Tumors):
-        # ancestors reach only subscribers who asked for the broad form.
-        broad = set(_mesh_ids(study.get("condition_mesh_ancestors") or [])) - mesh
+    condition_kind = (
+        NEW_STUDY if kind == NEW_STUDY else STARTS_RECRUITING if starts_recruiting(event) else None
+    )
+    if condition_kind is None:
+        return MatchKeys(change_kind=kind, keys=tuple(sorted(keys)))
+    terms = study_terms(event.get("study") or {})
+    texts = {f"cond:{k}" for text in terms.texts for k in condition_keys(text)}
     return MatchKeys(
         change_kind=kind,
-        keys=tuple(sorted(k for k in keys if len(k) <= MATCH_KEY_MAX)),
-        mesh_ids=tuple(sorted(mesh)),
-        broad_mesh_ids=tuple(sorted(broad)),
+        keys=tuple(sorted(keys)),
+        condition_kind=condition_kind,
+        text_keys=tuple(sorted(k for k in texts if len(k) <= MATCH_KEY_MAX)),
+        mesh_ids=tuple(sorted(terms.keys)),
+        facts=tuple(sorted(terms.facts)),
     )
+
+
+def _chose(kind: str, *, unset_means_it: bool) -> ColumnElement[bool]:
+    """The subscription's event-kind choice (a JSON list, or NULL) includes `kind`; written as a
+    filter on the row the index found (JSON text on both dialects)."""
+    as_text = cast(Subscription.event_kinds, Text)
+    chosen = as_text.like(f'%"{kind}"%')
+    if not unset_means_it:
+        return chosen
+    # The JSON column stores None as JSON null (SQLAlchemy's default), not as SQL NULL.
+    unset = or_(Subscription.event_kinds.is_(None), as_text.in_(("null", "[]")))
+    return or_(unset, chosen)
 
 
 def _range(where: Any, active: str, cursor: Any, limit: Any) -> Select[Any]:
@@ -115,15 +132,21 @@ def _range(where: Any, active: str, cursor: Any, limit: Any) -> Select[Any]:
 
 def page_parts(mk: MatchKeys, cursor: Any, limit: Any) -> list[Select[Any]]:
     """One small indexed range per match key: `limit` subscriber ids above `cursor`, ordered
-    (each an int, or a bound parameter given at execution)."""
-    parts = [_range(Subscription.match_key == k, ACTIVE_SQL, cursor, limit) for k in mk.keys]
+    (each an int, or a bound parameter given at execution). The event-kind choice and a
+    subscription's required fact are filters on the rows each range walks, in index order."""
+    study_kind = _chose(mk.change_kind, unset_means_it=True)
+    parts = [
+        _range(and_(Subscription.match_key == k, study_kind), ACTIVE_SQL, cursor, limit)
+        for k in mk.keys
+    ]
+    if mk.condition_kind is None:
+        return parts
+    wanted = _chose(mk.condition_kind, unset_means_it=mk.condition_kind == NEW_STUDY)
+    for k in mk.text_keys:
+        parts.append(_range(and_(Subscription.match_key == k, wanted), ACTIVE_SQL, cursor, limit))
+    required = or_(Subscription.requires.is_(None), Subscription.requires.in_(mk.facts or [""]))
     for mesh in mk.mesh_ids:
-        # (mesh_id, broad, subscriber_id) is ordered by subscriber_id only for a fixed `broad`.
-        for broad in (False, True):
-            where = and_(Subscription.mesh_id == mesh, Subscription.broad == broad)
-            parts.append(_range(where, ACTIVE_MESH_SQL, cursor, limit))
-    for mesh in mk.broad_mesh_ids:
-        where = and_(Subscription.mesh_id == mesh, Subscription.broad == true())
+        where = and_(Subscription.mesh_id == mesh, wanted, required)
         parts.append(_range(where, ACTIVE_MESH_SQL, cursor, limit))
     return parts
 
@@ -206,15 +229,11 @@ async def active_matches(
     ids = sorted(set(subscriber_ids))
     if not ids or mk.empty:
         return {}
-    conditions: list[ColumnElement[bool]] = []
-    if mk.keys:
-        conditions.append(Subscription.match_key.in_(mk.keys))
+    conditions: list[ColumnElement[bool]] = [Subscription.match_key.in_(mk.keys)]
+    if mk.text_keys:
+        conditions.append(Subscription.match_key.in_(mk.text_keys))
     if mk.mesh_ids:
         conditions.append(Subscription.mesh_id.in_(mk.mesh_ids))
-    if mk.broad_mesh_ids:
-        conditions.append(
-            and_(Subscription.broad == true(), Subscription.mesh_id.in_(mk.broad_mesh_ids))
-        )
     rows = await session.scalars(
         select(Subscription)
         .where(Subscription.subscriber_id.in_(ids), text(ACTIVE_SQL), or_(*conditions))

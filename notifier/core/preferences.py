@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from notifier.clock import utcnow
 from notifier.core import ratelimit
+from notifier.core.signup_input import CONDITION_CHANGES, STUDY_CHANGES
 from notifier.data import queries
 from notifier.data.models import Subscriber, Subscription
 from notifier.data.states import Frequency
@@ -105,12 +106,48 @@ async def _owned(session: AsyncSession, subscriber_id: int, subscription_id: int
     return found
 
 
+# What a subscription mails about, as the preference centre offers it: a plain label per group
+# of change kinds (the API's `changes` takes the kinds themselves).
+STUDY_CHOICES: dict[str, tuple[str, ...]] = {
+    "recruitment status": ("status_changed",),
+    "results posted": ("results_posted",),
+    "dates": ("dates_changed",),
+    "sites": ("recruitment_sites_changed",),
+    "any other update": ("study_updated", "conditions_changed", "study_unavailable", "new_study"),
+}
+CONDITION_CHOICES: dict[str, tuple[str, ...]] = {
+    "new matching studies": ("new_study",),
+    "a matching study starts recruiting": ("starts_recruiting",),
+}
+DEFAULT_KINDS = {"study": STUDY_CHANGES, "condition": ("new_study",)}
+
+
+def choices_of(sub: Subscription) -> list[tuple[str, bool]]:
+    """(plain label, chosen) for each group the subscription may choose."""
+    groups = STUDY_CHOICES if sub.kind == "study" else CONDITION_CHOICES
+    kinds = set(sub.event_kinds or DEFAULT_KINDS[sub.kind])
+    return [(label, set(group) <= kinds) for label, group in groups.items()]
+
+
+def kinds_for(kind: str, labels: list[str]) -> list[str] | None:
+    """The change kinds of the chosen groups; None when that is every kind (the default)."""
+    groups = STUDY_CHOICES if kind == "study" else CONDITION_CHOICES
+    unknown = [label for label in labels if label not in groups]
+    if unknown or not labels:
+        raise NotAllowed("choose at least one kind of change (or unsubscribe)")
+    chosen = {k for label in labels for k in groups[label]}
+    allowed = DEFAULT_KINDS[kind] if kind == "study" else CONDITION_CHANGES
+    ordered = [k for k in allowed if k in chosen]
+    return None if kind == "study" and len(ordered) == len(STUDY_CHANGES) else ordered
+
+
 async def change(
     session: AsyncSession,
     subscriber_id: int,
     action: str,
     subscription_id: int | None,
     frequency: str | None = None,
+    changes: list[str] | None = None,
 ) -> str | None:
     """Apply one preference-centre action; returns the sentence to show the subscriber.
 
@@ -136,6 +173,10 @@ async def change(
             raise NotAllowed("frequency must be instant, daily or weekly")
         sub.frequency, sub.updated_at = frequency, now
         return f"Alerts about {sub.label} now come {FREQUENCY_WORDS[frequency]}."
+    if action == "changes":
+        sub.event_kinds, sub.updated_at = kinds_for(sub.kind, changes or []), now
+        chosen = ", ".join(label for label, on in choices_of(sub) if on)
+        return f"Alerts about {sub.label} now cover: {chosen}."
     if action in ("pause", "resume"):
         sub.paused, sub.updated_at = action == "pause", now
         verb = "paused" if sub.paused else "resumed"

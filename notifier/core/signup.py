@@ -164,9 +164,13 @@ async def _record(
         return Recorded("suppressed")
     confirmed_before = subscriber.first_confirmed_at is not None
     # The latest request is what the confirmation will confirm, with its evidence.
+    concept = req.concept() if req.kind == "condition" else None
     request = {
         "label": req.label,
-        "mesh_id": req.mesh_id,
+        "mesh_id": concept.mesh_id if concept else None,
+        "requires": concept.requires if concept else None,
+        "resolved": concept.stored if concept else None,
+        "event_kinds": req.changes,
         "broad": req.broad,
         "frequency": req.frequency,
         "requested_at": now,

@@ -11,7 +11,8 @@ from zoneinfo import available_timezones
 from email_validator import EmailNotValidError, validate_email
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from notifier.core.matching import MATCH_KEY_MAX
+from notifier.core.concepts import Concept, concept_of
+from notifier.core.matching import MATCH_KEY_MAX, NEW_STUDY, STARTS_RECRUITING
 from notifier.core.normalize import (
     CONDITION_MAX,
     CONDITION_MIN,
@@ -21,6 +22,7 @@ from notifier.core.normalize import (
     normalize_mesh_id,
     normalize_nct,
 )
+from notifier.core.vocabulary import vocabulary
 
 
 def normalize_email(value: str) -> str:
@@ -36,6 +38,18 @@ _OPTIONAL = frozenset({"study", "condition", "mesh_id", "timezone", "redirect", 
 _EMPTY_MEANS = {"broad": False, "frequency": "instant"}  # an unticked box, an unset select
 
 Frequency = Literal["instant", "daily", "weekly"]
+# The change kinds a study subscription may choose (the event schema's), and a condition's.
+STUDY_CHANGES = (
+    "new_study",
+    "status_changed",
+    "results_posted",
+    "dates_changed",
+    "recruitment_sites_changed",
+    "conditions_changed",
+    "study_updated",
+    "study_unavailable",
+)
+CONDITION_CHANGES = (NEW_STUDY, STARTS_RECRUITING)
 
 
 @cache
@@ -79,7 +93,16 @@ class SignupRequest(BaseModel):
     )
     mesh_id: str | None = Field(default=None, description="MeSH id of the condition, D055752")
     broad: bool = Field(
-        default=False, validate_default=True, description="with mesh_id: narrower terms too"
+        default=False,
+        validate_default=True,
+        description="kept for compatibility, no effect: every condition subscription catches "
+        "narrower studies (see the README's Matching)",
+    )
+    changes: list[str] | None = Field(
+        default=None,
+        description="what to mail about. A study: any of "
+        + ", ".join(STUDY_CHANGES)
+        + " (default all). A condition: new_study and/or starts_recruiting (default new_study)",
     )
     frequency: Frequency = "instant"
     timezone: str | None = Field(default=None, description="IANA name, e.g. Europe/Paris")
@@ -154,6 +177,8 @@ class SignupRequest(BaseModel):
             raise ValueError("must be a MeSH id such as D000055752 or D055752")
         if info.data.get("condition", "") is None:
             raise ValueError("only goes with a condition")
+        if mesh not in vocabulary():
+            raise ValueError(f"{value} is not a MeSH {vocabulary().mesh_year} disease descriptor")
         return mesh
 
     @field_validator("broad")
@@ -162,6 +187,24 @@ class SignupRequest(BaseModel):
         if value and "mesh_id" in info.data and info.data["mesh_id"] is None:
             raise ValueError("needs a mesh_id: narrower terms are found through MeSH")
         return value
+
+    @field_validator("changes", mode="before")
+    @classmethod
+    def _changes_list(cls, value: object) -> object:
+        if isinstance(value, str):  # a form's single field: "status_changed,results_posted"
+            return [part.strip() for part in value.split(",") if part.strip()] or None
+        return value
+
+    @field_validator("changes")
+    @classmethod
+    def _changes(cls, value: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        if not value:
+            return None
+        allowed = CONDITION_CHANGES if info.data.get("study") is None else STUDY_CHANGES
+        unknown = sorted(set(value) - set(allowed))
+        if unknown:
+            raise ValueError(f"unknown change kinds {unknown}; choose from {list(allowed)}")
+        return [kind for kind in allowed if kind in value]  # one order, no repeats
 
     @field_validator("timezone")
     @classmethod
@@ -192,6 +235,10 @@ class SignupRequest(BaseModel):
     @property
     def label(self) -> str:
         return self.study or self.condition or ""
+
+    def concept(self) -> Concept:
+        """What a condition matches: the site's mesh_id as is, or the typed text resolved."""
+        return concept_of(self.condition or "", self.mesh_id)
 
     @property
     def match_key(self) -> str:

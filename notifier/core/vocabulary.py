@@ -404,11 +404,29 @@ ACRONYMS = _acronyms(
 )
 
 # Everyday words for a descriptor that MeSH lacks (entry terms cover most: "heart attack").
-LAY_TERMS = {
-    "myeloma": "D009101",
-    "blood cancer": "D019337",  # Hematologic Neoplasms
-    "bowel cancer": "D015179",  # Colorectal Neoplasms (UK usage)
+LAY_TERMS: dict[str, tuple[str, ...]] = {
+    "myeloma": ("D009101",),
+    "blood cancer": ("D019337",),  # Hematologic Neoplasms
+    "bowel cancer": ("D015179",),  # Colorectal Neoplasms (UK usage)
+    "high cholesterol": ("D006937",),  # Hypercholesterolemia
+    "diabetes": ("D003920",),  # Diabetes Mellitus ("diabetes" alone is no MeSH entry term)
+    # MeSH has no "acute leukemia": a study of acute leukaemias enrols both kinds.
+    "acute leukemia": ("D054198", "D015470"),
 }
+
+# Edges (child, parent) that MeSH lacks and a subscriber to the parent expects: the climb in
+# match_keys_for follows them as if they were tree edges. Each with the reason.
+ADDED_EDGES: dict[tuple[str, str], str] = {
+    ("D007938", "D019337"): "Leukemia is a blood cancer; MeSH files it under Hemic and Lymphatic "
+    "Diseases, not under Hematologic Neoplasms",
+    ("D008223", "D019337"): "Lymphoma, likewise a blood cancer",
+    ("D054219", "D019337"): "Plasma-cell neoplasms (myeloma), likewise",
+    ("D009190", "D019337"): "Myelodysplastic syndromes are blood cancers (WHO)",
+    ("D009196", "D019337"): "Myeloproliferative neoplasms are blood cancers (WHO)",
+}
+_ADDED_PARENTS: dict[str, tuple[str, ...]] = {}
+for _child, _parent in ADDED_EDGES:
+    _ADDED_PARENTS[_child] = (*_ADDED_PARENTS.get(_child, ()), _parent)
 
 # Edges (child, parent) of MeSH's trees that a subscriber to the parent would not expect to
 # cross: the climb in match_keys_for stops there. Each with the reason.
@@ -481,6 +499,7 @@ BEST_KNOWN: dict[str, tuple[str, ...]] = {
     "D007938": ("D054198", "D015470", "D015451"),  # leukemia: ALL, AML, CLL
     "D008223": ("D006689", "D008228"),  # lymphoma: Hodgkin, non-Hodgkin
     "D003920": ("D003924", "D003922"),  # diabetes: type 2, type 1
+    "D019337": ("D007938", "D008223", "D009101"),  # blood cancer: leukemia, lymphoma, myeloma
 }
 
 KINDS = (
@@ -619,8 +638,8 @@ class Vocabulary:
             return {key: _Entry(kind, tuple(uis), display) for key, kind, uis, display in rows}
 
         index = entries(data["index"])
-        for term, ui in LAY_TERMS.items():
-            index.setdefault(normalize_term(term), _Entry(KIND_LAY, (ui,), term))
+        for term, uis in LAY_TERMS.items():
+            index.setdefault(normalize_term(term), _Entry(KIND_LAY, uis, term))
         acronyms: dict[str, _Entry] = {}
         for abbr, uis in data["acronyms"]:
             acronyms[abbr] = _Entry(KIND_ACRONYM, tuple(uis), abbr)
@@ -695,6 +714,10 @@ class Vocabulary:
                     break
                 found.add(parent)
                 child = parent
+        if clinical:
+            for reached in (ui, *found):
+                for parent in _ADDED_PARENTS.get(reached, ()):
+                    found |= {parent, *self._climb(parent, clinical=True)}
         return frozenset(found)
 
     def acronyms(self, ui: str) -> tuple[str, ...]:
@@ -896,13 +919,26 @@ class Vocabulary:
         if ui not in self._descriptors or ui in GENERIC:
             return []
         depth = self._depth(ui)
+        trees = self._sorted_trees
+        candidates: set[str] = set()
+        for tree in self._descriptors[ui].tree_numbers:
+            # Descendants by tree number prefix, at most three levels down.
+            lo = bisect.bisect_left(trees, tree + ".")
+            hi = bisect.bisect_left(trees, tree + ".\uffff", lo)
+            candidates.update(
+                self._by_tree[t] for t in trees[lo:hi] if t.count(".") - tree.count(".") <= 3
+            )
         found = [
             d
-            for d in self._descriptors
+            for d in candidates
             if d != ui and ui in self.match_keys_for(d) and self._depth(d) <= depth + 3
         ]
         found.sort(key=lambda d: (-self._popularity(d), d))
         return found[:limit] if len(found) > 1 else found
+
+    @functools.cached_property
+    def _sorted_trees(self) -> list[str]:
+        return sorted(self._by_tree)
 
     def _depth(self, ui: str) -> int:
         trees = self._descriptors[ui].tree_numbers

@@ -105,7 +105,6 @@ class Subscription(Base):
         Index(
             "ix_subscriptions_active_mesh",
             "mesh_id",
-            "broad",
             "subscriber_id",
             postgresql_where=text(
                 "status = 'confirmed' AND paused = false AND mesh_id IS NOT NULL"
@@ -125,6 +124,11 @@ class Subscription(Base):
     match_key: Mapped[str] = mapped_column(String(260))
     label: Mapped[str] = mapped_column(String(200))  # as shown in mail: NCT id or condition
     mesh_id: Mapped[str | None] = mapped_column(String(10))  # normalised D000000000
+    # A fact the study must also have: another descriptor, or "w:<word>" ("EGFR lung cancer").
+    requires: Mapped[str | None] = mapped_column(String(64))
+    # What the typed text resolved to, shown to the person: [{mesh_id, term, how, text}].
+    resolved: Mapped[list[Any] | None]
+    # Kept from the API's first version; no longer changes matching (see README, Matching).
     broad: Mapped[bool] = mapped_column(Boolean, default=False)
     status: Mapped[str] = mapped_column(String(16), default="pending")
     paused: Mapped[bool] = mapped_column(Boolean, default=False)

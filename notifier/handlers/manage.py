@@ -9,6 +9,7 @@ from email_validator import EmailNotValidError, validate_email
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from notifier.core import preferences
+from notifier.core.concepts import meaning
 from notifier.core.tokens import TokenInvalid
 from notifier.data.models import Subscriber, Subscription
 from notifier.handlers.middleware import client_ip, error_response, res
@@ -24,9 +25,15 @@ CORS_PATHS = ("/v1/manage",)
 class ManageAction(BaseModel):
     model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
 
-    action: Literal["unsubscribe", "unsubscribe_all", "frequency", "pause", "resume"]
+    action: Literal["unsubscribe", "unsubscribe_all", "frequency", "pause", "resume", "changes"]
     subscription: int | None = Field(default=None, gt=0, le=2**63 - 1)  # a BIGINT id
     frequency: Literal["instant", "daily", "weekly"] | None = None
+    changes: list[str] | None = Field(
+        default=None,
+        description="action=changes: the plain labels ticked ("
+        + ", ".join([*preferences.STUDY_CHOICES, *preferences.CONDITION_CHOICES])
+        + ")",
+    )
 
 
 class ManageLinkRequest(BaseModel):
@@ -72,6 +79,8 @@ OPENAPI_SCHEMAS: dict[str, Any] = {
                         "status": {"enum": ["pending", "confirmed", "unsubscribed"]},
                         "frequency": {"enum": ["instant", "daily", "weekly"]},
                         "paused": {"type": "boolean"},
+                        "changes": {"type": "array", "items": {"type": "string"}},
+                        "meaning": {"type": ["string", "null"]},
                     },
                 },
             },
@@ -160,7 +169,12 @@ async def manage_change(request: web.Request) -> web.Response:
     try:
         async with r.sessions.begin() as session:
             message = await preferences.change(
-                session, subscriber_id, form.action, form.subscription, form.frequency
+                session,
+                subscriber_id,
+                form.action,
+                form.subscription,
+                form.frequency,
+                form.changes,
             )
     except preferences.NotYours:
         return error_response(request, 404, "no such subscription for this address")
@@ -199,9 +213,13 @@ async def _body(request: web.Request) -> Any:
         except ValueError:
             return None
     try:
-        return dict(await request.post())
+        posted = await request.post()
     except ValueError:  # e.g. multipart/form-data without a boundary: was a 500
         return None
+    data: dict[str, Any] = dict(posted)
+    if "changes" in posted:  # ticked boxes: the one field that repeats
+        data["changes"] = [str(v) for v in posted.getall("changes")]
+    return data
 
 
 async def _render(request: web.Request, subscriber_id: int, message: str | None) -> web.Response:
@@ -220,6 +238,8 @@ async def _render(request: web.Request, subscriber_id: int, message: str | None)
         subscriptions=subs,
         action=request.path,
         frequency_words=preferences.FREQUENCY_WORDS,
+        choices={s.id: preferences.choices_of(s) for s in subs},
+        meanings={s.id: meaning(s.mesh_id, s.requires, s.label) for s in subs},
     )
     return web.Response(text=page, content_type="text/html")
 
@@ -232,4 +252,6 @@ def _json(sub: Subscription) -> dict[str, Any]:
         "status": sub.status,
         "frequency": sub.frequency,
         "paused": sub.paused,
+        "changes": [label for label, on in preferences.choices_of(sub) if on],
+        "meaning": meaning(sub.mesh_id, sub.requires, sub.label),
     }

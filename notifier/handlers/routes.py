@@ -6,6 +6,7 @@ from aiohttp import web
 
 from notifier.handlers import (
     admin,
+    conditions,
     confirm,
     demo,
     events,
@@ -20,7 +21,18 @@ from notifier.handlers.openapi import build_spec
 
 # Every handler module: its OPENAPI_* go into /openapi.json, its CORS_PATHS take fetch() from the
 # website's origins.
-HANDLER_MODULES = (health, ops, demo, unsubscribe, manage, admin, subscriptions, confirm, events)
+HANDLER_MODULES = (
+    health,
+    ops,
+    demo,
+    unsubscribe,
+    manage,
+    admin,
+    subscriptions,
+    conditions,
+    confirm,
+    events,
+)
 
 
 async def openapi_json(request: web.Request) -> web.Response:
@@ -47,6 +59,7 @@ ROUTES: list[web.RouteDef] = [
     web.get("/v1/admin/subscribers", admin.export_subscriber),
     web.delete("/v1/admin/subscribers", admin.erase_subscriber),
     web.post("/v1/subscriptions", subscriptions.create_subscription),
+    web.get("/v1/conditions", conditions.suggest_conditions),
     web.get(subscriptions.CHECK_INBOX, subscriptions.check_inbox),
     web.get("/v1/confirm/{token}", confirm.confirm_page),
     web.post("/v1/confirm/{token}", confirm.confirm),

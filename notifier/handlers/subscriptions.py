@@ -30,8 +30,11 @@ async def create_subscription(request: web.Request) -> web.Response:
     is_form = request.content_type == FORM
     try:
         data = decode_body(request.content_type, await request.read())
-        if is_form:  # fields signup ignores anyway may repeat; its own may not
+        if is_form:  # fields signup ignores anyway may repeat; its own may not (but changes)
+            changes = data.pop("changes", None)
             data = form_values({k: v for k, v in data.items() if k in SignupRequest.model_fields})
+            if changes:
+                data["changes"] = ",".join(changes)
         req = parse_signup(data, r.settings.allowed_origins)
     except BodyError as exc:
         SIGNUPS.labels(outcome="invalid").inc()

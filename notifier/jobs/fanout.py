@@ -19,6 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from notifier.clock import utcnow
+from notifier.core.concepts import study_terms
 from notifier.core.matching import MatchKeys, match_keys, matching_page
 from notifier.data.models import Delivery, Event, FanoutSlice, UTCDateTime
 from notifier.data.queries import dialect_name, insert_for
@@ -26,6 +27,7 @@ from notifier.data.states import OPEN_EVENT, DeliveryStatus, EventStatus, SliceS
 from notifier.jobs.context import resources_of
 from notifier.jobs.sending import send_batch
 from notifier.mail.summaries import is_material
+from notifier.metrics import UNSUPPORTED_MESH
 from notifier.queue import batch_size, enqueue_slices
 from notifier.resources import Resources
 
@@ -167,6 +169,24 @@ async def send_slice(ctx: dict[str, Any], slice_id: int) -> dict[str, int]:
     return await send_batch(r, new_ids)
 
 
+def note_unsupported_mesh(event_id: str, payload: dict[str, Any]) -> None:
+    """Count and log (one line per event) the record's MeSH terms its own words do not support:
+    they never make a match (an eye study indexed as Neoplasm Metastasis)."""
+    mk = match_keys(payload)
+    if mk.condition_kind is None:
+        return
+    distrusted = study_terms(payload.get("study") or {}).distrusted
+    if distrusted:
+        UNSUPPORTED_MESH.inc(len(distrusted))
+        terms = "; ".join(f"{d['id']} {d['term']}" for d in distrusted)
+        log.info(
+            "event %s (%s): MeSH not supported by the study's words, ignored: %s",
+            event_id,
+            payload.get("nct_id"),
+            terms,
+        )
+
+
 @dataclass
 class _Walk:
     """One run of fanout_event through an event's audience."""
@@ -229,6 +249,7 @@ async def fanout_event(ctx: dict[str, Any], event_pk: int) -> dict[str, Any]:
                 .values(status=EventStatus.IMMATERIAL, fanned_out_at=utcnow())
             )
         return {"event_pk": event_pk, "status": "immaterial"}
+    note_unsupported_mesh(event.event_id, event.payload)
     walk = _Walk(match_keys(event.payload))
     recipients = 0
     enqueuing: asyncio.Task[None] | None = None  # the previous page's jobs

@@ -103,7 +103,9 @@ class AlertRenderer:
             {
                 "label": sub.label,
                 "kind": sub.kind,
-                "reason": match_reason(sub.kind, sub.label, event, mesh_id=sub.mesh_id),
+                "reason": match_reason(
+                    sub.kind, sub.label, event, mesh_id=sub.mesh_id, requires=sub.requires
+                ),
                 "unsubscribe_url": _unsubscribe_placeholder(i),
             }
             for i, sub in enumerate(subscriptions)

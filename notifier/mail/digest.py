@@ -32,7 +32,9 @@ def digest_item(
         "discreet": any(s.discreet for s in subs),
         "reasons": [
             {
-                "reason": match_reason(s.kind, s.label, event, mesh_id=s.mesh_id),
+                "reason": match_reason(
+                    s.kind, s.label, event, mesh_id=s.mesh_id, requires=s.requires
+                ),
                 "label": s.label,
                 "unsubscribe_url": mail_ctx.unsubscribe_url(s.id),
             }

@@ -1,11 +1,20 @@
-"""Why a subscription matched an event, in one sentence a subscriber understands."""
+"""Why a subscription matched an event, in one sentence a subscriber understands: their own
+term first, then what in the study matched it, in plain words (never a bare MeSH heading)."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from notifier.core.concepts import NEOPLASMS, SOLID, WORD, concept_of, study_terms
 from notifier.core.normalize import condition_keys, normalize_condition, normalize_mesh_id
-from notifier.mail.labels import shorten
+from notifier.core.vocabulary import canonical_ui, term_tokens, vocabulary
+
+# A required fact as words: "… and it is for children".
+_FACT_WORDS = {
+    WORD + "child": "it is for children",
+    WORD + "metastatic": "it is for cancer that has spread (metastatic)",
+    SOLID: "it is about solid tumours",
+}
 
 
 def match_reason(
@@ -14,8 +23,9 @@ def match_reason(
     event: dict[str, Any],
     *,
     mesh_id: str | None = None,
+    requires: str | None = None,
 ) -> str:
-    """'You follow NCT05879978.' or which condition text or MeSH term the study was matched by."""
+    """'You follow NCT05879978.' or, for a condition, what in the study matched it."""
     label = " ".join(subscription_label.split())
     if subscription_kind == "study":
         nct = str(event.get("nct_id") or "")
@@ -23,67 +33,61 @@ def match_reason(
             return f"You follow {label}, now listed as {nct}."
         return f"You follow {label}."
     study: dict[str, Any] = event.get("study") or {}
+    if mesh_id is None and requires is None:
+        concept = concept_of(label)  # as signup resolves it (rows from before did not store it)
+        mesh_id, requires = concept.mesh_id, concept.requires
+    head = f"You follow “{label}”"
+    about = _about(study, mesh_id, requires, label)
+    if about:
+        return f"{head}: {about}."
     wanted = condition_keys(label) | {normalize_condition(label)}
-    conditions = [str(c) for c in study.get("conditions") or []]
-    for condition in conditions:
+    for condition in [str(c) for c in study.get("conditions") or []]:
         if condition_keys(condition) & wanted:
-            return _listing(label, condition)
-    wanted_mesh = normalize_mesh_id(mesh_id) if mesh_id else None
-    meshes = _mesh_terms(study.get("condition_mesh"))
-    for term_id, term in meshes:
-        if normalize_condition(term) in wanted or (wanted_mesh and term_id == wanted_mesh):
-            if closest := _closest(term, conditions):
-                return _listing(label, closest)
-            return f"You follow {label}; this study is indexed under the MeSH term {term}."
-    for term_id, term in _mesh_terms(study.get("condition_mesh_ancestors")):
-        if normalize_condition(term) in wanted or (wanted_mesh and term_id == wanted_mesh):
-            listed = conditions or [t for _, t in meshes]
-            via = f" (it lists {shorten(', '.join(listed[:3]), 160)})" if listed else ""
-            return f"You follow {label}; this study is filed under that term{via}."
-    for keyword in study.get("keywords") or []:
-        if condition_keys(str(keyword)) & wanted:
-            return f"You follow {label}; this study has the keyword {keyword}."
-    return f"You follow {label}."
+            return f"{head}: this study lists “{condition}” as a condition."
+    return f"{head}."
 
 
-def _listing(label: str, condition: str) -> str:
-    if normalize_condition(condition) == normalize_condition(label):
-        return f"You follow {label}; this study lists it as a condition."
-    return f"You follow {label}; this study lists {condition}."
+def lower(label: str) -> str:
+    """Sentence-case words inside a sentence: "Lung cancer" -> "lung cancer", "HIV" stays."""
+    first = label.split(" ", 1)[0]
+    return label if first[1:2].isupper() or first.isupper() else label[:1].lower() + label[1:]
 
 
-def _mesh_terms(value: object) -> list[tuple[str | None, str]]:
-    if not isinstance(value, list):
-        return []
-    return [
-        (normalize_mesh_id(str(m.get("id") or "")), str(m["term"]))
-        for m in value
-        if isinstance(m, dict) and m.get("term")
-    ]
+def _about(
+    study: dict[str, Any], mesh_id: str | None, requires: str | None, label: str
+) -> str | None:
+    """'this study is about non-small cell lung cancer (it lists “NSCLC”), a kind of lung
+    cancer', or None when no descriptor of the study reaches the subscription's."""
+    wanted = canonical_ui(mesh_id or "")
+    if wanted is None:
+        return None
+    v = vocabulary()
+    terms = study_terms(study)
+    reaching = [ui for ui in terms.descriptors if wanted in v.match_keys_for(ui)]
+    if not reaching:
+        return None
+    # The most specific condition the study names ("small cell lung cancer", not "cancer").
+    ui = max(reaching, key=lambda d: (len(v.match_keys_for(d)), d))
+    own_words = terms.descriptors[ui]
+    name = lower(v.label(ui))
+    same = term_tokens(own_words) == term_tokens(name)
+    sentence = f"this study is about {name}" + ("" if same else f" (it lists “{own_words}”)")
+    if requires == SOLID:
+        return sentence + ", a solid tumour"
+    if ui != wanted and not (wanted == NEOPLASMS and requires in _FACT_WORDS):
+        sentence += f", a kind of {lower(v.label(wanted))}"
+    if requires:
+        sentence += f", and {_fact(requires, label)}"
+    return sentence
 
 
-# MeSH says "Neoplasms" where registries say tumours or cancer: the same word for this purpose.
-_SAME_WORD = {
-    "tumor": "neoplasm",
-    "tumour": "neoplasm",
-    "cancer": "neoplasm",
-    "neoplasia": "neoplasm",
-}
-
-
-def _words(text: str) -> set[str]:
-    words = (w.removesuffix("s") if len(w) > 3 else w for w in normalize_condition(text).split())
-    return {_SAME_WORD.get(w, w) for w in words}
-
-
-def _closest(term: str, conditions: list[str]) -> str | None:
-    """The study's own condition text that says the same as a MeSH term, if one clearly does."""
-    words = _words(term)
-    best, best_score = None, 0.0
-    for condition in conditions:
-        theirs = _words(condition)
-        score = len(words & theirs) / len(words | theirs) if words | theirs else 0.0
-        if score > best_score:
-            best, best_score = condition, score
-    # Half the words in common or better; below that naming a condition would mislead.
-    return best if best_score >= 0.5 else None
+def _fact(requires: str, label: str) -> str:
+    if requires in _FACT_WORDS:
+        return _FACT_WORDS[requires]
+    if requires.startswith(WORD):
+        word = requires[len(WORD) :]
+        # The subscriber's own spelling of it ("EGFR"), when their words hold it.
+        typed = next((w for w in label.split() if term_tokens(w) == [word]), word)
+        return f"it mentions “{typed}”"
+    other = normalize_mesh_id(requires)
+    return f"it is also about {lower(vocabulary().label(other or requires))}"

@@ -25,6 +25,7 @@ from typing import Any
 
 from notifier.core.vocabulary import (
     ACRONYMS,
+    ADDED_EDGES,
     EXCLUDED_EDGES,
     FORMAT,
     GENERIC,
@@ -226,7 +227,9 @@ def check_tables(rows: dict[str, Row]) -> None:
     for ui, why in GENERIC.items():  # each reason starts with the heading
         if ui not in rows or not why.startswith(rows[ui].name):
             problems.append(f"generic {ui}: is {rows[ui].name if ui in rows else 'missing'}")
-    for ui in LAY_TERMS.values():
+    for ui in {ui for uis in LAY_TERMS.values() for ui in uis} | {
+        ui for edge in ADDED_EDGES for ui in edge
+    }:
         if ui not in rows:
             problems.append(f"{ui}: unknown UI")
     if problems:

@@ -1,6 +1,9 @@
 /* notifier signup form, progressive enhancement: works as a plain <form> without this script.
  * With it, <form data-notifier-form> submits with fetch() and shows success or field errors
- * inline. No framework, no build step. */
+ * inline, and an <input data-notifier-suggest> becomes a condition combobox (WAI-ARIA 1.2
+ * combobox with a listbox: arrows move, Enter picks, Escape closes) fed by GET /v1/conditions;
+ * picking a suggestion fills the form's mesh_id, editing the text clears it. No framework, no
+ * build step. */
 (function () {
   "use strict";
 
@@ -91,9 +94,116 @@
     });
   }
 
+  function suggestions(form, input) {
+    var url = form.action.replace(/\/v1\/subscriptions(\?.*)?$/, "/v1/conditions");
+    var mesh = form.querySelector('input[name="mesh_id"]');
+    if (!mesh) {
+      mesh = document.createElement("input");
+      mesh.type = "hidden";
+      mesh.name = "mesh_id";
+      form.appendChild(mesh);
+    }
+    var list = document.createElement("ul");
+    list.id = input.id + "-suggestions";
+    list.setAttribute("role", "listbox");
+    list.setAttribute("aria-label", "Suggested conditions");
+    list.className = "notifier-suggestions";
+    list.hidden = true;
+    input.parentNode.insertBefore(list, input.nextSibling);
+    input.setAttribute("role", "combobox");
+    input.setAttribute("aria-autocomplete", "list");
+    input.setAttribute("aria-expanded", "false");
+    input.setAttribute("aria-controls", list.id);
+    input.setAttribute("autocomplete", "off");
+    var items = [], active = -1, timer = null, asked = "";
+
+    function close() {
+      list.hidden = true;
+      input.setAttribute("aria-expanded", "false");
+      input.removeAttribute("aria-activedescendant");
+      active = -1;
+    }
+    function highlight(index) {
+      var options = list.children;
+      for (var i = 0; i < options.length; i++) {
+        options[i].setAttribute("aria-selected", i === index ? "true" : "false");
+      }
+      active = index;
+      if (index >= 0) input.setAttribute("aria-activedescendant", options[index].id);
+      else input.removeAttribute("aria-activedescendant");
+    }
+    function pick(index) {
+      var item = items[index];
+      if (!item) return;
+      input.value = item.label;
+      mesh.value = item.mesh_id;
+      close();
+    }
+    function show(found) {
+      items = found;
+      list.textContent = "";
+      for (var i = 0; i < found.length; i++) {
+        var option = document.createElement("li");
+        option.id = list.id + "-" + i;
+        option.setAttribute("role", "option");
+        option.setAttribute("aria-selected", "false");
+        option.textContent = found[i].label;
+        option.addEventListener("mousedown", (function (index) {
+          return function (event) { event.preventDefault(); pick(index); };
+        })(i));
+        list.appendChild(option);
+      }
+      list.hidden = !found.length;
+      input.setAttribute("aria-expanded", found.length ? "true" : "false");
+      active = -1;
+    }
+    function ask(first) {
+      var q = input.value.trim();
+      if (q.length < 2) { close(); return; }
+      asked = q;
+      fetch(url + "?q=" + encodeURIComponent(q.slice(0, 100)) + "&limit=8", {
+        headers: { "Accept": "application/json" }, credentials: "omit",
+      })
+        .then(function (response) { return response.ok ? response.json() : { conditions: [] }; })
+        .then(function (body) {
+          if (asked !== q) return;
+          show(body.conditions || []);
+          if (first && items.length) highlight(0); // ArrowDown on a closed list: open, go to 1st
+        })
+        .catch(function () { close(); });
+    }
+    input.addEventListener("input", function () {
+      mesh.value = ""; // typed text: resolved by the service unless a suggestion is picked
+      clearTimeout(timer);
+      timer = setTimeout(ask, 150);
+    });
+    input.addEventListener("keydown", function (event) {
+      var open = !list.hidden && items.length;
+      if (event.key === "ArrowDown") {
+        if (!open) { event.preventDefault(); ask(true); return; }
+        event.preventDefault();
+        highlight((active + 1) % items.length);
+      } else if (event.key === "ArrowUp" && open) {
+        event.preventDefault();
+        highlight(active <= 0 ? items.length - 1 : active - 1);
+      } else if (event.key === "Enter" && open && active >= 0) {
+        event.preventDefault(); // pick, do not submit yet
+        pick(active);
+      } else if (event.key === "Escape" && open) {
+        event.preventDefault();
+        close();
+      }
+    });
+    input.addEventListener("blur", close);
+  }
+
   function init() {
     var forms = document.querySelectorAll("form[data-notifier-form]");
-    for (var i = 0; i < forms.length; i++) enhance(forms[i]);
+    for (var i = 0; i < forms.length; i++) {
+      enhance(forms[i]);
+      var input = forms[i].querySelector("input[data-notifier-suggest]");
+      if (input && window.fetch) suggestions(forms[i], input);
+    }
   }
 
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", init);
