@@ -12,6 +12,7 @@ from notifier.handlers import (
     health,
     manage,
     ops,
+    studies,
     subscriptions,
     unsubscribe,
 )
@@ -20,7 +21,18 @@ from notifier.handlers.openapi import build_spec
 
 # Every handler module: its OPENAPI_* go into /openapi.json, its CORS_PATHS take fetch() from the
 # website's origins.
-HANDLER_MODULES = (health, ops, demo, unsubscribe, manage, admin, subscriptions, confirm, events)
+HANDLER_MODULES = (
+    health,
+    ops,
+    demo,
+    unsubscribe,
+    manage,
+    admin,
+    subscriptions,
+    confirm,
+    events,
+    studies,
+)
 
 
 async def openapi_json(request: web.Request) -> web.Response:
@@ -52,4 +64,6 @@ ROUTES: list[web.RouteDef] = [
     web.post("/v1/confirm/{token}", confirm.confirm),
     web.post("/v1/events", events.post_events),
     web.get(r"/v1/admin/events/{event_id:.{1,200}}", events.event_progress),
+    web.post("/v1/studies", studies.post_studies),
+    web.get(f"/v1/studies/{{nct_id:{studies.NCT_PATTERN}}}", studies.get_study),
 ]
