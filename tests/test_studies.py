@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import date
 from typing import Any
 
 import pytest
@@ -114,7 +115,10 @@ async def test_a_batch_with_one_bad_record_names_it_and_stores_nothing(
     [
         ({"studies": []}, {"studies": "must be a non-empty list"}),
         ([1, 2], {"body": "must be a study object or {studies: [...]}"}),
-        ({"protocolSection": "x"}, {"study": "record: protocolSection: must be an object, not a string"}),
+        (
+            {"protocolSection": "x"},
+            {"study": "record: protocolSection: must be an object, not a string"},
+        ),
     ],
 )
 async def test_bodies_that_are_no_records(
@@ -169,7 +173,7 @@ async def test_a_study_first_posted_within_the_window_is_new_and_a_stale_version
     client: TestClient[Any, Any], resources: Resources
 ) -> None:
     rec = record("NCT06610240")
-    today = __import__("datetime").date.today().isoformat()
+    today = date.today().isoformat()
     rec["protocolSection"]["statusModule"]["studyFirstPostDateStruct"] = {
         "date": today,
         "type": "ACTUAL",
@@ -179,11 +183,12 @@ async def test_a_study_first_posted_within_the_window_is_new_and_a_stale_version
         "type": "ACTUAL",
     }
     status, body = await post(client, rec)
+    assert status == 202
     assert body["results"][0]["kinds"] == ["new_study"]
     older = record("NCT06610240")
     older["protocolSection"]["statusModule"]["lastUpdatePostDateStruct"]["date"] = "2024-01-01"
     older["protocolSection"]["statusModule"]["overallStatus"] = "COMPLETED"
-    status, body = await post(client, older)
+    _status, body = await post(client, older)
     assert body["results"][0]["outcome"] == "stale"
     assert body["events"] == 0
 
@@ -231,7 +236,9 @@ async def test_the_catalogue_knows_titles_from_records_and_from_events(
         info = await study_info(session, NCT)
     assert titles == {NCT: TITLE, "NCT01234567": "A study only events mention"}
     assert short == {NCT: "PHINK", "NCT01234567": "EVT"}
-    assert info is not None and info.from_record and info.overall_status == "RECRUITING"
+    assert info is not None
+    assert info.from_record
+    assert info.overall_status == "RECRUITING"
     assert info.sites.total == 10
 
     # An event about a study with a record does not overwrite the record's facts.
@@ -252,7 +259,8 @@ async def test_get_study_is_public_cacheable_and_resolves_conditions(
     assert body["status_label"] == "Recruiting"
     assert body["sites"]["total"] == 10
     assert sum(body["sites"]["by_country"].values()) == 10
-    assert body["conditions"] and all("resolves_to" in c for c in body["conditions"])
+    assert body["conditions"]
+    assert all("resolves_to" in c for c in body["conditions"])
     assert any(c["resolves_to"] for c in body["conditions"])
     again = await client.get(f"/v1/studies/{NCT}", headers={"If-None-Match": resp.headers["ETag"]})
     assert again.status == 304
@@ -269,16 +277,14 @@ async def test_sites_are_kept_current_and_found_by_distance(
     lat, lon = first["geoPoint"]["lat"], first["geoPoint"]["lon"]
     async with resources.sessions() as session:
         near = await sites_within(session, lat, lon, 5)
-        assert near and near[0].nct_id == NCT and near[0].km < 0.01
-        statuses = dict(
-            (await session.execute(select(StudySite.facility, StudySite.status))).all()
-        )
+        assert near
+        assert near[0].nct_id == NCT
+        assert near[0].km < 0.01
+        statuses = dict((await session.execute(select(StudySite.facility, StudySite.status))).all())
     assert statuses[first["facility"]] == "RECRUITING"
     await post(client, changed_record())
     async with resources.sessions() as session:
-        statuses = dict(
-            (await session.execute(select(StudySite.facility, StudySite.status))).all()
-        )
+        statuses = dict((await session.execute(select(StudySite.facility, StudySite.status))).all())
     assert statuses[first["facility"]] == "COMPLETED"
     assert await count(resources, StudySite) == 10
 
@@ -287,7 +293,7 @@ async def test_bootstrap_stores_snapshots_without_events(resources: Resources) -
     rec = parse_record(record(NCT))
     policy = Policy(versions_kept=2, new_study_window_days=100_000, alerts=False)
     async with resources.sessions.begin() as session:
-        done = await store_records(session, [rec], policy, today=__import__("datetime").date.today())
+        done = await store_records(session, [rec], policy, today=date.today())
     assert done.outcomes[0].kinds == ["new_study"]  # what it would have said
     assert done.stored.new_pks == []
     assert await count(resources, Event) == 0

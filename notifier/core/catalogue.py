@@ -18,9 +18,7 @@ if TYPE_CHECKING:
 SHORT_TITLE_CHARS = 300
 
 
-async def remember_event_studies(
-    session: AsyncSession, events: Sequence[TrialChangeEvent]
-) -> None:
+async def remember_event_studies(session: AsyncSession, events: Sequence[TrialChangeEvent]) -> None:
     """Upsert a catalogue row per study the events name. A study with a stored record keeps the
     record's facts (versions > 0): a record is the source, an event's block a summary of one."""
     latest: dict[str, TrialChangeEvent] = {}

@@ -17,7 +17,13 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from notifier.clock import utcnow
-from notifier.core.ctgov import RecordError, StudyRecord, load_snapshot, parse_record, snapshot_bytes
+from notifier.core.ctgov import (
+    RecordError,
+    StudyRecord,
+    load_snapshot,
+    parse_record,
+    snapshot_bytes,
+)
 from notifier.core.events import Stored, TrialChangeEvent, enqueue_fanouts, store_events
 from notifier.core.study_diff import diff, is_stale, material_fingerprint
 from notifier.data.queries import insert_for
@@ -51,7 +57,9 @@ def parse_studies(data: Any, max_batch: int) -> list[StudyRecord]:
     elif isinstance(data, dict):
         items, names = [data], ["study"]
     else:
-        raise StudiesInvalid("invalid study", {"body": "must be a study object or {studies: [...]}"})
+        raise StudiesInvalid(
+            "invalid study", {"body": "must be a study object or {studies: [...]}"}
+        )
     records: list[StudyRecord] = []
     fields: dict[str, str] = {}
     for name, item in zip(names, items, strict=True):
@@ -160,9 +168,7 @@ async def _store_one(
             outcome.outcome = STALE
             return outcome, []
         outcome.outcome = CHANGED
-    events = diff(
-        previous, record, new_study_window_days=policy.new_study_window_days, today=today
-    )
+    events = diff(previous, record, new_study_window_days=policy.new_study_window_days, today=today)
     outcome.kinds = [str(e["change_kind"]) for e in events]
     if previous is not None and not events and study.fingerprint == fingerprint:
         # A new CT.gov version that touched only bookkeeping: nothing to keep or say.

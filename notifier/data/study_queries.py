@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from notifier.data.study_tables import Study, StudySite, StudyVersion
@@ -119,9 +119,7 @@ async def replace_sites(
     """The study's sites become exactly `sites` (dicts of StudySite's columns)."""
     await session.execute(delete(StudySite).where(StudySite.nct_id == nct_id))
     if sites:
-        await session.execute(
-            StudySite.__table__.insert(), [{**site, "nct_id": nct_id} for site in sites]
-        )
+        await session.execute(insert(StudySite), [{**site, "nct_id": nct_id} for site in sites])
 
 
 @dataclass(frozen=True)
@@ -146,15 +144,18 @@ async def sites_within(
     )
     cos_lat = math.cos(math.radians(min(89.9, abs(latitude) + dlat)))
     dlon = math.degrees(km / (EARTH_KM * cos_lat)) if cos_lat > 0 else 180.0
-    if dlon < 180 and -180 <= longitude - dlon and longitude + dlon <= 180:
+    if dlon < 180 and longitude - dlon >= -180 and longitude + dlon <= 180:
         query = query.where(StudySite.longitude.between(longitude - dlon, longitude + dlon))
     found = []
     for site in await session.scalars(query):
-        assert site.latitude is not None and site.longitude is not None  # filtered above
+        assert site.latitude is not None
+        assert site.longitude is not None
         distance = haversine_km(latitude, longitude, site.latitude, site.longitude)
         if distance <= km:
             found.append(
-                NearbySite(site.nct_id, site.facility, site.city, site.country, site.status, distance)
+                NearbySite(
+                    site.nct_id, site.facility, site.city, site.country, site.status, distance
+                )
             )
     found.sort(key=lambda s: s.km)
     return found[:limit]
@@ -179,7 +180,7 @@ async def latest_snapshot(session: AsyncSession, nct_id: str) -> bytes | None:
 
 async def purge_versions(session: AsyncSession, nct_id: str, newest_seq: int, kept: int) -> None:
     """Keep the newest `kept` versions of one study (run as each version is stored, so the
-    table holds at most kept × studies rows)."""
+    table holds at most kept x studies rows)."""
     await session.execute(
         delete(StudyVersion).where(
             StudyVersion.nct_id == nct_id, StudyVersion.seq <= newest_seq - kept
