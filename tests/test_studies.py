@@ -4,6 +4,7 @@ real worker and the real SMTP server; the catalogue the pages and mails use."""
 from __future__ import annotations
 
 import asyncio
+import html
 import json
 from datetime import date
 from typing import Any
@@ -15,9 +16,10 @@ from sqlalchemy import func, select
 from notifier.core.ctgov import parse_record
 from notifier.core.studies import Policy, store_records
 from notifier.core.study_diff import event_id_for
-from notifier.data.models import Event
+from notifier.data.models import Event, Subscriber
 from notifier.data.study_queries import sites_within, study_info, study_titles
 from notifier.data.study_tables import Study, StudySite, StudyVersion
+from notifier.queue import enqueue_confirmation
 from notifier.resources import Resources
 from tests.conftest import run_worker
 from tests.events_factory import post_events, record, signed_headers, subscribe
@@ -298,3 +300,38 @@ async def test_bootstrap_stores_snapshots_without_events(resources: Resources) -
     assert done.stored.new_pks == []
     assert await count(resources, Event) == 0
     assert await count(resources, StudyVersion) == 1
+
+
+async def test_the_confirm_page_and_mail_name_the_study_by_title_and_status(
+    client: TestClient[Any, Any], resources: Resources, smtp: RecordingSMTP
+) -> None:
+    await post(client, record(NCT))
+    sub = await subscribe(resources, "new@example.org", study=NCT, status="pending")
+    async with resources.sessions.begin() as session:
+        subscriber = await session.get(Subscriber, sub.subscriber_id)
+        assert subscriber is not None
+        subscriber.confirm_nonce = "n" * 32
+    token = resources.tokens.confirm(sub.subscriber_id, "n" * 32)
+    resp = await client.get(f"/v1/confirm/{token}")
+    page = await resp.text()
+    assert resp.status == 200
+    assert f"every change to “{TITLE}” ({NCT})" in html.unescape(page)
+    assert "currently Recruiting" in page
+
+    await enqueue_confirmation(resources, sub.subscriber_id)
+    await run_worker(resources)
+    (mail,) = [m.message for m in smtp.messages]
+    text = mail.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    assert TITLE in text
+
+
+async def test_the_alert_names_the_study_by_its_short_title_too(
+    client: TestClient[Any, Any], resources: Resources, smtp: RecordingSMTP
+) -> None:
+    await post(client, record(NCT))
+    await subscribe(resources, "pat@example.org", study=NCT)
+    await post(client, changed_record())
+    await run_worker(resources)
+    for received in smtp.messages:
+        text = received.message.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+        assert f"{TITLE}\nPHINK · {NCT} · Active, not recruiting" in text.replace("\r\n", "\n")

@@ -75,6 +75,21 @@ async def study_titles(
     }
 
 
+async def study_headlines(
+    session: AsyncSession, nct_ids: Iterable[str]
+) -> dict[str, tuple[str, str | None]]:
+    """NCT id -> (brief title, overall status) for the ids the catalogue knows."""
+    wanted = sorted(set(nct_ids))
+    if not wanted:
+        return {}
+    rows = await session.execute(
+        select(Study.nct_id, Study.brief_title, Study.overall_status).where(
+            Study.nct_id.in_(wanted)
+        )
+    )
+    return {nct: (title, status) for nct, title, status in rows}
+
+
 async def study_info(session: AsyncSession, nct_id: str) -> StudyInfo | None:
     study = await session.get(Study, nct_id)
     if study is None:
