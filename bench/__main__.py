@@ -15,7 +15,15 @@ from typing import Any
 
 from bench.common import Result, require_postfix_tools
 
-BENCHES = ["send_path", "match_scan", "fanout_scheduling", "fanout_e2e", "signup_api", "rate_limit"]
+BENCHES = [
+    "send_path",
+    "match_scan",
+    "fanout_scheduling",
+    "fanout_e2e",
+    "signup_api",
+    "rate_limit",
+    "studies_ingest",
+]
 RESULTS = Path(__file__).parent / "results"
 
 

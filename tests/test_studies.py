@@ -133,7 +133,7 @@ async def test_bodies_that_are_no_records(
 
 @pytest.fixture
 def settings_overrides() -> dict[str, Any]:
-    return {"max_study_batch": 3}
+    return {"max_study_batch": 3, "max_study_body_bytes": 200_000}
 
 
 async def test_batches_are_bounded_and_signed(client: TestClient[Any, Any]) -> None:
@@ -143,6 +143,9 @@ async def test_batches_are_bounded_and_signed(client: TestClient[Any, Any]) -> N
     raw = json.dumps(record(NCT)).encode()
     resp = await client.post("/v1/studies", data=raw, headers={"Notifier-Signature": "t=1,v1=00"})
     assert resp.status == 401
+    big = json.dumps({"studies": [record("NCT05883644")] * 12}).encode()  # ~240 KB
+    resp = await client.post("/v1/studies", data=big, headers=signed_headers(big))
+    assert resp.status == 413
 
 
 async def test_the_same_change_as_an_event_and_as_a_record_is_one_event(

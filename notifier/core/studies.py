@@ -176,6 +176,7 @@ async def _store_one(
         return outcome, []
     if previous is not None and not events:
         outcome.outcome = UNCHANGED  # what changed derives no event (e.g. coordinates only)
+    first_version = study.versions == 0
     study.versions += 1
     session.add(
         StudyVersion(
@@ -188,8 +189,11 @@ async def _store_one(
     )
     _catalogue(study, record, fingerprint)
     await session.flush()
-    await purge_versions(session, record.nct_id, study.versions, policy.versions_kept)
-    await replace_sites(session, record.nct_id, [_site(loc) for loc in record.locations])
+    # Round trips are most of the cost (bench/studies_ingest): skip the ones that cannot matter.
+    if study.versions > policy.versions_kept:
+        await purge_versions(session, record.nct_id, study.versions, policy.versions_kept)
+    sites = [_site(loc) for loc in record.locations]
+    await replace_sites(session, record.nct_id, sites, replace=not first_version)
     return outcome, events if policy.alerts else []
 
 

@@ -129,10 +129,12 @@ async def sites_summary(session: AsyncSession, nct_id: str) -> SitesSummary:
 
 
 async def replace_sites(
-    session: AsyncSession, nct_id: str, sites: Sequence[dict[str, Any]]
+    session: AsyncSession, nct_id: str, sites: Sequence[dict[str, Any]], *, replace: bool = True
 ) -> None:
-    """The study's sites become exactly `sites` (dicts of StudySite's columns)."""
-    await session.execute(delete(StudySite).where(StudySite.nct_id == nct_id))
+    """The study's sites become exactly `sites` (dicts of StudySite's columns); `replace=False`
+    when the study has none yet (its first record) saves the DELETE."""
+    if replace:
+        await session.execute(delete(StudySite).where(StudySite.nct_id == nct_id))
     if sites:
         await session.execute(insert(StudySite), [{**site, "nct_id": nct_id} for site in sites])
 
