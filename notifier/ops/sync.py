@@ -28,6 +28,7 @@ from notifier.core.events import enqueue_fanouts
 from notifier.core.studies import Policy, store_records
 from notifier.data.models import RejectedEvent
 from notifier.data.study_tables import SyncState
+from notifier.metrics import EVENTS
 from notifier.ops.ctgov_client import Backoff, FetchFailed, pages
 from notifier.resources import Resources
 
@@ -184,6 +185,8 @@ async def _run(r: Resources, opts: Options, progress: Progress, lock: Any) -> Su
                 )
             summary.cursor_after = await _advance(session, newest, summary.cursor_after)
         await enqueue_fanouts(r, ingested.stored.new_pks)
+        if ingested.stored.new_pks:
+            EVENTS.labels("accepted", "sync").inc(len(ingested.stored.new_pks))
         await lock.reacquire()
         summary.pages += 1
         summary.fetched += len(page.studies)
