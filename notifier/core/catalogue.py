@@ -24,23 +24,34 @@ async def remember_event_studies(session: AsyncSession, events: Sequence[TrialCh
     latest: dict[str, TrialChangeEvent] = {}
     for event in events:
         latest[event.nct_id] = event  # one row per study per statement (PostgreSQL insists)
+    if not latest:
+        return
+    now = utcnow()
+    rows = []
     for nct_id in sorted(latest):  # one lock order for every writer
         study = latest[nct_id].study
         acronym = getattr(study, "acronym", None)  # an extra field of the reference schema
-        values = {
-            "brief_title": study.brief_title,
-            "short_title": acronym[:SHORT_TITLE_CHARS]
-            if isinstance(acronym, str) and acronym.strip()
-            else None,
-            "overall_status": study.overall_status,
-            "why_stopped": study.why_stopped,
-            "conditions": list(study.conditions),
-            "condition_mesh": [{"id": m.id, "term": m.term} for m in study.condition_mesh],
-            "updated_at": utcnow(),
-        }
-        stmt = insert_for(session, Study).values(nct_id=nct_id, versions=0, **values)
-        await session.execute(
-            stmt.on_conflict_do_update(
-                index_elements=["nct_id"], set_=values, where=Study.versions == 0
-            )
+        rows.append(
+            {
+                "nct_id": nct_id,
+                "versions": 0,
+                "brief_title": study.brief_title,
+                "short_title": acronym[:SHORT_TITLE_CHARS]
+                if isinstance(acronym, str) and acronym.strip()
+                else None,
+                "overall_status": study.overall_status,
+                "why_stopped": study.why_stopped,
+                "conditions": list(study.conditions),
+                "condition_mesh": [{"id": m.id, "term": m.term} for m in study.condition_mesh],
+                "updated_at": now,
+            }
         )
+    stmt = insert_for(session, Study).values(rows)
+    updated = set(rows[0]) - {"nct_id", "versions"}
+    await session.execute(
+        stmt.on_conflict_do_update(
+            index_elements=["nct_id"],
+            set_={name: stmt.excluded[name] for name in updated},
+            where=Study.versions == 0,
+        )
+    )
