@@ -143,7 +143,8 @@ async def test_batches_are_bounded_and_signed(client: TestClient[Any, Any]) -> N
     raw = json.dumps(record(NCT)).encode()
     resp = await client.post("/v1/studies", data=raw, headers={"Notifier-Signature": "t=1,v1=00"})
     assert resp.status == 401
-    big = json.dumps({"studies": [record("NCT05883644")] * 12}).encode()  # ~240 KB
+    big = json.dumps({"studies": [record("NCT05883644")] * 20}).encode()
+    assert len(big) > 200_000
     resp = await client.post("/v1/studies", data=big, headers=signed_headers(big))
     assert resp.status == 413
 
