@@ -23,6 +23,7 @@ BENCHES = [
     "signup_api",
     "rate_limit",
     "vocabulary",
+    "studies_ingest",
 ]
 RESULTS = Path(__file__).parent / "results"
 

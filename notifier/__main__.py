@@ -1,4 +1,4 @@
-"""`notifier web|worker|dev|migrate|preview|send-test|replay|stats`: build Settings, dispatch."""
+"""`notifier web|worker|dev|migrate|preview|send-test|replay|stats|sync`: Settings, dispatch."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import contextlib
 import logging
 import sys
 from collections.abc import Sequence
+from datetime import date
 
 from aiohttp import web
 from pydantic import ValidationError
@@ -17,7 +18,7 @@ from notifier.settings import ConfigError, Settings, check_secrets
 
 log = logging.getLogger("notifier")
 
-OPERATOR_COMMANDS = ("send-test", "replay", "stats")
+OPERATOR_COMMANDS = ("send-test", "replay", "stats", "sync")
 
 
 def _settings(dev: bool, *, secrets: bool = True) -> Settings:
@@ -174,6 +175,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=300.0, help="seconds to --wait (300)")
     p = sub.add_parser("stats", help="subscribers, subscriptions, events, deliveries, queue")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p = sub.add_parser("sync", help="pull changed study records from ClinicalTrials.gov")
+    p.add_argument("--once", action="store_true", help="one run, then exit (for cron)")
+    p.add_argument(
+        "--interval", type=float, help="seconds between runs (NOTIFIER_SYNC_INTERVAL, or 3600)"
+    )
+    p.add_argument(
+        "--since",
+        type=date.fromisoformat,
+        help="LastUpdatePostDate to start from (YYYY-MM-DD) instead of the stored cursor",
+    )
+    p.add_argument("--base-url", help="API host (NOTIFIER_SYNC_BASE_URL, clinicaltrials.gov)")
+    p.add_argument("--page-size", type=int, choices=range(1, 1001), metavar="1..1000")
+    p.add_argument(
+        "--no-alerts",
+        action="store_true",
+        help="store records without deriving events (a first import that mails nobody)",
+    )
     return parser
 
 
@@ -204,6 +222,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, RedisUnavailable) as exc:
         print(f"notifier: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # `notifier sync` in a loop, stopped with Ctrl-C
+        return 130
     return 0
 
 

@@ -38,6 +38,7 @@ class Cron(StrEnum):
     SWEEP = "sweep_cron"
     DIGEST_TICK = "digest_tick"
     PURGE_PENDING = "purge_pending_cron"
+    CTGOV_SYNC = "ctgov_sync_cron"  # only when NOTIFIER_SYNC_INTERVAL is set
 
 
 # arq's job timeout: a job still running after it is cancelled (and retried). Send batches are

@@ -81,6 +81,16 @@ class Settings(BaseSettings):
     soft_bounce_limit: int = Field(default=3, gt=0)
     soft_bounce_window_days: int = Field(default=14, gt=0)
 
+    # Study records (POST /v1/studies, `notifier sync`).
+    max_study_batch: int = Field(default=100, gt=0, description="records per POST /v1/studies")
+    max_study_body_bytes: int = Field(default=32 * 1024 * 1024, gt=0)
+    study_versions_kept: int = Field(default=5, ge=1, description="snapshots kept per study")
+    new_study_window_days: int = Field(default=30, ge=0)
+    sync_interval: float = Field(default=0.0, ge=0, description="s between worker syncs; 0 = off")
+    sync_base_url: str = "https://clinicaltrials.gov"
+    sync_page_size: int = Field(default=200, gt=0, le=1000)
+    sync_overlap_days: int = Field(default=2, ge=0)
+
     @field_validator(
         "secret_keys", "event_secrets", "allowed_origins", "trusted_proxies", mode="before"
     )
@@ -113,6 +123,14 @@ class Settings(BaseSettings):
         if urlsplit(value).scheme not in ("redis", "rediss", "unix"):
             raise ValueError("use redis://host:port/db")
         return value
+
+    @field_validator("sync_base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError("use an absolute http(s) URL")
+        return value.rstrip("/")
 
     @field_validator("mail_from")
     @classmethod

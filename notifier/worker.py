@@ -15,7 +15,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from notifier.jobs import digests, fanout, ingest, maintenance, notices, sending, sweep
+from notifier.jobs import digests, fanout, ingest, maintenance, notices, sending, sweep, sync
 from notifier.queue import JOB_TIMEOUT, Cron, Job, deserialize, serialize
 from notifier.resources import Resources, open_resources, redis_settings
 from notifier.settings import Settings
@@ -45,11 +45,13 @@ FUNCTIONS: tuple[Function, ...] = tuple(
 
 
 def every(seconds: float) -> dict[str, Any]:
-    """An arq cron schedule for "every `seconds`" (at most hourly): whole seconds or minutes."""
+    """An arq cron schedule for "every `seconds`": whole seconds, minutes or hours (<= daily)."""
     step = max(1, round(seconds))
     if step < 60:
         return {"second": set(range(0, 60, step)), "minute": None}
-    return {"second": {0}, "minute": set(range(0, 60, min(60, step // 60)))}
+    if step < 3600:
+        return {"second": {0}, "minute": set(range(0, 60, min(60, step // 60)))}
+    return {"second": {0}, "minute": {0}, "hour": set(range(0, 24, min(24, step // 3600)))}
 
 
 def cron_jobs(settings: Settings) -> list[CronJob]:
@@ -59,6 +61,8 @@ def cron_jobs(settings: Settings) -> list[CronJob]:
         (Cron.DIGEST_TICK, digests.digest_tick, {"minute": 0}),  # hourly: local midnights
         (Cron.PURGE_PENDING, maintenance.purge_pending, {"minute": {7}, "second": {0}}),
     )
+    if settings.sync_interval:
+        schedules += ((Cron.CTGOV_SYNC, sync.sync_cron, every(settings.sync_interval)),)
     return [
         cron(coroutine, name=name.value, unique=True, run_at_startup=False, **schedule)
         for name, coroutine, schedule in schedules

@@ -187,6 +187,7 @@ def test_job_and_cron_names_are_the_ones_already_queued_in_redis() -> None:
         "sweep",
     ]
     assert sorted(cron.value for cron in Cron) == [
+        "ctgov_sync_cron",
         "digest_tick",
         "purge_pending_cron",
         "sweep_cron",
@@ -198,5 +199,8 @@ def test_the_worker_lists_every_job_and_cron_by_its_name() -> None:
     from tests.conftest import make_settings
 
     assert sorted(f.name for f in FUNCTIONS) == sorted(job.value for job in Job)
-    settings = make_settings("sqlite+aiosqlite://", "smtp://127.0.0.1:1")
+    settings = make_settings("sqlite+aiosqlite://", "smtp://127.0.0.1:1", sync_interval=900)
     assert sorted(c.name for c in cron_jobs(settings)) == sorted(cron.value for cron in Cron)
+    # The ClinicalTrials.gov sync runs only where NOTIFIER_SYNC_INTERVAL asks for it.
+    off = make_settings("sqlite+aiosqlite://", "smtp://127.0.0.1:1")
+    assert Cron.CTGOV_SYNC.value not in [c.name for c in cron_jobs(off)]

@@ -17,6 +17,7 @@ from notifier.core.concepts import meaning
 from notifier.core.signup import Evidence, new_nonce
 from notifier.data.models import Subscriber, Subscription
 from notifier.data.queries import is_suppressed
+from notifier.data.study_queries import study_headlines
 from notifier.resources import Resources
 
 log = logging.getLogger("notifier.confirmations")
@@ -39,15 +40,22 @@ class Item:
     broad: bool
     frequency: str
     meaning: str | None = None  # what a condition resolved to, in plain words
+    title: str | None = None  # a study's title, when the catalogue knows it
+    status: str | None = None  # and its overall status (a CT.gov code)
 
     @classmethod
-    def of(cls, row: Subscription) -> Item:
+    def of(cls, row: Subscription, study: tuple[str, str | None] | None = None) -> Item:
         plain = meaning(row.mesh_id, row.requires, row.label) if row.kind == "condition" else None
-        return cls(row.id, row.kind, row.label, row.mesh_id, row.broad, row.frequency, plain)
+        title, status = study if study is not None else (None, None)
+        return cls(
+            row.id, row.kind, row.label, row.mesh_id, row.broad, row.frequency, plain, title, status
+        )
 
     @property
     def description(self) -> str:
-        if self.kind == "study":
+        if self.kind == "study" and self.title:
+            what = f"every change to “{self.title}” ({self.label})"
+        elif self.kind == "study":
             what = f"every change to study {self.label}"
         else:
             what = f"new studies on “{self.label}”"
@@ -57,6 +65,12 @@ class Item:
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
+
+
+async def describe(session: AsyncSession, rows: list[Subscription]) -> list[Item]:
+    """Items for pages and mail, studies named by their title and current status."""
+    known = await study_headlines(session, [row.label for row in rows if row.kind == "study"])
+    return [Item.of(row, known.get(row.label) if row.kind == "study" else None) for row in rows]
 
 
 async def pending_subscriptions(
@@ -81,7 +95,7 @@ async def pending_for_link(r: Resources, token: str) -> list[Item]:
             raise LinkUnusable("already used, or the address was erased")
         if await is_suppressed(session, r.email_hash(subscriber.email)):
             raise LinkUnusable("address suppressed")
-        items = [Item.of(row) for row in await pending_subscriptions(session, subscriber_id)]
+        items = await describe(session, await pending_subscriptions(session, subscriber_id))
     if not items:
         raise LinkUnusable("nothing waiting for confirmation")
     return items
@@ -121,4 +135,4 @@ async def confirm_link(
             row.updated_at = now
         if subscriber.first_confirmed_at is None:
             subscriber.first_confirmed_at = now
-        return [Item.of(row) for row in rows]
+        return await describe(session, rows)

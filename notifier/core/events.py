@@ -14,6 +14,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from notifier.clock import utcnow
+from notifier.core.catalogue import remember_event_studies
 from notifier.core.fields import validation_fields
 from notifier.core.normalize import normalize_mesh_id, normalize_nct
 from notifier.data.models import Delivery, Event, FanoutSlice
@@ -226,8 +227,12 @@ async def enqueue_fanouts(r: Resources, pks: list[int]) -> None:
 
 
 async def ingest(r: Resources, events: list[TrialChangeEvent], source: str) -> Stored:
-    """Store validated events in one transaction, then enqueue their fan-out."""
+    """Store validated events (and the catalogue rows of their studies) in one transaction,
+    then enqueue their fan-out."""
     async with r.sessions.begin() as session:
+        # Study rows first, in NCT id order, as core.studies takes them: no deadlock between
+        # an events batch and a records batch deriving the same event.
+        await remember_event_studies(session, events)
         stored = await store_events(session, events)
     await enqueue_fanouts(r, stored.new_pks)
     if stored.new_pks:

@@ -12,6 +12,7 @@ from notifier.core.tokens import TokenExpired, TokenInvalid
 from notifier.handlers.bodies import FORM, JSON, BodyError, decode_body
 from notifier.handlers.middleware import client_ip, error_response, res
 from notifier.handlers.openapi import error_response as error_doc
+from notifier.mail.labels import status_label
 from notifier.metrics import CONFIRMATIONS
 
 
@@ -62,7 +63,9 @@ async def confirm_page(request: web.Request) -> web.Response:
         items = await pending_for_link(res(request), request.match_info["token"])
     except (TokenInvalid, TokenExpired, LinkUnusable) as exc:
         return _unusable(request, exc)
-    return _page(request, "confirm", subscriptions=items, action=request.path)
+    return _page(
+        request, "confirm", subscriptions=items, action=request.path, status_label=status_label
+    )
 
 
 async def confirm(request: web.Request) -> web.Response:
@@ -94,6 +97,8 @@ _ITEM = {
         "mesh_id": {"type": ["string", "null"]},
         "broad": {"type": "boolean"},
         "frequency": {"enum": ["instant", "daily", "weekly"]},
+        "title": {"type": ["string", "null"], "description": "a study's title, when known"},
+        "status": {"type": ["string", "null"], "description": "a study's overall status"},
     },
 }
 _HTML: dict[str, Any] = {"text/html": {}}

@@ -13,6 +13,7 @@ from notifier.handlers import (
     health,
     manage,
     ops,
+    studies,
     subscriptions,
     unsubscribe,
 )
@@ -32,6 +33,7 @@ HANDLER_MODULES = (
     conditions,
     confirm,
     events,
+    studies,
 )
 
 
@@ -65,4 +67,6 @@ ROUTES: list[web.RouteDef] = [
     web.post("/v1/confirm/{token}", confirm.confirm),
     web.post("/v1/events", events.post_events),
     web.get(r"/v1/admin/events/{event_id:.{1,200}}", events.event_progress),
+    web.post("/v1/studies", studies.post_studies),
+    web.get(f"/v1/studies/{{nct_id:{studies.NCT_PATTERN}}}", studies.get_study),
 ]

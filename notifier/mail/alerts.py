@@ -16,6 +16,7 @@ from notifier.mail.summaries import match_reason, summarize
 NEUTRAL_STUDY_SUBJECT = "Update on a study you follow"
 NEUTRAL_CONDITION_SUBJECT = "A new study matches a condition you follow"
 NEUTRAL_PREHEADER = "Open this message to read what changed."
+SHORT_TITLE_MAX = 40
 
 
 def study_url(event: dict[str, Any]) -> str:
@@ -24,6 +25,12 @@ def study_url(event: dict[str, Any]) -> str:
     if urlsplit(url).scheme in ("http", "https") and urlsplit(url).netloc:
         return url
     return f"https://clinicaltrials.gov/study/{event.get('nct_id', '')}"
+
+
+def short_title(study: dict[str, Any]) -> str | None:
+    """The acronym CT.gov lists (PHINK, TROPION-Lung07), when it is a short name."""
+    acronym = " ".join(str(study.get("acronym") or "").split())
+    return acronym if 0 < len(acronym) <= SHORT_TITLE_MAX else None
 
 
 def _subject(
@@ -126,7 +133,9 @@ class AlertRenderer:
             "lines": summary.lines,
             "is_new_study": event.get("change_kind") == "new_study",
             "nct_id": str(event.get("nct_id") or ""),
-            "title": str(study.get("brief_title") or ""),
+            # The study by its title (and short title), the NCT id when an event has none.
+            "title": str(study.get("brief_title") or "") or str(event.get("nct_id") or ""),
+            "short_title": short_title(study),
             "status": status_label(overall) if overall else "",
             "study_url": study_url(event),
             "items": items,

@@ -123,6 +123,7 @@ def summarize(event: dict[str, Any]) -> Summary:
     ranked: list[tuple[int, int, ChangeLine]] = []
     results_posted = _results_date(changes)
     headlines: dict[int, str] = {}
+    changes = _merge_site_changes(changes)
     for order, change in enumerate(changes):
         path = str(change.get("path") or "")
         if not path or is_bookkeeping(path):
@@ -211,6 +212,34 @@ def _line_headline(key: str, line: ChangeLine) -> str:
 
 # -- study sites ------------------------------------------------------------------------------
 
+FEW_SITES = 2  # one or two opened or closed sites are named; more are counted by country
+
+
+def _merge_site_changes(changes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Changes derived from records (core.study_diff) come one per site: `{path: …locations,
+    op: add|remove|replace, old: site, new: site}`. They become one {added, removed} change
+    where the first of them stood, so the alert has one "Study sites" block."""
+    per_site = [
+        c
+        for c in changes
+        if field_key(str(c.get("path") or "")) == "locations"
+        and (isinstance(c.get("old"), dict) or isinstance(c.get("new"), dict))
+    ]
+    if not per_site:
+        return changes
+    merged: dict[str, Any] = {
+        "path": per_site[0]["path"],
+        "added": [c["new"] for c in per_site if isinstance(c.get("new"), dict)],
+        "removed": [c["old"] for c in per_site if isinstance(c.get("old"), dict)],
+    }
+    out: list[dict[str, Any]] = []
+    for change in changes:
+        if change is per_site[0]:
+            out.append(merged)
+        elif not any(change is c for c in per_site):
+            out.append(change)
+    return out
+
 
 def _site_key(location: dict[str, Any]) -> tuple[str, ...]:
     return tuple(
@@ -244,9 +273,7 @@ def _site_lines(change: dict[str, Any]) -> tuple[list[ChangeLine], str]:
     if gone:
         lines.append(ChangeLine("Sites no longer listed", _by_country(gone), None))
     for was, now_site in moved[:5]:
-        place = ", ".join(
-            str(now_site[k]) for k in ("facility", "city", "country") if now_site.get(k)
-        )
+        place = _place(now_site)
         old = status_label(was["status"]) if was.get("status") else None
         now = status_label(now_site["status"]) if now_site.get("status") else None
         lines.append(ChangeLine(f"Site {place or 'status'}", old, now))
@@ -260,7 +287,14 @@ def _countries(locations: list[dict[str, Any]]) -> list[tuple[str, int]]:
     return sorted(counts.items(), key=lambda item: (-item[1], item[0]))
 
 
+def _place(location: dict[str, Any]) -> str:
+    return ", ".join(str(location[k]) for k in ("facility", "city", "country") if location.get(k))
+
+
 def _by_country(locations: list[dict[str, Any]]) -> str:
+    """A few sites by name ("Hospital A, Lyon, France; …"), more as counts per country."""
+    if len(locations) <= FEW_SITES and all(_place(loc) for loc in locations):
+        return shorten("; ".join(_place(loc) for loc in locations))
     parts = []
     for country, count in _countries(locations):
         cities = sorted(

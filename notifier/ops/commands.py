@@ -1,4 +1,5 @@
-"""Operator commands `notifier send-test|replay|stats`: results on stdout, progress on stderr."""
+"""Operator commands `notifier send-test|replay|stats|sync`: results on stdout, progress on
+stderr."""
 
 from __future__ import annotations
 
@@ -120,6 +121,20 @@ async def _dispatch(r: Resources, args: argparse.Namespace, con: Console) -> int
         return await replay(r, args.event_id, con, follow_for=follow)
     if args.command == "stats":
         return await stats(r, con, as_json=args.json)
+    if args.command == "sync":
+        from notifier.ops.sync import Options, sync_command
+
+        opts = Options.of(
+            r,
+            since=args.since,
+            base_url=args.base_url,
+            page_size=args.page_size,
+            alerts=not args.no_alerts,
+        )
+        interval = args.interval or r.settings.sync_interval or 3600.0
+        return await sync_command(
+            r, opts, once=args.once, interval=interval, out=con.out, err=con.err
+        )
     raise ValueError(f"not an operator command: {args.command}")
 
 

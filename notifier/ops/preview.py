@@ -126,7 +126,16 @@ def build_samples(mail_ctx: MailContext, folder: Path = STUDIES_DIR) -> list[Sam
     mail = render_digest(mail_ctx, reader, discreet, frequency="daily", now=utcnow())
     samples.append(Sample("digest-discreet", "digest", "discreet digest", mail))
     items = [
-        Item(1, "study", first["nct_id"], None, False, "instant"),
+        Item(
+            1,
+            "study",
+            first["nct_id"],
+            None,
+            False,
+            "instant",
+            first["study"]["brief_title"],
+            first["study"]["overall_status"],
+        ),
         Item(2, "condition", "Neuroendocrine Tumors", "D000018358", True, "weekly"),
     ]
     token = mail_ctx.tokens.confirm(1, secrets.token_hex(8))
