@@ -1,8 +1,9 @@
-"""What a signup may ask for: the address, a study or a condition, and how often (pydantic)."""
+"""What a signup may ask for: the address, a study, a condition or both, and how often (pydantic)."""
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from functools import cache
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -65,8 +66,20 @@ def is_allowed_redirect(url: str, allowed_origins: list[str]) -> bool:
     return origin is not None and origin in {origin_of(o) for o in allowed_origins}
 
 
+@dataclass(frozen=True)
+class Target:
+    """One subscription a signup asks for: a study, or a condition (with its MeSH choice)."""
+
+    kind: str
+    label: str
+    match_key: str
+    mesh_id: str | None = None
+    broad: bool = False
+
+
 class SignupRequest(BaseModel):
-    """POST /v1/subscriptions: an address and exactly one study or condition."""
+    """POST /v1/subscriptions: an address and a study, a condition, or both (the study page's
+    "this study, and new studies for its condition" box: one mail confirms the two)."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
@@ -127,10 +140,8 @@ class SignupRequest(BaseModel):
     @classmethod
     def _condition(cls, value: str | None, info: ValidationInfo) -> str | None:
         if "study" in info.data:  # else the study itself was invalid: one error is enough
-            if value is not None and info.data["study"] is not None:
-                raise ValueError("give a study or a condition, not both")
             if value is None and info.data["study"] is None:
-                raise ValueError("give a study (NCT id) or a condition")
+                raise ValueError("give a study (NCT id), a condition, or both")
         if value is None:
             return None
         label = clean_label(value)
@@ -186,18 +197,27 @@ class SignupRequest(BaseModel):
         return value
 
     @property
+    def targets(self) -> list[Target]:
+        """What to subscribe to, the study first; the MeSH choice goes with the condition."""
+        found = []
+        if self.study:
+            found.append(Target("study", self.study, f"study:{self.study}"))
+        if self.condition:
+            key = f"cond:{normalize_condition(self.condition)}"
+            found.append(Target("condition", self.condition, key, self.mesh_id, self.broad))
+        return found
+
+    @property
     def kind(self) -> str:
-        return "study" if self.study else "condition"
+        return self.targets[0].kind
 
     @property
     def label(self) -> str:
-        return self.study or self.condition or ""
+        return self.targets[0].label
 
     @property
     def match_key(self) -> str:
-        if self.study:
-            return f"study:{self.study}"
-        return f"cond:{normalize_condition(self.condition or '')}"
+        return self.targets[0].match_key
 
 
 def parse_signup(data: dict[str, Any], allowed_origins: list[str]) -> SignupRequest:

@@ -61,6 +61,8 @@ def _demo(request: web.Request, kind: str) -> web.Response:
         kind=kind,
         study=DEMO_STUDY,
         condition="Neuroendocrine Tumors",
+        # The site decides whether "and new studies for its condition" starts ticked.
+        condition_checked=request.query.get("condition") != "unticked",
         action="/v1/subscriptions",  # same origin as the demo page
         script="/static/notifier-form.js",
     )

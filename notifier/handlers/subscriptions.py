@@ -66,7 +66,7 @@ _SIGNUP_SCHEMA: dict[str, Any] = {"$ref": "#/components/schemas/SignupRequest"}
 
 def _signup_schema() -> dict[str, Any]:
     """The model's schema with what signup enforces and JSON Schema can say: the address and id
-    syntax, exactly one of study or condition. (Whether a condition names a condition, a time
+    syntax, a study or a condition or both. (Whether a condition names a condition, a time
     zone exists, or a redirect is on an allowed origin is checked by the server: 422.)"""
     schema = SignupRequest.model_json_schema()
     props = schema["properties"]
@@ -91,9 +91,11 @@ OPENAPI_SCHEMAS = {"SignupRequest": _signup_schema()}
 OPENAPI_PATHS: dict[str, Any] = {
     "/v1/subscriptions": {
         "post": {
-            "summary": "Sign up for alerts about a study or a condition (double opt-in)",
+            "summary": "Sign up for alerts about a study, a condition, or both (double opt-in)",
             "description": (
-                "Records a pending subscription and mails one confirmation link (at most one "
+                "Records a pending subscription (two when both a study and a condition are "
+                "given: the study page's \"this study, and new studies for its condition\") "
+                "and mails one confirmation link (at most one "
                 "per address per interval; the link's page lists every pending subscription of "
                 "the address). The answer is the same for new, pending, confirmed, "
                 "unsubscribed and suppressed addresses. Rate-limited per IP."

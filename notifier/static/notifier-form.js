@@ -47,7 +47,8 @@
       if (!el.name || el.disabled || el.type === "submit") continue;
       if ((el.type === "checkbox" || el.type === "radio") && !el.checked) continue;
       if (el.name === "redirect") continue; // JSON answers stay on the page
-      data[el.name] = el.type === "checkbox" ? true : el.value;
+      // A box without a value (broad) means true; one with a value (a condition) sends it.
+      data[el.name] = el.type === "checkbox" && !el.hasAttribute("value") ? true : el.value;
     }
     return data;
   }
