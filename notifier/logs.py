@@ -22,7 +22,9 @@ REQUEST_ID: ContextVar[str | None] = ContextVar("notifier_request_id", default=N
 # not a space, quote, bracket or separator; the domain is kept for debugging.
 _LOCAL = r"[^\s<>()\[\]{}\"'`,;:@\u2039\u203a\u00ab\u00bb]"
 EMAIL = re.compile(rf"({_LOCAL}){_LOCAL}*@([\w.-]+)")
-TOKEN_PATH = re.compile(r"(/v1/(?:confirm|unsubscribe|manage)/)(?!\{token\})[^\s/?\"'<>]+")
+TOKEN_PATH = re.compile(
+    r"(/v1/(?:confirm|unsubscribe|manage|resubscribe)/)(?!\{token\})[^\s/?\"'<>]+"
+)
 # itsdangerous tokens (payload.timestamp.signature, URL-safe base64) wherever they appear: by
 # their payload, base64 JSON ("eyJ…") or compressed "." + base64 zlib ("eJ…"), or by the shape
 # of their tail (a 6-character timestamp and a 27-character HMAC-SHA1), so that the tail of a

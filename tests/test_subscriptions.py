@@ -181,9 +181,16 @@ async def test_signup_mail_then_get_changes_nothing_then_post_confirms(
     # The evidence of the request survives the confirmation.
     assert confirmed.request_ip == "203.0.113.9"
 
-    again = await client.post(path, headers={"Accept": "text/html"})
-    assert again.status == 410
-    assert SITE_ORIGIN in await again.text()  # a way to sign up again
+    # A reused link says they are subscribed: never "sign up again" to someone who is.
+    for method in (client.get, client.post):
+        again = await method(path, headers={"Accept": "text/html"})
+        assert again.status == 200
+        reused = await again.text()
+        assert "You're already subscribed" in reused
+        assert "sign up again" not in reused.lower()
+        assert STUDY in reused
+        assert SITE_ORIGIN in reused  # back to the site
+    assert (await client.post(path, headers={"Accept": "application/json"})).status == 410
 
 
 async def test_condition_signup_is_normalised_and_discreet(

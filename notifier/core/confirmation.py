@@ -6,16 +6,18 @@ from __future__ import annotations
 
 import hmac
 import logging
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from notifier.clock import utcnow
+from notifier.core.names import subscription_name
 from notifier.core.signup import Evidence, new_nonce
 from notifier.data.models import Subscriber, Subscription
-from notifier.data.queries import is_suppressed
+from notifier.data.queries import is_suppressed, study_titles
 from notifier.resources import Resources
 
 log = logging.getLogger("notifier.confirmations")
@@ -25,6 +27,39 @@ FREQUENCY_WORDS = {"instant": "as it happens", "daily": "daily digest", "weekly"
 
 class LinkUnusable(Exception):
     """A genuine confirm link that can no longer confirm: used, or nothing pending (410)."""
+
+
+class AlreadyConfirmed(LinkUnusable):
+    """A used link of an address that is subscribed: say so, never "sign up again"."""
+
+    def __init__(self, items: list[Item]) -> None:
+        super().__init__("already confirmed")
+        self.items = items
+
+
+async def _unusable(session: AsyncSession, r: Resources, subscriber: Subscriber | None) -> NoReturn:
+    """Raise why a genuine link cannot confirm: AlreadyConfirmed when the address has active
+    subscriptions (a reused link, a second click), else LinkUnusable."""
+    if subscriber is not None and not await is_suppressed(session, r.email_hash(subscriber.email)):
+        rows = list(
+            await session.scalars(
+                select(Subscription)
+                .where(
+                    Subscription.subscriber_id == subscriber.id,
+                    Subscription.status == "confirmed",
+                )
+                .order_by(Subscription.id)
+            )
+        )
+        if rows:
+            titles = await titles_of(session, rows)
+            raise AlreadyConfirmed([Item.of(row, titles) for row in rows])
+    raise LinkUnusable("already used, nothing pending, or the address was erased")
+
+
+async def titles_of(session: AsyncSession, rows: Iterable[Any]) -> dict[str, str]:
+    """The titles of the studies among subscriptions (anything with .kind and .label)."""
+    return await study_titles(session, (row.label for row in rows if row.kind == "study"))
 
 
 @dataclass(frozen=True)
@@ -37,15 +72,22 @@ class Item:
     mesh_id: str | None
     broad: bool
     frequency: str
+    title: str | None = None  # a study's title, when the service knows it
 
     @classmethod
-    def of(cls, row: Subscription) -> Item:
-        return cls(row.id, row.kind, row.label, row.mesh_id, row.broad, row.frequency)
+    def of(cls, row: Subscription, titles: Mapping[str, str] | None = None) -> Item:
+        title = (titles or {}).get(row.label) if row.kind == "study" else None
+        return cls(row.id, row.kind, row.label, row.mesh_id, row.broad, row.frequency, title)
+
+    @property
+    def name(self) -> str:
+        """The study's title and NCT id (or the NCT id alone), or the condition."""
+        return subscription_name(self.kind, self.label, {self.label: self.title or ""})
 
     @property
     def description(self) -> str:
         if self.kind == "study":
-            what = f"every change to study {self.label}"
+            what = f"every change to the study {self.name}"
         else:
             narrower = " (including narrower terms)" if self.broad else ""
             what = f"new studies on “{self.label}”{narrower}"
@@ -74,13 +116,14 @@ async def pending_for_link(r: Resources, token: str) -> list[Item]:
     async with r.sessions.begin() as session:
         subscriber = await session.get(Subscriber, subscriber_id)
         if subscriber is None or not hmac.compare_digest(subscriber.confirm_nonce or "", nonce):
-            raise LinkUnusable("already used, or the address was erased")
+            await _unusable(session, r, subscriber)
         if await is_suppressed(session, r.email_hash(subscriber.email)):
             raise LinkUnusable("address suppressed")
-        items = [Item.of(row) for row in await pending_subscriptions(session, subscriber_id)]
-    if not items:
-        raise LinkUnusable("nothing waiting for confirmation")
-    return items
+        rows = await pending_subscriptions(session, subscriber_id)
+        if not rows:
+            await _unusable(session, r, subscriber)
+        titles = await titles_of(session, rows)
+        return [Item.of(row, titles) for row in rows]
 
 
 async def confirm_link(
@@ -100,14 +143,14 @@ async def confirm_link(
             .execution_options(synchronize_session=False)
         )
         if swapped.rowcount != 1:  # type: ignore[attr-defined]  # CursorResult has rowcount
-            raise LinkUnusable("already used, or the address was erased")
+            await _unusable(session, r, await session.get(Subscriber, subscriber_id))
         subscriber = await session.get(Subscriber, subscriber_id, populate_existing=True)
         # Raising below rolls the nonce swap back: a refused confirm changes nothing.
         if subscriber is None or await is_suppressed(session, r.email_hash(subscriber.email)):
             raise LinkUnusable("address suppressed")
         rows = await pending_subscriptions(session, subscriber_id, ids, lock=True)
         if not rows:
-            raise LinkUnusable("nothing waiting for confirmation")
+            await _unusable(session, r, subscriber)
         now = utcnow()
         for row in rows:
             row.status = "confirmed"
@@ -117,4 +160,5 @@ async def confirm_link(
             row.updated_at = now
         if subscriber.first_confirmed_at is None:
             subscriber.first_confirmed_at = now
-        return [Item.of(row) for row in rows]
+        titles = await titles_of(session, rows)
+        return [Item.of(row, titles) for row in rows]

@@ -1,4 +1,4 @@
-"""What a signup may ask for: the address, a study, a condition or both, and how often (pydantic)."""
+"""What a signup may ask for: an address, a study, a condition or both, how often (pydantic)."""
 
 from __future__ import annotations
 
@@ -139,9 +139,9 @@ class SignupRequest(BaseModel):
     @field_validator("condition")
     @classmethod
     def _condition(cls, value: str | None, info: ValidationInfo) -> str | None:
-        if "study" in info.data:  # else the study itself was invalid: one error is enough
-            if value is None and info.data["study"] is None:
-                raise ValueError("give a study (NCT id), a condition, or both")
+        # Without "study" in info.data the study itself was invalid: one error is enough.
+        if value is None and "study" in info.data and info.data["study"] is None:
+            raise ValueError("give a study (NCT id), a condition, or both")
         if value is None:
             return None
         label = clean_label(value)

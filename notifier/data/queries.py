@@ -10,7 +10,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from notifier.clock import utcnow
-from notifier.data.models import Delivery, Subscriber, Subscription, Suppression
+from notifier.data.models import Delivery, Event, Subscriber, Subscription, Suppression
 
 
 def delivery_status_is(status: str) -> ColumnElement[bool]:
@@ -85,3 +85,21 @@ async def suppress(
         .values(status="unsubscribed", unsubscribed_at=utcnow(), unsubscribe_reason=reason)
     )
     return inserted is not None
+
+
+async def study_titles(session: AsyncSession, nct_ids: Iterable[str]) -> dict[str, str]:
+    """NCT id -> the study's brief title, from the newest stored event that names it; studies
+    the service has no event of are left out (pages and mail then show the NCT id)."""
+    wanted = sorted({nct for nct in nct_ids if nct})
+    if not wanted:
+        return {}
+    newest = (
+        select(func.max(Event.id)).where(Event.nct_id.in_(wanted)).group_by(Event.nct_id)
+    ).scalar_subquery()
+    rows = await session.execute(select(Event.nct_id, Event.payload).where(Event.id.in_(newest)))
+    titles: dict[str, str] = {}
+    for nct_id, payload in rows:
+        title = ((payload or {}).get("study") or {}).get("brief_title")
+        if isinstance(title, str) and title.strip():
+            titles[nct_id] = " ".join(title.split())
+    return titles

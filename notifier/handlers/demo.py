@@ -41,6 +41,7 @@ OPENAPI_PATHS = {
     },
     "/demo/study": _DEMO,
     "/demo/condition": _DEMO,
+    "/demo/site": _DEMO,
 }
 
 
@@ -57,7 +58,7 @@ def _demo(request: web.Request, kind: str) -> web.Response:
     r = res(request)
     if r.settings.is_production:
         raise web.HTTPNotFound()
-    body = r.templates.get_template("pages/demo.html").render(
+    body = r.templates.get_template(f"pages/demo{'_site' if kind == 'site' else ''}.html").render(
         kind=kind,
         study=DEMO_STUDY,
         condition="Neuroendocrine Tumors",
@@ -70,7 +71,7 @@ def _demo(request: web.Request, kind: str) -> web.Response:
     # The demo page is the website's side: it may run our script (the API pages may not).
     response.headers["Content-Security-Policy"] = (
         "default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'unsafe-inline'; "
-        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+        "img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
     )
     return response
 
@@ -81,3 +82,8 @@ async def demo_study(request: web.Request) -> web.Response:
 
 async def demo_condition(request: web.Request) -> web.Response:
     return _demo(request, "condition")
+
+
+async def demo_site(request: web.Request) -> web.Response:
+    """The mock website's home: where "back to the site" and "sign up again" land in dev."""
+    return _demo(request, "site")

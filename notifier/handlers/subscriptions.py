@@ -11,7 +11,14 @@ from notifier.core.signup import Evidence, sign_up
 from notifier.core.signup_input import SignupRequest, parse_signup
 from notifier.handlers.bodies import FORM, JSON, BodyError, decode_body
 from notifier.handlers.bodies import single_values as form_values
-from notifier.handlers.middleware import client_ip, error_response, refuse_if_ip_limited, res
+from notifier.handlers.middleware import (
+    client_ip,
+    error_response,
+    page_url,
+    refuse_if_ip_limited,
+    res,
+    site_home,
+)
 from notifier.handlers.openapi import SIGNUP_EMAIL_PATTERN
 from notifier.handlers.openapi import error_response as error_doc
 from notifier.metrics import SIGNUPS
@@ -47,17 +54,17 @@ async def create_subscription(request: web.Request) -> web.Response:
     SIGNUPS.labels(outcome=outcome).inc()
     # The same answer whatever happened: it must not tell whether the address is known.
     if is_form:
-        location = req.redirect or f"{r.settings.public_base}{CHECK_INBOX}"
+        location = req.redirect or page_url(request, f"{r.settings.public_base}{CHECK_INBOX}")
         return web.Response(status=303, headers={"Location": location})
     return web.json_response(PENDING, status=202)
 
 
 async def check_inbox(request: web.Request) -> web.Response:
     settings = res(request).settings
-    home = settings.allowed_origins[0] if settings.allowed_origins else None
     page = res(request).templates.get_template("pages/check_inbox.html")
     return web.Response(
-        text=page.render(site_name=settings.site_name, home=home), content_type="text/html"
+        text=page.render(site_name=settings.site_name, home=site_home(request)),
+        content_type="text/html",
     )
 
 
@@ -94,7 +101,7 @@ OPENAPI_PATHS: dict[str, Any] = {
             "summary": "Sign up for alerts about a study, a condition, or both (double opt-in)",
             "description": (
                 "Records a pending subscription (two when both a study and a condition are "
-                "given: the study page's \"this study, and new studies for its condition\") "
+                'given: the study page\'s "this study, and new studies for its condition") '
                 "and mails one confirmation link (at most one "
                 "per address per interval; the link's page lists every pending subscription of "
                 "the address). The answer is the same for new, pending, confirmed, "

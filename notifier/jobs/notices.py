@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from notifier.core.confirmation import Item, pending_subscriptions
+from notifier.core.confirmation import Item, pending_subscriptions, titles_of
 from notifier.core.signup import new_nonce
 from notifier.data import queries
 from notifier.data.models import Subscriber
@@ -26,7 +26,9 @@ async def send_confirmation(ctx: dict[str, Any], subscriber_id: int) -> str:
         email_hash = r.email_hash(subscriber.email)
         if await queries.is_suppressed(session, email_hash):
             return "suppressed"
-        items = [Item.of(row) for row in await pending_subscriptions(session, subscriber_id)]
+        rows = await pending_subscriptions(session, subscriber_id)
+        titles = await titles_of(session, rows)
+        items = [Item.of(row, titles) for row in rows]
         if not items:
             return "nothing pending"
         if subscriber.confirm_nonce is None:

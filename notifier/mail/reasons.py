@@ -14,14 +14,17 @@ def match_reason(
     event: dict[str, Any],
     *,
     mesh_id: str | None = None,
+    title: str | None = None,
 ) -> str:
-    """'You follow NCT05879978.' or which condition text or MeSH term the study was matched by."""
+    """'You follow “Title” (NCT05879978).' or which condition text or MeSH term the study was
+    matched by. `title` names a followed study (the NCT id alone without it)."""
     label = " ".join(subscription_label.split())
     if subscription_kind == "study":
         nct = str(event.get("nct_id") or "")
+        named = f"“{title}” ({label})" if title else label
         if nct and label.upper() != nct:
-            return f"You follow {label}, now listed as {nct}."
-        return f"You follow {label}."
+            return f"You follow {named}, now listed as {nct}."
+        return f"You follow {named}."
     study: dict[str, Any] = event.get("study") or {}
     wanted = condition_keys(label) | {normalize_condition(label)}
     conditions = [str(c) for c in study.get("conditions") or []]
