@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import logging
 import sys
 from collections.abc import Sequence
@@ -189,12 +190,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         setup_logging(settings.log_level, secrets=secrets_of(settings))
         if args.command == "migrate":
             cmd_migrate(settings)
-        elif args.command == "web":
-            cmd_web(settings, args.host, args.port)
+        elif args.command in ("web", "dev"):
+            serve = cmd_web if args.command == "web" else cmd_dev
+            try:
+                serve(settings, args.host, args.port)
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE:
+                    raise
+                raise ConfigError(
+                    f"port {args.port} on {args.host} is already in use (another notifier, "
+                    f"or `make run` in another shell?): stop it, or pass --port"
+                ) from None
         elif args.command == "worker":
             cmd_worker(settings)
-        elif args.command == "dev":
-            cmd_dev(settings, args.host, args.port)
         elif args.command == "preview":
             cmd_preview(settings, args.out)
         elif args.command in OPERATOR_COMMANDS:

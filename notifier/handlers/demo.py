@@ -10,6 +10,7 @@ from notifier.handlers.middleware import res
 from notifier.handlers.openapi import error_response as error_doc
 
 FORM_JS = pkg.files("notifier").joinpath("static/notifier-form.js").read_bytes()
+FAVICON = pkg.files("notifier").joinpath("static/favicon.svg").read_bytes()
 
 DEMO_STUDY = {
     "nct_id": "NCT05879978",
@@ -39,10 +40,25 @@ OPENAPI_PATHS = {
             },
         }
     },
+    "/favicon.ico": {
+        "get": {
+            "summary": "The pages' icon (SVG)",
+            "responses": {"200": {"description": "SVG", "content": {"image/svg+xml": {}}}},
+        }
+    },
     "/demo/study": _DEMO,
     "/demo/condition": _DEMO,
     "/demo/site": _DEMO,
 }
+
+
+async def favicon(request: web.Request) -> web.Response:
+    """Browsers ask for /favicon.ico on every page: an icon, rather than a 404 each time."""
+    return web.Response(
+        body=FAVICON,
+        content_type="image/svg+xml",
+        headers={"Cache-Control": "public, max-age=86400"},
+    )
 
 
 async def form_script(request: web.Request) -> web.Response:

@@ -33,6 +33,7 @@ ROUTES: list[web.RouteDef] = [
     web.get("/readyz", health.readyz),
     web.get("/metrics", ops.metrics),
     web.get("/static/notifier-form.js", demo.form_script),
+    web.get("/favicon.ico", demo.favicon),
     web.get("/demo/study", demo.demo_study),
     web.get("/demo/condition", demo.demo_condition),
     web.get("/demo/site", demo.demo_site),
