@@ -124,7 +124,9 @@ class SignupRequest(BaseModel):
         try:
             return normalize_email(value)
         except EmailNotValidError as exc:
-            raise ValueError(f"not a valid email address: {exc}") from None
+            reason = str(exc).rstrip(".")
+            reason = reason[:1].lower() + reason[1:]
+            raise ValueError(f"enter an email address like name@example.org ({reason})") from None
 
     @field_validator("study")
     @classmethod
