@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import logging
+import secrets
 import sys
 from collections.abc import Sequence
 from datetime import date
@@ -14,42 +16,75 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from notifier.logs import secrets_of, setup_logging
-from notifier.settings import ConfigError, Settings, check_secrets
+from notifier.settings import (
+    DEV_SECRETS,
+    ConfigError,
+    Settings,
+    check_secrets,
+    env_file,
+    write_dev_secrets,
+)
 
 log = logging.getLogger("notifier")
 
 OPERATOR_COMMANDS = ("send-test", "replay", "stats", "sync")
+# Operator commands that neither sign nor hash anything: they run without any secret.
+NO_SECRET_COMMANDS = ("stats", "replay")
 
 
-def _settings(dev: bool, *, secrets: bool = True) -> Settings:
-    overrides: dict[str, object] = {"env": "dev"} if dev else {}
+def _load(overrides: dict[str, object]) -> Settings:
+    path = env_file()
     try:
-        raw = Settings(**overrides)  # type: ignore[arg-type]  # pydantic accepts kwargs
+        # The environment wins over the file (pydantic-settings' order).
+        return Settings(_env_file=path, **overrides)  # type: ignore[arg-type]  # pydantic kwargs
     except ValidationError as exc:
         problems = "; ".join(
             f"NOTIFIER_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
             for e in exc.errors()
         )
         raise ConfigError(f"invalid configuration: {problems}") from exc
-    if not secrets:
+
+
+def _settings(command: str) -> Settings:
+    dev = command == "dev"
+    raw = _load({"env": "dev"} if dev else {})
+    if command in ("migrate", "preview"):
         return raw
-    settings = check_secrets(raw)
+    if command in NO_SECRET_COMMANDS and not raw.secret_keys:
+        # Nothing is signed or hashed: a throwaway key only lets the resources open.
+        return raw.model_copy(update={"secret_keys": [secrets.token_urlsafe(32)]})
+    path = env_file()
+    if dev and path is not None:
+        written = write_dev_secrets(path, raw)
+        if written:
+            raw = _load({"env": "dev"})
+            print(
+                f"dev mode: wrote {', '.join(written)} to {path} (mode 0600, git-ignored); "
+                "every start reuses them, and commands run from this folder read them",
+                file=sys.stderr,
+            )
+        elif path.exists():
+            print(f"dev mode: secrets from {path}", file=sys.stderr)
+    try:
+        settings = check_secrets(raw)
+    except ConfigError as exc:
+        if command in OPERATOR_COMMANDS:
+            raise ConfigError(
+                f"{exc}. `notifier {command}` needs the running server's secrets: set them, or "
+                f"run it from the folder where `make run` wrote {path or '.env'}"
+            ) from None
+        raise
     if settings is not raw:
-        generated = [
-            name
-            for name in ("secret_keys", "event_secrets", "admin_token")
-            if getattr(settings, name) != getattr(raw, name)
-        ]
+        generated = [name for name in DEV_SECRETS if getattr(settings, name) != getattr(raw, name)]
         print(
             "dev mode: generated throwaway "
             + ", ".join(f"NOTIFIER_{n.upper()}" for n in generated)
             + " (links and tokens stop working on restart; set them to keep them)",
             file=sys.stderr,
         )
-        if "event_secrets" in generated:
-            print(f"  NOTIFIER_EVENT_SECRETS={settings.event_secrets[0]}", file=sys.stderr)
-        if "admin_token" in generated:
-            print(f"  NOTIFIER_ADMIN_TOKEN={settings.admin_token}", file=sys.stderr)
+    if dev:
+        print(f"  NOTIFIER_EVENT_SECRETS={settings.event_secrets[0]}", file=sys.stderr)
+        print(f"  NOTIFIER_ADMIN_TOKEN={settings.admin_token}", file=sys.stderr)
     return settings
 
 
@@ -58,6 +93,17 @@ async def _require_redis(settings: Settings) -> None:
 
     redis = await connect_redis(settings)
     await redis.aclose()
+    await _check_relay(settings)
+
+
+async def _check_relay(settings: Settings) -> None:
+    """Warn at start-up when the SMTP relay does not answer (mail waits and retries meanwhile;
+    /readyz shows it too): a silent failure otherwise, since signups still answer "pending"."""
+    from notifier.mailer import RelayProbe
+
+    probe = RelayProbe.of(settings.smtp_url)
+    if (problem := await probe.problem()) is not None:
+        log.warning(probe.warning(problem))
 
 
 def cmd_migrate(settings: Settings) -> None:
@@ -110,6 +156,7 @@ async def _dev(settings: Settings, host: str, port: int) -> None:
     from notifier.resources import open_resources
     from notifier.worker import build_worker
 
+    await _check_relay(settings)
     async with open_resources(settings) as resources:
         runner = web.AppRunner(create_app(settings, resources), access_log=None)
         await runner.setup()
@@ -201,18 +248,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     from notifier.resources import RedisUnavailable
 
     try:
-        settings = _settings(
-            dev=args.command == "dev", secrets=args.command not in ("migrate", "preview")
+        settings = _settings(args.command)
+        setup_logging(
+            settings.log_level, secrets=secrets_of(settings), console=settings.console_logs
         )
-        setup_logging(settings.log_level, secrets=secrets_of(settings))
         if args.command == "migrate":
             cmd_migrate(settings)
-        elif args.command == "web":
-            cmd_web(settings, args.host, args.port)
+        elif args.command in ("web", "dev"):
+            serve = cmd_web if args.command == "web" else cmd_dev
+            try:
+                serve(settings, args.host, args.port)
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE:
+                    raise
+                raise ConfigError(
+                    f"port {args.port} on {args.host} is already in use (another notifier, "
+                    f"or `make run` in another shell?): stop it, or pass --port"
+                ) from None
         elif args.command == "worker":
             cmd_worker(settings)
-        elif args.command == "dev":
-            cmd_dev(settings, args.host, args.port)
         elif args.command == "preview":
             cmd_preview(settings, args.out)
         elif args.command in OPERATOR_COMMANDS:

@@ -22,7 +22,9 @@ REQUEST_ID: ContextVar[str | None] = ContextVar("notifier_request_id", default=N
 # not a space, quote, bracket or separator; the domain is kept for debugging.
 _LOCAL = r"[^\s<>()\[\]{}\"'`,;:@\u2039\u203a\u00ab\u00bb]"
 EMAIL = re.compile(rf"({_LOCAL}){_LOCAL}*@([\w.-]+)")
-TOKEN_PATH = re.compile(r"(/v1/(?:confirm|unsubscribe|manage)/)(?!\{token\})[^\s/?\"'<>]+")
+TOKEN_PATH = re.compile(
+    r"(/v1/(?:confirm|unsubscribe|manage|resubscribe)/)(?!\{token\})[^\s/?\"'<>]+"
+)
 # itsdangerous tokens (payload.timestamp.signature, URL-safe base64) wherever they appear: by
 # their payload, base64 JSON ("eyJ…") or compressed "." + base64 zlib ("eJ…"), or by the shape
 # of their tail (a 6-character timestamp and a 27-character HMAC-SHA1), so that the tail of a
@@ -100,18 +102,47 @@ class JSONFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
-def json_handler(stream: TextIO, secrets: Iterable[str] = ()) -> logging.Handler:
+class ConsoleFormatter(JSONFormatter):
+    """One readable line per record for a person watching `make run`: time, level, message,
+    masked like the JSON lines. The request id and access fields are left out (they are in
+    the message); any other `extra=` field follows as key=value."""
+
+    QUIET = frozenset({"request_id", "method", "route", "status", "ms"})
+
+    def format(self, record: logging.LogRecord) -> str:
+        when = datetime.fromtimestamp(record.created).strftime("%H:%M:%S")
+        line = f"{when} {record.levelname:<7} {self._mask(record.getMessage())}"
+        extras = [
+            f"{key}={self._mask(str(value))}"
+            for key, value in vars(record).items()
+            if key not in _STANDARD and not key.startswith("_") and key not in self.QUIET
+        ]
+        if extras:
+            line += "  " + " ".join(extras)
+        if record.exc_info:
+            line += "\n" + self._mask(self.formatException(record.exc_info))
+        return line
+
+
+def json_handler(
+    stream: TextIO, secrets: Iterable[str] = (), *, console: bool = False
+) -> logging.Handler:
     handler = logging.StreamHandler(stream)
-    handler.setFormatter(JSONFormatter(secrets))
+    handler.setFormatter(ConsoleFormatter(secrets) if console else JSONFormatter(secrets))
     handler.addFilter(RequestIdFilter())
     return handler
 
 
 def setup_logging(
-    level: str = "INFO", *, secrets: Iterable[str] = (), stream: TextIO | None = None
+    level: str = "INFO",
+    *,
+    secrets: Iterable[str] = (),
+    stream: TextIO | None = None,
+    console: bool = False,
 ) -> None:
+    """JSON lines (production), or readable console lines (`console`, the dev default)."""
     root = logging.getLogger()
-    root.handlers[:] = [json_handler(stream or sys.stderr, secrets)]
+    root.handlers[:] = [json_handler(stream or sys.stderr, secrets, console=console)]
     root.setLevel(level.upper())
     for noisy in ("alembic", "arq.worker"):  # per-job lines at INFO would drown the rest
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -1,13 +1,15 @@
-"""The only aiosmtplib user: SMTP connections by URL, and transient vs permanent failures."""
+"""The only aiosmtplib user: SMTP connections by URL, transient vs permanent failures, and a
+quick check that the relay answers at all."""
 
 from __future__ import annotations
 
 import asyncio
 import ssl
+import time
 from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import aiosmtplib
@@ -387,3 +389,55 @@ class Mailer:
     async def send_one(self, sender: str, recipient: str, message: bytes) -> None:
         async with self.connect() as conn:
             await conn.send(sender, recipient, message)
+
+
+# ---- is the relay there? (start-up warning, /readyz detail) -----------------------------------
+# A quick TCP connect with a timeout, cached; it says nothing about accepting mail.
+
+CONNECT_TIMEOUT = 1.0
+CACHE_SECONDS = 30.0
+
+
+@dataclass
+class RelayProbe:
+    host: str
+    port: int
+    timeout: float = CONNECT_TIMEOUT
+    _last: tuple[float, str | None] | None = field(default=None, repr=False)
+
+    @classmethod
+    def of(cls, smtp_url: str) -> RelayProbe:
+        parts = urlsplit(smtp_url)
+        port = parts.port or (465 if parts.scheme == "smtps" else 25)
+        return cls(parts.hostname or "localhost", port)
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    async def problem(self) -> str | None:
+        """None when a connection opens, else why not ("refused", "timed out" …); cached."""
+        now = time.monotonic()
+        if self._last is not None and now - self._last[0] < CACHE_SECONDS:
+            return self._last[1]
+        found: str | None = None
+        try:
+            _, writer = await asyncio.wait_for(
+                asyncio.open_connection(self.host, self.port), self.timeout
+            )
+        except TimeoutError:
+            found = f"no answer within {self.timeout:g} s"
+        except OSError as exc:
+            found = exc.strerror or type(exc).__name__
+        else:
+            writer.close()
+            with suppress(OSError):
+                await writer.wait_closed()
+        self._last = (time.monotonic(), found)
+        return found
+
+    def warning(self, problem: str) -> str:
+        return (
+            f"SMTP relay {self.address} not reachable ({problem}): mail waits and is retried "
+            "until it is; start a mail catcher or set NOTIFIER_SMTP_URL"
+        )

@@ -23,7 +23,7 @@ from notifier.data.db import make_engine, make_sessionmaker
 from notifier.data.outage import DatabaseOutage
 from notifier.mail.context import MailContext
 from notifier.mail.templates import make_environment
-from notifier.mailer import Mailer
+from notifier.mailer import Mailer, RelayProbe
 from notifier.queue import deserialize, job_id, serialize
 from notifier.settings import Settings
 
@@ -67,6 +67,11 @@ class Resources:
     def mail(self) -> MailContext:
         """What mail rendering takes: settings, templates and the link builder, no I/O."""
         return MailContext(self.settings, self.templates, self.tokens)
+
+    @cached_property
+    def relay(self) -> RelayProbe:
+        """Whether the SMTP relay answers a connect (cached): start-up warning, /readyz."""
+        return RelayProbe.of(self.settings.smtp_url)
 
     def email_hash(self, email: str) -> str:
         """Keyed hash of a normalised address: lets suppression outlive erasure."""

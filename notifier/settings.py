@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 from email.utils import parseaddr
+from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
@@ -48,6 +50,8 @@ class Settings(BaseSettings):
     queue_name: str = "notifier:queue"
     worker_metrics_port: int = Field(default=9101, ge=0, le=65535, description="0 = off")
     log_level: str = "INFO"
+    # json (the production default) or console (readable lines, the dev default)
+    log_format: Literal["json", "console", ""] = ""
 
     # Tokens and consent.
     confirm_max_age: int = Field(
@@ -164,6 +168,10 @@ class Settings(BaseSettings):
         return self.env == "production"
 
     @property
+    def console_logs(self) -> bool:
+        return self.log_format == "console" or (not self.log_format and not self.is_production)
+
+    @property
     def public_base(self) -> str:
         return self.public_url.rstrip("/")
 
@@ -203,3 +211,33 @@ def check_secrets(settings: Settings) -> Settings:
     if fills:
         return settings.model_copy(update=fills)
     return settings
+
+
+# ---- the dev .env: secrets that outlive a restart and reach a second shell ---------------------
+
+DEV_SECRETS = ("secret_keys", "event_secrets", "admin_token")
+
+
+def env_file() -> Path | None:
+    """The dotenv file every command reads (the environment wins over it): NOTIFIER_ENV_FILE,
+    default ./.env; empty turns it off."""
+    name = os.environ.get("NOTIFIER_ENV_FILE", ".env")
+    return Path(name) if name else None
+
+
+def write_dev_secrets(path: Path, settings: Settings) -> list[str]:
+    """Create `path` (mode 0600, never overwritten) with generated values for the secrets that
+    neither the environment nor the file gives; returns the variables written."""
+    missing = [name for name in DEV_SECRETS if not getattr(settings, name)]
+    if not missing or path.exists():
+        return []
+    lines = [
+        "# Written once by `notifier dev` (make run) and reused on every start, so links, the",
+        "# event secret and the admin token outlive a restart; `notifier send-test`, `stats` …",
+        "# run from this folder read it too. Keep it private; never commit it.",
+    ]
+    lines += [f"NOTIFIER_{name.upper()}={secrets.token_urlsafe(32)}" for name in missing]
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write("\n".join(lines) + "\n")
+    return [f"NOTIFIER_{name.upper()}" for name in missing]

@@ -33,6 +33,9 @@ REDIS = os.environ.get("NOTIFIER_TEST_REDIS", "redis://127.0.0.1:6379")
 REDIS_DB = int(os.environ.get("NOTIFIER_TEST_REDIS_DB", "15"))
 BACKENDS = [b for b in os.environ.get("NOTIFIER_TEST_BACKENDS", "postgres,sqlite").split(",") if b]
 RUN_ID = uuid.uuid4().hex[:8]
+# `notifier dev` writes ./.env and every command reads it: a developer's own must not reach the
+# commands the tests run (tests/test_dev_mode.py sets its own).
+os.environ["NOTIFIER_ENV_FILE"] = ""
 
 SECRET_KEYS = ["k1-" + "a" * 40, "k2-" + "b" * 40]
 EVENT_SECRETS = ["ev-" + "c" * 40]

@@ -33,3 +33,22 @@ async def test_demo_pages_in_dev(resources: Resources, page: str) -> None:
         assert 'action="/v1/subscriptions"' in html
         assert 'name="website"' in html  # the honeypot
         assert "script-src 'self'" in resp.headers["Content-Security-Policy"]
+
+
+async def test_demo_study_page_offers_its_condition_as_a_box_the_site_ticks_or_not(
+    resources: Resources,
+) -> None:
+    dev = resources.settings.model_copy(update={"env": "dev"})
+    async with TestClient(TestServer(create_app(dev, replace(resources, settings=dev)))) as c:
+        html = await (await c.get("/demo/study")).text()
+        assert (
+            "Sign up to get updates when this study changes or when new studies for "
+            "NEUROENDOCRINE TUMORS are added" in html
+        )
+        assert (
+            '<input type="checkbox" id="nf-condition" name="condition" '
+            'value="Neuroendocrine Tumors" checked>' in html
+        )
+        assert '<label for="nf-condition">' in html
+        unticked = await (await c.get("/demo/study?condition=unticked")).text()
+        assert 'value="Neuroendocrine Tumors">' in unticked

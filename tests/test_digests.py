@@ -185,7 +185,7 @@ async def test_daily_subscriber_gets_one_digest_with_three_items_and_none_on_an_
         "Not yet recruiting → Recruiting",
         "3 new sites in Japan",
         "Completion date",
-        "You follow NCT05826366.",
+        "(NCT05826366).",  # You follow “Title” (NCT…).
         "https://clinicaltrials.gov/study/NCT05826366",
     ):
         assert needle in text
@@ -399,7 +399,7 @@ async def test_items_are_still_one_per_event(
     with at(MONDAY + timedelta(days=1, minutes=1)):
         await tick(r)
     text = smtp.messages[0].message.get_body(("plain",)).get_content()  # type: ignore[union-attr]
-    assert text.count("You follow NCT05826366.") == 3
+    assert text.count("(NCT05826366).") == 3  # "You follow “Title” (NCT…)." per item
     async with r.sessions() as session:
         assert len(list(await session.scalars(select(Event)))) == 3
 

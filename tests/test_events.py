@@ -358,3 +358,22 @@ async def test_openapi_publishes_the_event_schema(client: TestClient[Any, Any]) 
     validator = jsonschema.Draft202012Validator(resolver_doc)
     for event in all_reference_events():
         validator.validate(event)
+
+
+@pytest.mark.parametrize(
+    ("v1", "says"),
+    [
+        ("deadbeef", "v1 must be 64 hex characters (HMAC-SHA256), got 8 characters"),
+        ("z" * 64, "v1 must be 64 hex characters (HMAC-SHA256), got not hex"),
+    ],
+)
+async def test_a_malformed_v1_is_reported_as_such_not_as_missing(
+    client: TestClient[Any, Any], resources: Resources, v1: str, says: str
+) -> None:
+    body = encode([EXAMPLES[0]])
+    headers = {**signed_headers(body), "Notifier-Signature": f"t={int(time.time())},v1={v1}"}
+    resp = await client.post("/v1/events", data=body, headers=headers)
+    assert resp.status == 401
+    error = (await resp.json())["error"]
+    assert says in error
+    assert "no v1" not in error

@@ -24,7 +24,7 @@ async def test_healthz_and_readyz(client: TestClient[Any, Any]) -> None:
     assert resp.status == 200
     resp = await client.get("/readyz")
     assert resp.status == 200
-    assert await resp.json() == {"status": "ok", "database": "ok", "redis": "ok"}
+    assert await resp.json() == {"status": "ok", "database": "ok", "redis": "ok", "smtp": "ok"}
     assert resp.headers["X-Content-Type-Options"] == "nosniff"
     assert len(resp.headers["X-Request-Id"]) == 32
 

@@ -25,7 +25,7 @@ from notifier.core.signing import header_value
 from notifier.data.models import Event, Subscriber, Subscription
 from notifier.mail.alerts import render_alert
 from notifier.mail.digest import render_digest
-from notifier.mail.labels import STATUS_LABELS
+from notifier.mail.labels import NAME_MAX, STATUS_LABELS, shorten
 from notifier.mail.message import Mail, to_bytes
 from notifier.mail.summaries import ChangeLine, match_reason, summarize
 from notifier.ops.preview import mail_context, subscription
@@ -166,7 +166,8 @@ def test_alerts_from_real_records_parse_and_both_parts_carry_the_same_facts(inde
     if event["change_kind"] != "new_study":  # a new study's mail opens with its own line
         facts.append(summary.headline)
     facts += [fact for line in summary.lines for fact in line_facts(line)]
-    facts += [match_reason(s.kind, s.label, event) for s in subs_for(event)]
+    title = shorten(event["study"]["brief_title"], NAME_MAX)  # how the reasons name a study
+    facts += [match_reason(s.kind, s.label, event, title=title) for s in subs_for(event)]
     for fact in facts:
         assert squash(fact) in text, fact
         assert squash(fact) in shown, fact

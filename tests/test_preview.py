@@ -66,8 +66,11 @@ def test_cli_writes_every_mail_template_from_real_records(tmp_path: Path) -> Non
         assert html.get_content().replace("\r\n", "\n") == (out / f"{eml.stem}.html").read_text()
         assert "Trials Example" in text.get_content()
         assert f"href='{eml.stem}.html'" in index
+    assert "<style>" in index  # styled like the service's pages (issue 17)
+    assert "<html lang='en'>" in index
     status = (out / "alert-status_changed.txt").read_text()
     assert "Recruiting → Active, not recruiting" in status
+    assert "Active, not recruiting — the study has all its participants" in status
     assert "https://clinicaltrials.gov/study/NCT02856893" in status
 
 

@@ -181,9 +181,16 @@ async def test_signup_mail_then_get_changes_nothing_then_post_confirms(
     # The evidence of the request survives the confirmation.
     assert confirmed.request_ip == "203.0.113.9"
 
-    again = await client.post(path, headers={"Accept": "text/html"})
-    assert again.status == 410
-    assert SITE_ORIGIN in await again.text()  # a way to sign up again
+    # A reused link says they are subscribed: never "sign up again" to someone who is.
+    for method in (client.get, client.post):
+        again = await method(path, headers={"Accept": "text/html"})
+        assert again.status == 200
+        reused = await again.text()
+        assert "You're already subscribed" in reused
+        assert "sign up again" not in reused.lower()
+        assert STUDY in reused
+        assert SITE_ORIGIN in reused  # back to the site
+    assert (await client.post(path, headers={"Accept": "application/json"})).status == 410
 
 
 async def test_condition_signup_is_normalised_and_discreet(
@@ -286,6 +293,49 @@ async def test_study_then_condition_a_minute_later_one_mail_confirms_both(
         assert body["status"] == "confirmed"
         assert sorted(s["label"] for s in body["subscriptions"]) == ["Melanoma", STUDY]
         assert {row.status for row in await subscriptions(resources)} == {"confirmed"}
+
+
+@pytest.mark.parametrize("form", [False, True], ids=["json", "form"])
+async def test_study_and_its_condition_in_one_post_one_mail_one_confirm_two_subscriptions(
+    client: Client, resources: Resources, smtp: RecordingSMTP, form: bool
+) -> None:
+    """The study page's box: "this study, and new studies for its condition"."""
+    resp = await signup(client, form=form, condition="Neuroendocrine Tumors", frequency="daily")
+    assert resp.status == (303 if form else 202)
+    await run_worker(resources)
+    [mail] = smtp.to(ADA)
+    text, _ = parts(mail.message)
+    assert STUDY in text
+    assert "Neuroendocrine Tumors" in text
+
+    path = confirm_path(smtp)
+    resp = await client.post(path, headers={"Accept": "application/json"})
+    assert resp.status == 200
+    rows = await subscriptions(resources)
+    assert [(r.kind, r.label, r.status, r.frequency, r.discreet) for r in rows] == [
+        ("study", STUDY, "confirmed", "daily", False),
+        ("condition", "Neuroendocrine Tumors", "confirmed", "daily", True),
+    ]
+    assert rows[1].match_key == "cond:neuroendocrine tumors"
+    # Each has its own unsubscribe: ending one leaves the other.
+    token = resources.tokens.unsubscribe(rows[0].id)
+    assert (await client.post(f"/v1/unsubscribe/{token}")).status == 200
+    assert [r.status for r in await subscriptions(resources)] == ["unsubscribed", "confirmed"]
+
+
+async def test_study_and_condition_when_the_study_is_already_confirmed_mails_for_the_condition(
+    client: Client, resources: Resources, smtp: RecordingSMTP
+) -> None:
+    assert (await signup(client)).status == 202
+    await run_worker(resources)
+    await client.post(confirm_path(smtp), headers={"Accept": "application/json"})
+    with time_machine.travel(utcnow() + timedelta(minutes=11), tick=True):
+        assert (await signup(client, condition="Neuroendocrine Tumors")).status == 202
+        await run_worker(resources)
+    assert len(smtp.to(ADA)) == 2
+    text, _ = parts(smtp.to(ADA)[-1].message)
+    assert "Neuroendocrine Tumors" in text
+    assert [r.status for r in await subscriptions(resources)] == ["confirmed", "pending"]
 
 
 async def test_a_hundred_signups_for_one_address_send_at_most_one_mail(
@@ -438,7 +488,6 @@ def _bad_inputs() -> list[Any]:
             "condition",
             id="link-in-condition",
         ),
-        pytest.param({"condition": "asthma"}, 422, "condition", id="study-and-condition"),
         pytest.param({"study": None}, 422, "condition", id="neither"),
         pytest.param({"mesh_id": "D008545"}, 422, "mesh_id", id="mesh-with-study"),
         pytest.param(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit
@@ -278,3 +279,86 @@ async def test_deliveries_queued_before_unsubscribing_are_never_sent(
     async with resources.sessions.begin() as session:
         statuses = list(await session.scalars(select(Delivery.status).where(Delivery.id.in_(ids))))
     assert statuses == ["skipped"] * 5
+
+
+async def test_one_click_on_a_two_reason_mail_ends_both_and_offers_to_undo_each_for_a_day(
+    client: TestClient[Any, Any], resources: Resources, smtp: RecordingSMTP
+) -> None:
+    study = await _subscription(resources, email="ada@example.org")
+    condition = await _subscription(
+        resources, email="ada@example.org", kind="condition", label="Neuroendocrine Tumors"
+    )
+    other = await _subscription(resources, email="ada@example.org", label="NCT05304754")
+    await _post_event(client, event_payload(nct_id="NCT05879978", change_kind="new_study"))
+    await run_worker(resources)
+    [received] = smtp.to("ada@example.org")
+    text = received.message.get_body(("plain",))
+    assert text is not None
+    assert text.get_content().count("/v1/unsubscribe/") == 2  # the in-body links stay, one each
+    url = received.message["List-Unsubscribe"].strip("<>")
+    assert url not in text.get_content()  # the header's link is its own: it ends both
+
+    client.session.cookie_jar.clear()
+    resp = await client.post(urlsplit(url).path, data=ONE_CLICK, headers={"Accept": "text/html"})
+    assert resp.status == 200
+    page = await resp.text()
+    statuses = {s: (await _reload(resources, s)).status for s in (study.id, condition.id)}  # type: ignore[union-attr]
+    assert statuses == {study.id: "unsubscribed", condition.id: "unsubscribed"}
+    assert (await _reload(resources, other.id)).status == "confirmed"  # type: ignore[union-attr]
+    # The page says what ended (the study by its title), and how to undo each.
+    assert "You will get no more alerts about any of these" in page
+    assert "Neuroendocrine Tumors" in page
+    assert "(NCT05879978)" in page
+    assert "A Study to" in page or "“" in page
+    undo = re.findall(r'href="(/v1/resubscribe/[^"]+)"', page)
+    assert len(undo) == 2
+    assert "You still get 1 other alert" in page
+
+    # A GET of the undo link changes nothing; its POST re-subscribes that one only.
+    assert (await client.get(undo[1])).status == 200
+    assert (await _reload(resources, condition.id)).status == "unsubscribed"  # type: ignore[union-attr]
+    done = await client.post(undo[1], headers={"Accept": "text/html"})
+    assert done.status == 200
+    assert "You're subscribed again" in await done.text()
+    assert (await _reload(resources, condition.id)).status == "confirmed"  # type: ignore[union-attr]
+    assert (await _reload(resources, study.id)).status == "unsubscribed"  # type: ignore[union-attr]
+    assert (await client.post(undo[1])).status == 200  # a second press changes nothing
+
+    # A day later the other undo link has expired.
+    with time_machine.travel(utcnow() + timedelta(days=1, minutes=1)):
+        late = await client.post(undo[0], headers={"Accept": "text/html"})
+    assert late.status == 410
+    assert (await _reload(resources, study.id)).status == "unsubscribed"  # type: ignore[union-attr]
+
+
+async def test_a_last_unsubscribe_says_nothing_is_left_and_offers_a_way_back(
+    client: TestClient[Any, Any], resources: Resources
+) -> None:
+    sub = await _subscription(resources)
+    resp = await client.post(_path(resources, sub.id), data={"via": "page"})
+    page = await resp.text()
+    assert "You get no alerts from us now" in page
+    assert "other alerts" not in page
+    assert "everything" not in page
+    assert re.search(r'href="/v1/resubscribe/[^"]+"', page)
+    assert "sign up on" in page  # the site, in production its first allowed origin
+    manage = await client.get(f"/v1/manage/{resources.tokens.manage(sub.subscriber_id)}")
+    listing = await manage.text()
+    assert "Stop everything" not in listing
+    assert "You get no alerts from us now" in listing
+
+
+async def test_resubscribe_refuses_an_unsubscribe_from_everything(
+    client: TestClient[Any, Any], resources: Resources
+) -> None:
+    sub = await _subscription(resources)
+    manage = f"/v1/manage/{resources.tokens.manage(sub.subscriber_id)}"
+    await client.post(manage, data={"action": "unsubscribe_all"})
+    ended = await _reload(resources, sub.id)
+    assert ended is not None
+    assert ended.unsubscribed_at is not None
+    token = resources.tokens.resubscribe(sub.id, int(ended.unsubscribed_at.timestamp()))
+    resp = await client.post(f"/v1/resubscribe/{token}")
+    assert resp.status == 410
+    assert (await _reload(resources, sub.id)).status == "unsubscribed"  # type: ignore[union-attr]
+    assert (await client.post("/v1/resubscribe/not-a-token")).status == 404

@@ -6,18 +6,20 @@ from __future__ import annotations
 
 import hmac
 import logging
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from notifier.clock import utcnow
 from notifier.core.concepts import meaning
+from notifier.core.names import subscription_name
 from notifier.core.signup import Evidence, new_nonce
 from notifier.data.models import Subscriber, Subscription
 from notifier.data.queries import is_suppressed
-from notifier.data.study_queries import study_headlines
+from notifier.data.study_queries import study_headlines, study_titles
 from notifier.resources import Resources
 
 log = logging.getLogger("notifier.confirmations")
@@ -27,6 +29,39 @@ FREQUENCY_WORDS = {"instant": "as it happens", "daily": "daily digest", "weekly"
 
 class LinkUnusable(Exception):
     """A genuine confirm link that can no longer confirm: used, or nothing pending (410)."""
+
+
+class AlreadyConfirmed(LinkUnusable):
+    """A used link of an address that is subscribed: say so, never "sign up again"."""
+
+    def __init__(self, items: list[Item]) -> None:
+        super().__init__("already confirmed")
+        self.items = items
+
+
+async def _unusable(session: AsyncSession, r: Resources, subscriber: Subscriber | None) -> NoReturn:
+    """Raise why a genuine link cannot confirm: AlreadyConfirmed when the address has active
+    subscriptions (a reused link, a second click), else LinkUnusable."""
+    if subscriber is not None and not await is_suppressed(session, r.email_hash(subscriber.email)):
+        rows = list(
+            await session.scalars(
+                select(Subscription)
+                .where(
+                    Subscription.subscriber_id == subscriber.id,
+                    Subscription.status == "confirmed",
+                )
+                .order_by(Subscription.id)
+            )
+        )
+        if rows:
+            raise AlreadyConfirmed(await describe(session, rows))
+    raise LinkUnusable("already used, nothing pending, or the address was erased")
+
+
+async def titles_of(session: AsyncSession, rows: Iterable[Any]) -> dict[str, str]:
+    """The titles of the studies among subscriptions (anything with .kind and .label), from
+    the catalogue (records, or the newest event that named the study)."""
+    return await study_titles(session, (row.label for row in rows if row.kind == "study"))
 
 
 @dataclass(frozen=True)
@@ -52,11 +87,14 @@ class Item:
         )
 
     @property
+    def name(self) -> str:
+        """The study's title and NCT id (or the NCT id alone), or the condition."""
+        return subscription_name(self.kind, self.label, {self.label: self.title or ""})
+
+    @property
     def description(self) -> str:
-        if self.kind == "study" and self.title:
-            what = f"every change to “{self.title}” ({self.label})"
-        elif self.kind == "study":
-            what = f"every change to study {self.label}"
+        if self.kind == "study":
+            what = f"every change to the study {self.name}"
         else:
             what = f"new studies on “{self.label}”"
             if self.meaning:
@@ -92,13 +130,13 @@ async def pending_for_link(r: Resources, token: str) -> list[Item]:
     async with r.sessions.begin() as session:
         subscriber = await session.get(Subscriber, subscriber_id)
         if subscriber is None or not hmac.compare_digest(subscriber.confirm_nonce or "", nonce):
-            raise LinkUnusable("already used, or the address was erased")
+            await _unusable(session, r, subscriber)
         if await is_suppressed(session, r.email_hash(subscriber.email)):
             raise LinkUnusable("address suppressed")
-        items = await describe(session, await pending_subscriptions(session, subscriber_id))
-    if not items:
-        raise LinkUnusable("nothing waiting for confirmation")
-    return items
+        rows = await pending_subscriptions(session, subscriber_id)
+        if not rows:
+            await _unusable(session, r, subscriber)
+        return await describe(session, rows)
 
 
 async def confirm_link(
@@ -118,14 +156,14 @@ async def confirm_link(
             .execution_options(synchronize_session=False)
         )
         if swapped.rowcount != 1:  # type: ignore[attr-defined]  # CursorResult has rowcount
-            raise LinkUnusable("already used, or the address was erased")
+            await _unusable(session, r, await session.get(Subscriber, subscriber_id))
         subscriber = await session.get(Subscriber, subscriber_id, populate_existing=True)
         # Raising below rolls the nonce swap back: a refused confirm changes nothing.
         if subscriber is None or await is_suppressed(session, r.email_hash(subscriber.email)):
             raise LinkUnusable("address suppressed")
         rows = await pending_subscriptions(session, subscriber_id, ids, lock=True)
         if not rows:
-            raise LinkUnusable("nothing waiting for confirmation")
+            await _unusable(session, r, subscriber)
         now = utcnow()
         for row in rows:
             row.status = "confirmed"

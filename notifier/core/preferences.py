@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Literal
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from notifier.clock import utcnow
 from notifier.core import ratelimit
+from notifier.core.names import subscription_name
 from notifier.core.signup_input import CONDITION_CHANGES, STUDY_CHANGES
 from notifier.data import queries
 from notifier.data.models import Subscriber, Subscription
@@ -66,6 +68,100 @@ async def unsubscribe(session: AsyncSession, subscription_id: int, via: Via) -> 
         label=row.label if row else None,
         subscriber_id=row.subscriber_id if row else None,
     )
+
+
+@dataclass(frozen=True)
+class Ended:
+    """A subscription a one-click or page unsubscribe ended, as its answer page shows it."""
+
+    id: int
+    name: str
+    unsubscribed_at: datetime | None
+    resubscribable: bool  # confirmed once, so undoing the unsubscribe needs no new consent
+
+
+@dataclass(frozen=True)
+class EndedAll:
+    ended: list[Ended]
+    subscriber_id: int | None
+    remaining: int  # the address's subscriptions still pending or active
+
+
+async def unsubscribe_many(
+    session: AsyncSession, subscription_ids: list[int], via: Via
+) -> EndedAll:
+    """End every subscription a mail was sent for (its List-Unsubscribe), or the one of a link."""
+    for subscription_id in subscription_ids:
+        await unsubscribe(session, subscription_id, via)
+    rows = list(
+        await session.scalars(
+            select(Subscription)
+            .where(Subscription.id.in_(subscription_ids))
+            .order_by(Subscription.id)
+            .execution_options(populate_existing=True)
+        )
+    )
+    titles = await queries.study_titles(session, (r.label for r in rows if r.kind == "study"))
+    ended = [
+        Ended(
+            row.id,
+            subscription_name(row.kind, row.label, titles),
+            row.unsubscribed_at,
+            row.confirmed_at is not None and row.unsubscribe_reason != "unsubscribed_all",
+        )
+        for row in rows
+    ]
+    subscriber_id = rows[0].subscriber_id if rows else None
+    remaining = 0
+    if subscriber_id is not None:
+        remaining = int(
+            await session.scalar(
+                select(func.count(Subscription.id)).where(
+                    Subscription.subscriber_id == subscriber_id,
+                    Subscription.status != "unsubscribed",
+                )
+            )
+            or 0
+        )
+    return EndedAll(ended, subscriber_id, remaining)
+
+
+class CannotResubscribe(Exception):
+    """The unsubscribe cannot be undone from this link (changed since, suppressed, erased)."""
+
+
+async def resubscribe(session: AsyncSession, subscription_id: int, unsubscribed_at: int) -> str:
+    """Undo the unsubscribe a re-subscribe link was made for; returns the subscription's name.
+
+    Only that unsubscribe (same time), only of a subscription that was confirmed, never for a
+    suppressed address; a second press finds it active and changes nothing."""
+    sub = await session.scalar(
+        select(Subscription).where(Subscription.id == subscription_id).with_for_update()
+    )
+    if sub is None or sub.confirmed_at is None:
+        raise CannotResubscribe("gone, or never confirmed")
+    titles = await queries.study_titles(session, [sub.label] if sub.kind == "study" else [])
+    name = subscription_name(sub.kind, sub.label, titles)
+    if sub.status == "confirmed":
+        return name
+    ended_at = sub.unsubscribed_at
+    if (
+        sub.status != "unsubscribed"
+        or ended_at is None
+        or int(ended_at.timestamp()) != (unsubscribed_at)
+    ):
+        raise CannotResubscribe("changed since the link was made")
+    subscriber = await session.get(Subscriber, sub.subscriber_id)
+    if subscriber is None or await queries.is_suppressed(session, subscriber.email_hash):
+        raise CannotResubscribe("address suppressed")
+    now = utcnow()
+    sub.status, sub.unsubscribed_at, sub.unsubscribe_reason, sub.updated_at = (
+        "confirmed",
+        None,
+        None,
+        now,
+    )
+    return name
 
 
 async def unsubscribe_all(session: AsyncSession, subscriber: Subscriber) -> int:
@@ -162,9 +258,10 @@ async def change(
     if subscription_id is None:
         raise NotAllowed("choose a subscription")
     sub = await _owned(session, subscriber.id, subscription_id)
+    name = subscription_name(sub.kind, sub.label, await queries.study_titles(session, [sub.label]))
     if action == "unsubscribe":
         await unsubscribe(session, sub.id, "manage")
-        return f"You will get no more alerts about {sub.label}."
+        return f"You will get no more alerts about {name}."
     if sub.status == "unsubscribed":
         raise NotAllowed("this subscription has ended; sign up again on the website to restart it")
     now = utcnow()
@@ -172,15 +269,15 @@ async def change(
         if frequency not in FREQUENCIES:
             raise NotAllowed("frequency must be instant, daily or weekly")
         sub.frequency, sub.updated_at = frequency, now
-        return f"Alerts about {sub.label} now come {FREQUENCY_WORDS[frequency]}."
+        return f"Alerts about {name} now come {FREQUENCY_WORDS[frequency]}."
     if action == "changes":
         sub.event_kinds, sub.updated_at = kinds_for(sub.kind, changes or []), now
         chosen = ", ".join(label for label, on in choices_of(sub) if on)
-        return f"Alerts about {sub.label} now cover: {chosen}."
+        return f"Alerts about {name} now cover: {chosen}."
     if action in ("pause", "resume"):
         sub.paused, sub.updated_at = action == "pause", now
         verb = "paused" if sub.paused else "resumed"
-        return f"Alerts about {sub.label} are {verb}."
+        return f"Alerts about {name} are {verb}."
     raise NotAllowed(f"unknown action {action!r}")
 
 

@@ -42,7 +42,17 @@ def parse(header: str) -> tuple[int, list[str]]:
         # Unknown schemes (v0, v2…) are ignored so that a future scheme can be added alongside.
     if len(timestamps) != 1 or not timestamps[0].isdigit() or len(timestamps[0]) > 12:
         raise SignatureError(f"{HEADER} needs exactly one t=<unix seconds>")
+    given = candidates
     candidates = [c for c in candidates if len(c) == 64 and set(c) <= HEX_CHARS]
+    if not candidates and given:
+        # Say what is wrong with what was sent: "no v1" would send the caller looking for a
+        # missing field when it is the value (a truncated or non-hex digest).
+        first = given[0]
+        what = "not hex" if not set(first) <= HEX_CHARS else f"{len(first)} characters"
+        raise SignatureError(
+            f"{HEADER} v1 must be 64 hex characters (HMAC-SHA256), got {what}"
+            + (f" in all {len(given)} v1 values" if len(given) > 1 else "")
+        )
     if not candidates:
         raise SignatureError(f"{HEADER} has no v1=<hex HMAC-SHA256>")
     return int(timestamps[0]), candidates

@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from notifier.clock import utcnow
 from notifier.core.ratelimit import may_mail_address
-from notifier.core.signup_input import EVIDENCE_MAX, SignupRequest
+from notifier.core.signup_input import EVIDENCE_MAX, SignupRequest, Target
 from notifier.data.models import Subscriber, Subscription, Suppression, UTCDateTime
 from notifier.data.queries import dialect_insert
 from notifier.queue import enqueue_confirmation
@@ -164,14 +164,7 @@ async def _record(
         return Recorded("suppressed")
     confirmed_before = subscriber.first_confirmed_at is not None
     # The latest request is what the confirmation will confirm, with its evidence.
-    concept = req.concept() if req.kind == "condition" else None
     request = {
-        "label": req.label,
-        "mesh_id": concept.mesh_id if concept else None,
-        "requires": concept.requires if concept else None,
-        "resolved": concept.stored if concept else None,
-        "event_kinds": req.changes,
-        "broad": req.broad,
         "frequency": req.frequency,
         "requested_at": now,
         "request_ip": evidence.ip,
@@ -179,32 +172,55 @@ async def _record(
         "request_source": evidence.source,
         "updated_at": now,
     }
+    targets = req.targets
     if subscriber.confirm_nonce == nonce:
         # Our nonce came back, so the row is our insert: a new address, nothing under it yet.
-        await conn.execute(INSERT_SUBSCRIPTION, _new_subscription(subscriber.id, req, request))
+        for target in targets:
+            await conn.execute(
+                INSERT_SUBSCRIPTION, _new_subscription(subscriber.id, target, request)
+            )
         return Recorded("new", subscriber.id, confirmed_before)
-    outcome, pending_before = await _record_subscription(conn, subscriber.id, req, request)
+    # A study and its condition in one request: one outcome, the one that asks for a mail.
+    outcomes = []
+    pending_before = None
+    for target in targets:
+        outcome, pending = await _record_subscription(conn, subscriber.id, target, request)
+        outcomes.append(outcome)
+        pending_before = pending if pending_before is None else pending_before
+    outcome = next((o for o in outcomes if o in WANTS_MAIL), outcomes[0])
     if outcome in WANTS_MAIL and (subscriber.confirm_nonce is None or not pending_before):
         # Links mailed in an earlier round (nothing pending since) must not confirm this one.
         await conn.execute(SET_NONCE, {"subscriber_id": subscriber.id, "nonce": nonce})
     return Recorded(outcome, subscriber.id, confirmed_before)
 
 
+def _what(target: Target) -> dict[str, Any]:
+    return {
+        "label": target.label,
+        "mesh_id": target.mesh_id,
+        "requires": target.requires,
+        "resolved": target.resolved,
+        "event_kinds": target.event_kinds,
+        "broad": target.broad,
+    }
+
+
 def _new_subscription(
-    subscriber_id: int, req: SignupRequest, request: dict[str, Any]
+    subscriber_id: int, target: Target, request: dict[str, Any]
 ) -> dict[str, Any]:
     return {
         "subscriber_id": subscriber_id,
-        "kind": req.kind,
-        "match_key": req.match_key,
+        "kind": target.kind,
+        "match_key": target.match_key,
+        **_what(target),
         "status": "pending",
-        "discreet": req.kind == "condition",
+        "discreet": target.kind == "condition",
         **request,
     }
 
 
 async def _record_subscription(
-    conn: AsyncConnection, subscriber_id: int, req: SignupRequest, request: dict[str, Any]
+    conn: AsyncConnection, subscriber_id: int, target: Target, request: dict[str, Any]
 ) -> tuple[str, int]:
     """Add or refresh the subscription of an address that existed: (outcome, pending before).
 
@@ -216,7 +232,7 @@ async def _record_subscription(
     for _ in range(3):
         rows = (await conn.execute(SUBSCRIPTIONS_OF, {"subscriber_id": subscriber_id})).all()
         pending_before = sum(row.status == "pending" for row in rows)
-        existing = next((row for row in rows if row.match_key == req.match_key), None)
+        existing = next((row for row in rows if row.match_key == target.match_key), None)
         if existing is not None and existing.status == "confirmed":
             return "confirmed", pending_before  # a repeat signup never downgrades a confirmation
         if existing is None or existing.status != "pending":
@@ -224,13 +240,13 @@ async def _record_subscription(
                 return "too_many_pending", pending_before
             if existing is None:
                 await conn.execute(
-                    INSERT_SUBSCRIPTION, _new_subscription(subscriber_id, req, request)
+                    INSERT_SUBSCRIPTION, _new_subscription(subscriber_id, target, request)
                 )
                 return "new", pending_before
             # Unsubscribed: pending again, with fresh evidence; the old consent is void.
-            outcome, changes = "resubscribed", {**request, **CONSENT_VOID}
+            outcome, changes = "resubscribed", {**request, **_what(target), **CONSENT_VOID}
         else:
-            outcome, changes = "pending", request
+            outcome, changes = "pending", {**request, **_what(target)}
         seen = {"seen_id": existing.id, "seen_status": existing.status}
         updated = await conn.execute(UPDATE_SUBSCRIPTION, {**changes, **seen})
         if updated.rowcount == 1:

@@ -1,8 +1,9 @@
-"""What a signup may ask for: the address, a study or a condition, and how often (pydantic)."""
+"""What a signup may ask for: an address, a study, a condition or both, how often (pydantic)."""
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from functools import cache
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -79,8 +80,23 @@ def is_allowed_redirect(url: str, allowed_origins: list[str]) -> bool:
     return origin is not None and origin in {origin_of(o) for o in allowed_origins}
 
 
+@dataclass(frozen=True)
+class Target:
+    """One subscription a signup asks for: a study, or a condition with what it resolved to."""
+
+    kind: str
+    label: str
+    match_key: str
+    mesh_id: str | None = None
+    requires: str | None = None  # a fact the study must have besides the descriptor
+    resolved: list[dict[str, str]] | None = None  # what the typed text resolved to
+    event_kinds: list[str] | None = None  # the `changes` chosen; None: the kind's default
+    broad: bool = False
+
+
 class SignupRequest(BaseModel):
-    """POST /v1/subscriptions: an address and exactly one study or condition."""
+    """POST /v1/subscriptions: an address and a study, a condition, or both (the study page's
+    "this study, and new studies for its condition" box: one mail confirms the two)."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
@@ -134,7 +150,9 @@ class SignupRequest(BaseModel):
         try:
             return normalize_email(value)
         except EmailNotValidError as exc:
-            raise ValueError(f"not a valid email address: {exc}") from None
+            reason = str(exc).rstrip(".")
+            reason = reason[:1].lower() + reason[1:]
+            raise ValueError(f"enter an email address like name@example.org ({reason})") from None
 
     @field_validator("study")
     @classmethod
@@ -149,11 +167,9 @@ class SignupRequest(BaseModel):
     @field_validator("condition")
     @classmethod
     def _condition(cls, value: str | None, info: ValidationInfo) -> str | None:
-        if "study" in info.data:  # else the study itself was invalid: one error is enough
-            if value is not None and info.data["study"] is not None:
-                raise ValueError("give a study or a condition, not both")
-            if value is None and info.data["study"] is None:
-                raise ValueError("give a study (NCT id) or a condition")
+        # Without "study" in info.data the study itself was invalid: one error is enough.
+        if value is None and "study" in info.data and info.data["study"] is None:
+            raise ValueError("give a study (NCT id), a condition, or both")
         if value is None:
             return None
         label = clean_label(value)
@@ -229,12 +245,38 @@ class SignupRequest(BaseModel):
         return value
 
     @property
+    def targets(self) -> list[Target]:
+        """What to subscribe to, the study first. The MeSH choice goes with the condition;
+        `changes` with the study when there is one (it is checked against a study's kinds),
+        else with the condition."""
+        found = []
+        if self.study:
+            found.append(
+                Target("study", self.study, f"study:{self.study}", event_kinds=self.changes)
+            )
+        if self.condition:
+            concept = self.concept()
+            found.append(
+                Target(
+                    "condition",
+                    self.condition,
+                    f"cond:{normalize_condition(self.condition)}",
+                    concept.mesh_id,
+                    concept.requires,
+                    concept.stored,
+                    None if self.study else self.changes,
+                    self.broad,
+                )
+            )
+        return found
+
+    @property
     def kind(self) -> str:
-        return "study" if self.study else "condition"
+        return self.targets[0].kind
 
     @property
     def label(self) -> str:
-        return self.study or self.condition or ""
+        return self.targets[0].label
 
     def concept(self) -> Concept:
         """What a condition matches: the site's mesh_id as is, or the typed text resolved."""
@@ -242,9 +284,7 @@ class SignupRequest(BaseModel):
 
     @property
     def match_key(self) -> str:
-        if self.study:
-            return f"study:{self.study}"
-        return f"cond:{normalize_condition(self.condition or '')}"
+        return self.targets[0].match_key
 
 
 def parse_signup(data: dict[str, Any], allowed_origins: list[str]) -> SignupRequest:

@@ -22,7 +22,11 @@ class TokenExpired(Exception):
     """Genuine but too old: answer 410 with a way to start again."""
 
 
-PURPOSES = ("confirm", "unsubscribe", "manage")
+# unsubscribe_list: a mail's List-Unsubscribe, ending every subscription the mail was sent for;
+# resubscribe: undo an unsubscribe from its answer page, within RESUBSCRIBE_MAX_AGE.
+PURPOSES = ("confirm", "unsubscribe", "manage", "unsubscribe_list", "resubscribe")
+RESUBSCRIBE_MAX_AGE = 86400
+MAX_LIST = 100  # subscriptions one List-Unsubscribe may end (a mail names a handful)
 
 
 class _Signer(TimestampSigner):
@@ -98,6 +102,24 @@ class Tokens:
 
     def read_manage(self, token: str) -> int:
         return _int(self.loads("manage", token).get("s"))
+
+    def unsubscribe_list(self, subscription_ids: list[int]) -> str:
+        # Like unsubscribe links, a mail's List-Unsubscribe must keep working: no max_age.
+        return self.dumps("unsubscribe_list", {"l": list(subscription_ids)[:MAX_LIST]})
+
+    def read_unsubscribe_list(self, token: str) -> list[int]:
+        ids = self.loads("unsubscribe_list", token).get("l")
+        if not isinstance(ids, list) or not 0 < len(ids) <= MAX_LIST:
+            raise TokenInvalid("unexpected payload")
+        return [_int(i) for i in ids]
+
+    def resubscribe(self, subscription_id: int, unsubscribed_at: int) -> str:
+        """Undo the unsubscribe made at `unsubscribed_at` (unix seconds): that one only."""
+        return self.dumps("resubscribe", {"u": subscription_id, "t": unsubscribed_at})
+
+    def read_resubscribe(self, token: str) -> tuple[int, int]:
+        payload = self.loads("resubscribe", token, max_age=RESUBSCRIBE_MAX_AGE)
+        return _int(payload.get("u")), _int(payload.get("t"))
 
 
 def _int(value: object) -> int:

@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from notifier.clock import utcnow
 from notifier.data.models import Delivery, Subscriber, Subscription, Suppression
+from notifier.data.study_queries import study_titles as study_titles  # pages name studies by title
 
 
 def delivery_status_is(status: str) -> ColumnElement[bool]:

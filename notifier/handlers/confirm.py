@@ -6,11 +6,16 @@ from typing import Any
 
 from aiohttp import web
 
-from notifier.core.confirmation import LinkUnusable, confirm_link, pending_for_link
+from notifier.core.confirmation import (
+    AlreadyConfirmed,
+    LinkUnusable,
+    confirm_link,
+    pending_for_link,
+)
 from notifier.core.signup import Evidence
 from notifier.core.tokens import TokenExpired, TokenInvalid
 from notifier.handlers.bodies import FORM, JSON, BodyError, decode_body
-from notifier.handlers.middleware import client_ip, error_response, res
+from notifier.handlers.middleware import client_ip, error_response, res, site_home
 from notifier.handlers.openapi import error_response as error_doc
 from notifier.mail.labels import status_label
 from notifier.metrics import CONFIRMATIONS
@@ -18,11 +23,10 @@ from notifier.metrics import CONFIRMATIONS
 
 def _page(request: web.Request, name: str, status: int = 200, **context: Any) -> web.Response:
     settings = res(request).settings
-    home = settings.allowed_origins[0] if settings.allowed_origins else None
     html = (
         res(request)
         .templates.get_template(f"pages/{name}.html")
-        .render(site_name=settings.site_name, home=home, **context)
+        .render(site_name=settings.site_name, home=site_home(request), **context)
     )
     return web.Response(status=status, text=html, content_type="text/html")
 
@@ -36,6 +40,8 @@ def _unusable(request: web.Request, exc: Exception) -> web.Response:
         return error_response(request, 404, "link not recognised; check it was copied whole")
     if _wants_json(request):
         return error_response(request, 410, "link expired or already used; sign up again")
+    if isinstance(exc, AlreadyConfirmed):  # a reused link: they are subscribed, say so
+        return _page(request, "already_confirmed", subscriptions=exc.items)
     return _page(request, "expired", 410)
 
 

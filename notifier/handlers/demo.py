@@ -10,6 +10,7 @@ from notifier.handlers.middleware import res
 from notifier.handlers.openapi import error_response as error_doc
 
 FORM_JS = pkg.files("notifier").joinpath("static/notifier-form.js").read_bytes()
+FAVICON = pkg.files("notifier").joinpath("static/favicon.svg").read_bytes()
 
 DEMO_STUDY = {
     "nct_id": "NCT05879978",
@@ -39,9 +40,25 @@ OPENAPI_PATHS = {
             },
         }
     },
+    "/favicon.ico": {
+        "get": {
+            "summary": "The pages' icon (SVG)",
+            "responses": {"200": {"description": "SVG", "content": {"image/svg+xml": {}}}},
+        }
+    },
     "/demo/study": _DEMO,
     "/demo/condition": _DEMO,
+    "/demo/site": _DEMO,
 }
+
+
+async def favicon(request: web.Request) -> web.Response:
+    """Browsers ask for /favicon.ico on every page: an icon, rather than a 404 each time."""
+    return web.Response(
+        body=FAVICON,
+        content_type="image/svg+xml",
+        headers={"Cache-Control": "public, max-age=86400"},
+    )
 
 
 async def form_script(request: web.Request) -> web.Response:
@@ -57,10 +74,12 @@ def _demo(request: web.Request, kind: str) -> web.Response:
     r = res(request)
     if r.settings.is_production:
         raise web.HTTPNotFound()
-    body = r.templates.get_template("pages/demo.html").render(
+    body = r.templates.get_template(f"pages/demo{'_site' if kind == 'site' else ''}.html").render(
         kind=kind,
         study=DEMO_STUDY,
         condition="Neuroendocrine Tumors",
+        # The site decides whether "and new studies for its condition" starts ticked.
+        condition_checked=request.query.get("condition") != "unticked",
         action="/v1/subscriptions",  # same origin as the demo page
         script="/static/notifier-form.js",
     )
@@ -68,7 +87,7 @@ def _demo(request: web.Request, kind: str) -> web.Response:
     # The demo page is the website's side: it may run our script (the API pages may not).
     response.headers["Content-Security-Policy"] = (
         "default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'unsafe-inline'; "
-        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+        "img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
     )
     return response
 
@@ -79,3 +98,8 @@ async def demo_study(request: web.Request) -> web.Response:
 
 async def demo_condition(request: web.Request) -> web.Response:
     return _demo(request, "condition")
+
+
+async def demo_site(request: web.Request) -> web.Response:
+    """The mock website's home: where "back to the site" and "sign up again" land in dev."""
+    return _demo(request, "site")

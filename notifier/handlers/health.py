@@ -13,7 +13,7 @@ OPENAPI_PATHS = {
     "/healthz": {"get": {"summary": "Process alive", "responses": {"200": {"description": "ok"}}}},
     "/readyz": {
         "get": {
-            "summary": "Database and Redis reachable",
+            "summary": "Database and Redis reachable (and, as a detail, the SMTP relay)",
             "responses": {"200": {"description": "ready"}, "503": {"description": "not ready"}},
         }
     },
@@ -46,6 +46,9 @@ async def readyz(request: web.Request) -> web.Response:
         for name, result in zip(checks, results, strict=True)
     }
     ok = all(v == "ok" for v in status.values())
+    # A detail, not readiness: mail waits for the relay, signups and events do not.
+    relay = await r.relay.problem()
+    status["smtp"] = "ok" if relay is None else f"unreachable: {relay}"
     return web.json_response(
         {"status": "ok" if ok else "unavailable", **status}, status=200 if ok else 503
     )

@@ -10,9 +10,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from notifier.core import preferences
 from notifier.core.concepts import meaning
+from notifier.core.confirmation import titles_of
+from notifier.core.names import subscription_name
 from notifier.core.tokens import TokenInvalid
 from notifier.data.models import Subscriber, Subscription
-from notifier.handlers.middleware import client_ip, error_response, res
+from notifier.handlers.middleware import client_ip, error_response, res, site_home
 from notifier.handlers.openapi import SIGNUP_EMAIL_PATTERN
 from notifier.handlers.openapi import error_response as openapi_error
 from notifier.handlers.unsubscribe import not_found
@@ -229,6 +231,7 @@ async def _render(request: web.Request, subscriber_id: int, message: str | None)
         subs: list[Subscription] = (
             await preferences.subscriptions_of(session, subscriber_id) if subscriber else []
         )
+        titles = await titles_of(session, subs)
     if "application/json" in request.headers.get("Accept", ""):
         return web.json_response({"message": message, "subscriptions": [_json(s) for s in subs]})
     page = r.templates.get_template("pages/manage.html").render(
@@ -236,10 +239,13 @@ async def _render(request: web.Request, subscriber_id: int, message: str | None)
         message=message,
         email=subscriber.email if subscriber else "",
         subscriptions=subs,
+        names={s.id: subscription_name(s.kind, s.label, titles) for s in subs},
         action=request.path,
         frequency_words=preferences.FREQUENCY_WORDS,
         choices={s.id: preferences.choices_of(s) for s in subs},
         meanings={s.id: meaning(s.mesh_id, s.requires, s.label) for s in subs},
+        home=site_home(request),
+        site_name=r.settings.site_name,
     )
     return web.Response(text=page, content_type="text/html")
 

@@ -39,6 +39,28 @@ def res(request: web.Request) -> Resources:
     return request.app[RESOURCES]
 
 
+DEMO_SITE = "/demo/site"
+
+
+def site_home(request: web.Request) -> str | None:
+    """Where "back to the site" goes: the website (its first allowed origin); in dev, the demo
+    site on whatever address the person opened (the origins point at no real site)."""
+    settings = res(request).settings
+    if not settings.is_production:
+        return DEMO_SITE
+    return settings.allowed_origins[0] if settings.allowed_origins else None
+
+
+def page_url(request: web.Request, url: str) -> str:
+    """A link of ours on a page or in a redirect. In dev, relative to the request's own origin:
+    `make run` is opened at 127.0.0.1 or localhost alike, and a page's CSP (form-action 'self')
+    blocks a redirect to the other one. In production, NOTIFIER_PUBLIC_URL as in mail."""
+    settings = res(request).settings
+    if settings.is_production or not url.startswith(settings.public_base + "/"):
+        return url
+    return url.removeprefix(settings.public_base)
+
+
 def wants_html(request: web.Request) -> bool:
     accept = request.headers.get("Accept", "")
     return "text/html" in accept and "application/json" not in accept
@@ -159,7 +181,7 @@ def _access(request: web.Request, status: int, ms: float) -> None:
     )
 
 
-TOKEN_PAGES = ("/v1/confirm/", "/v1/unsubscribe/", "/v1/manage/")
+TOKEN_PAGES = ("/v1/confirm/", "/v1/unsubscribe/", "/v1/manage/", "/v1/resubscribe/")
 
 
 @web.middleware

@@ -11,7 +11,14 @@ from notifier.core.signup import Evidence, sign_up
 from notifier.core.signup_input import SignupRequest, parse_signup
 from notifier.handlers.bodies import FORM, JSON, BodyError, decode_body
 from notifier.handlers.bodies import single_values as form_values
-from notifier.handlers.middleware import client_ip, error_response, refuse_if_ip_limited, res
+from notifier.handlers.middleware import (
+    client_ip,
+    error_response,
+    page_url,
+    refuse_if_ip_limited,
+    res,
+    site_home,
+)
 from notifier.handlers.openapi import SIGNUP_EMAIL_PATTERN
 from notifier.handlers.openapi import error_response as error_doc
 from notifier.metrics import SIGNUPS
@@ -50,17 +57,17 @@ async def create_subscription(request: web.Request) -> web.Response:
     SIGNUPS.labels(outcome=outcome).inc()
     # The same answer whatever happened: it must not tell whether the address is known.
     if is_form:
-        location = req.redirect or f"{r.settings.public_base}{CHECK_INBOX}"
+        location = req.redirect or page_url(request, f"{r.settings.public_base}{CHECK_INBOX}")
         return web.Response(status=303, headers={"Location": location})
     return web.json_response(PENDING, status=202)
 
 
 async def check_inbox(request: web.Request) -> web.Response:
     settings = res(request).settings
-    home = settings.allowed_origins[0] if settings.allowed_origins else None
     page = res(request).templates.get_template("pages/check_inbox.html")
     return web.Response(
-        text=page.render(site_name=settings.site_name, home=home), content_type="text/html"
+        text=page.render(site_name=settings.site_name, home=site_home(request)),
+        content_type="text/html",
     )
 
 
@@ -69,7 +76,7 @@ _SIGNUP_SCHEMA: dict[str, Any] = {"$ref": "#/components/schemas/SignupRequest"}
 
 def _signup_schema() -> dict[str, Any]:
     """The model's schema with what signup enforces and JSON Schema can say: the address and id
-    syntax, exactly one of study or condition. (Whether a condition names a condition, a time
+    syntax, a study or a condition or both. (Whether a condition names a condition, a time
     zone exists, or a redirect is on an allowed origin is checked by the server: 422.)"""
     schema = SignupRequest.model_json_schema()
     props = schema["properties"]
@@ -94,9 +101,11 @@ OPENAPI_SCHEMAS = {"SignupRequest": _signup_schema()}
 OPENAPI_PATHS: dict[str, Any] = {
     "/v1/subscriptions": {
         "post": {
-            "summary": "Sign up for alerts about a study or a condition (double opt-in)",
+            "summary": "Sign up for alerts about a study, a condition, or both (double opt-in)",
             "description": (
-                "Records a pending subscription and mails one confirmation link (at most one "
+                "Records a pending subscription (two when both a study and a condition are "
+                'given: the study page\'s "this study, and new studies for its condition") '
+                "and mails one confirmation link (at most one "
                 "per address per interval; the link's page lists every pending subscription of "
                 "the address). The answer is the same for new, pending, confirmed, "
                 "unsubscribed and suppressed addresses. Rate-limited per IP."

@@ -6,11 +6,14 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from aiohttp import web
+from sqlalchemy import select
 
 from notifier.core import preferences
-from notifier.core.tokens import TokenInvalid
+from notifier.core.confirmation import titles_of
+from notifier.core.names import subscription_name
+from notifier.core.tokens import TokenExpired, TokenInvalid
 from notifier.data.models import Subscription
-from notifier.handlers.middleware import res
+from notifier.handlers.middleware import page_url, res, site_home
 from notifier.handlers.openapi import error_response as error_doc
 from notifier.resources import Resources
 
@@ -57,41 +60,89 @@ OPENAPI_PATHS: dict[str, Any] = {
                 "404": _NOT_FOUND,
             },
         },
-    }
+    },
+    "/v1/resubscribe/{token}": {
+        "get": {
+            "summary": "A page with one button that undoes an unsubscribe; changes nothing",
+            "description": "The link is on the unsubscribe answer page and lives one day.",
+            "parameters": [_TOKEN],
+            "responses": {
+                "200": {"description": "the page", "content": {"text/html": {}}},
+                "404": _NOT_FOUND,
+                "410": error_doc("expired, or the subscription changed since", html=True),
+            },
+        },
+        "post": {
+            "summary": "Undo the unsubscribe the link was made for (confirmed subscriptions only)",
+            "parameters": [_TOKEN],
+            "responses": {
+                "200": {
+                    "description": "subscribed again (also when it already was)",
+                    "content": {
+                        "text/html": {},
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "properties": {"status": {"const": "confirmed"}},
+                            }
+                        },
+                    },
+                },
+                "404": _NOT_FOUND,
+                "410": error_doc("expired, or the subscription changed since", html=True),
+            },
+        },
+    },
 }
 
 
 async def unsubscribe_page(request: web.Request) -> web.Response:
     r = res(request)
-    subscription_id = read_token(request)
-    if subscription_id is None:
+    ids = read_token(request)
+    if ids is None:
         return not_found(request)
     async with r.sessions.begin() as session:
-        sub = await session.get(Subscription, subscription_id)
-    if sub is None or sub.status == "unsubscribed":
-        return done(request, r, sub.label if sub else None, sub.subscriber_id if sub else None)
+        rows = list(
+            await session.scalars(
+                select(Subscription).where(
+                    Subscription.id.in_(ids), Subscription.status != "unsubscribed"
+                )
+            )
+        )
+        titles = await titles_of(session, rows)
+    if not rows:  # nothing left to end: say what the state is, change nothing
+        async with r.sessions.begin() as session:
+            result = await preferences.unsubscribe_many(session, [], "link")
+        return done(request, r, result)
     page = r.templates.get_template("pages/unsubscribe.html").render(
-        label=sub.label,
+        names=[subscription_name(row.kind, row.label, titles) for row in rows],
         action=request.path,
-        manage_url=r.mail.manage_url(sub.subscriber_id),
+        manage_url=page_url(request, r.mail.manage_url(rows[0].subscriber_id)),
     )
     return web.Response(text=page, content_type="text/html")
 
 
 async def unsubscribe(request: web.Request) -> web.Response:
     r = res(request)
-    subscription_id = read_token(request)
-    if subscription_id is None:
+    ids = read_token(request)
+    if ids is None:
         return not_found(request)
     via: preferences.Via = "link" if await _from_our_page(request) else "one_click"
     async with r.sessions.begin() as session:  # committed before the answer
-        result = await preferences.unsubscribe(session, subscription_id, via)
-    return done(request, r, result.label, result.subscriber_id)
+        result = await preferences.unsubscribe_many(session, ids, via)
+    return done(request, r, result)
 
 
-def read_token(request: web.Request) -> int | None:
+def read_token(request: web.Request) -> list[int] | None:
+    """The subscriptions a link ends: one (a link in the body), or every one a mail was sent
+    for (its List-Unsubscribe header)."""
+    tokens, token = res(request).tokens, request.match_info["token"]
     try:
-        return res(request).tokens.read_unsubscribe(request.match_info["token"])
+        return [tokens.read_unsubscribe(token)]
+    except TokenInvalid:
+        pass
+    try:
+        return tokens.read_unsubscribe_list(token)
     except TokenInvalid:
         return None
 
@@ -113,15 +164,26 @@ async def _from_our_page(request: web.Request) -> bool:
     return fields.get("via") == ["page"]
 
 
-def done(
-    request: web.Request, r: Resources, label: str | None, subscriber_id: int | None
-) -> web.Response:
+def done(request: web.Request, r: Resources, result: preferences.EndedAll) -> web.Response:
     if "application/json" in request.headers.get("Accept", ""):
         return web.json_response({"status": "unsubscribed"})
+    ended = []
+    for e in result.ended:
+        undo = None  # a link relative to this page: it leads to another page, never to mail
+        if e.resubscribable and e.unsubscribed_at is not None:
+            undo = (
+                f"/v1/resubscribe/{r.tokens.resubscribe(e.id, int(e.unsubscribed_at.timestamp()))}"
+            )
+        ended.append({"name": e.name, "resubscribe_url": undo})
+    manage_url = None
+    if result.remaining and result.subscriber_id is not None:
+        manage_url = page_url(request, r.mail.manage_url(result.subscriber_id))
     page = r.templates.get_template("pages/unsubscribed.html").render(
-        label=label,
-        manage_url=r.mail.manage_url(subscriber_id) if subscriber_id else None,
+        ended=ended,
+        remaining=result.remaining,
+        manage_url=manage_url,
         site_name=r.settings.site_name,
+        home=site_home(request),
     )
     return web.Response(text=page, content_type="text/html")
 
@@ -136,3 +198,60 @@ def not_found(request: web.Request) -> web.Response:
         .render(status=404, message="this link is unknown or damaged", fields={}, home=None)
     )
     return web.Response(status=404, text=page, content_type="text/html")
+
+
+# ---- re-subscribe: undo an unsubscribe from its answer page, within a day ----------------------
+
+
+async def resubscribe_page(request: web.Request) -> web.Response:
+    """One button; changes nothing (a GET never changes a subscription)."""
+    r = res(request)
+    try:
+        subscription_id, _ = r.tokens.read_resubscribe(request.match_info["token"])
+    except TokenInvalid:
+        return not_found(request)
+    except TokenExpired:
+        return _resubscribe_gone(request)
+    async with r.sessions.begin() as session:
+        sub = await session.get(Subscription, subscription_id)
+        if sub is None:
+            return _resubscribe_gone(request)
+        titles = await titles_of(session, [sub])
+    page = r.templates.get_template("pages/resubscribe.html").render(
+        name=subscription_name(sub.kind, sub.label, titles),
+        active=sub.status == "confirmed",
+        action=request.path,
+        home=site_home(request),
+    )
+    return web.Response(text=page, content_type="text/html")
+
+
+async def resubscribe(request: web.Request) -> web.Response:
+    r = res(request)
+    try:
+        subscription_id, unsubscribed_at = r.tokens.read_resubscribe(request.match_info["token"])
+    except TokenInvalid:
+        return not_found(request)
+    except TokenExpired:
+        return _resubscribe_gone(request)
+    try:
+        async with r.sessions.begin() as session:
+            name = await preferences.resubscribe(session, subscription_id, unsubscribed_at)
+    except preferences.CannotResubscribe:
+        return _resubscribe_gone(request)
+    if "application/json" in request.headers.get("Accept", ""):
+        return web.json_response({"status": "confirmed"})
+    page = r.templates.get_template("pages/resubscribed.html").render(
+        name=name, site_name=r.settings.site_name, home=site_home(request)
+    )
+    return web.Response(text=page, content_type="text/html")
+
+
+def _resubscribe_gone(request: web.Request) -> web.Response:
+    if "application/json" in request.headers.get("Accept", ""):
+        return web.json_response({"error": "link expired or no longer usable"}, status=410)
+    r = res(request)
+    page = r.templates.get_template("pages/expired.html").render(
+        site_name=r.settings.site_name, home=site_home(request), resubscribe=True
+    )
+    return web.Response(status=410, text=page, content_type="text/html")

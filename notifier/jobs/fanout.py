@@ -248,10 +248,16 @@ async def fanout_event(ctx: dict[str, Any], event_pk: int) -> dict[str, Any]:
                 .where(Event.id == event_pk, Event.status.in_(OPEN_EVENT))
                 .values(status=EventStatus.IMMATERIAL, fanned_out_at=utcnow())
             )
+        log.info(
+            "event %s (%s, %s): nothing a reader cares about changed, no mail",
+            event.event_id,
+            event.nct_id,
+            event.change_kind,
+        )
         return {"event_pk": event_pk, "status": "immaterial"}
     note_unsupported_mesh(event.event_id, event.payload)
     walk = _Walk(match_keys(event.payload))
-    recipients = 0
+    recipients = batches = 0
     enqueuing: asyncio.Task[None] | None = None  # the previous page's jobs
     try:
         while (page := await _next_page(r, event_pk, walk)) is not None:
@@ -262,6 +268,7 @@ async def fanout_event(ctx: dict[str, Any], event_pk: int) -> dict[str, Any]:
                 await enqueuing
             enqueuing = asyncio.create_task(enqueue_slices(r, slice_ids))
             recipients += found
+            batches += len(slice_ids)
             if done:
                 break
     except BaseException:
@@ -273,4 +280,12 @@ async def fanout_event(ctx: dict[str, Any], event_pk: int) -> dict[str, Any]:
         raise
     if enqueuing is not None:
         await enqueuing
+    log.info(
+        "event %s (%s, %s) fanned out: %d recipient(s) in %d send batch(es)",
+        event.event_id,
+        event.nct_id,
+        event.change_kind,
+        recipients,
+        batches,
+    )
     return {"event_pk": event_pk, "recipients": recipients}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from notifier.core.confirmation import describe, pending_subscriptions
@@ -14,6 +15,8 @@ from notifier.mail.message import sender_address, to_bytes
 from notifier.mail.notices import manage_link_mail, render_confirmation
 from notifier.mailer import SendError
 from notifier.metrics import MAILS
+
+log = logging.getLogger("notifier.mail")
 
 
 async def send_confirmation(ctx: dict[str, Any], subscriber_id: int) -> str:
@@ -37,8 +40,9 @@ async def send_confirmation(ctx: dict[str, Any], subscriber_id: int) -> str:
     try:
         await r.mailer.send_one(sender_address(r.settings), to, message)
     except SendError as exc:
-        return await retry_or_give_up(r, ctx, email_hash, exc, "confirmation")
+        return await retry_or_give_up(r, ctx, email_hash, exc, f"confirmation mail to {to}")
     MAILS.labels(kind="confirm").inc()
+    log.info("mail sent: confirmation link to %s (%d subscription(s))", to, len(items))
     return "sent"
 
 
@@ -57,4 +61,5 @@ async def send_manage_link(ctx: dict[str, Any], subscriber_id: int) -> str:
             r, ctx, subscriber.email_hash, exc, f"manage link to subscriber {subscriber.id}"
         )
     MAILS.labels(kind="manage_link").inc()
+    log.info("mail sent: manage link to %s", mail.to)
     return "sent"

@@ -44,6 +44,9 @@ async def retry_or_give_up(
     ladder = r.settings.retry_ladder
     tries = int(ctx.get("job_try", 1))
     if not exc.permanent and tries <= len(ladder):
+        log.warning(
+            "%s deferred (try %d), retrying in %g s: %s", what, tries, ladder[tries - 1], exc
+        )
         raise Retry(defer=ladder[tries - 1]) from exc
     if exc.suppresses:
         async with r.sessions.begin() as session:

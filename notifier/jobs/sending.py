@@ -176,9 +176,18 @@ class Batch:
                     raise
                 except SendError as exc:
                     self.done.append(failure(r, item.delivery, exc, utcnow()))
+                    log.warning(
+                        "mail to %s %s: %s",
+                        item.email,
+                        "refused" if exc.permanent else "deferred, will retry",
+                        exc,
+                    )
                 else:
                     self.done.append(sent)
                     MAILS.labels("alert").inc()
+                    log.info(
+                        "mail sent: alert for event %d to %s", item.delivery.event_pk, item.email
+                    )
                 finally:
                     SEND_SECONDS.observe(time.perf_counter() - started)
                 queue.popleft()

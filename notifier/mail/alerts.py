@@ -7,9 +7,10 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from notifier.core.names import subscription_name
 from notifier.data.models import Subscription
 from notifier.mail.context import MailContext
-from notifier.mail.labels import status_label
+from notifier.mail.labels import NAME_MAX, change_date, shorten, status_label, status_meaning
 from notifier.mail.message import Mail
 from notifier.mail.summaries import match_reason, summarize
 
@@ -17,6 +18,11 @@ NEUTRAL_STUDY_SUBJECT = "Update on a study you follow"
 NEUTRAL_CONDITION_SUBJECT = "A new study matches a condition you follow"
 NEUTRAL_PREHEADER = "Open this message to read what changed."
 SHORT_TITLE_MAX = 40
+
+
+def _titles(event: dict[str, Any], sub: Subscription, title: str | None) -> dict[str, str]:
+    """The event's title for the followed study (also when followed under an older NCT id)."""
+    return {sub.label: title} if title and sub.kind == "study" else {}
 
 
 def study_url(event: dict[str, Any]) -> str:
@@ -80,7 +86,8 @@ class AlertRenderer:
     def render(
         self, *, subscriber_id: int, email: str, subscriptions: Sequence[Subscription]
     ) -> Mail:
-        """Text and HTML parts with the same facts; List-Unsubscribe ends the first subscription."""
+        """Text and HTML parts with the same facts; List-Unsubscribe ends every subscription
+        the mail names, the links in the body one each."""
         if not subscriptions:
             raise ValueError("an alert needs at least one matching subscription")
         signature = tuple((s.kind, s.label, s.mesh_id, s.discreet) for s in subscriptions)
@@ -99,19 +106,27 @@ class AlertRenderer:
         for placeholder, url in links:
             text = text.replace(placeholder, url)
             html = html.replace(placeholder, url)
+        one_click = self.mail_ctx.list_unsubscribe_url([s.id for s in subscriptions])
         return Mail(
-            to=email, subject=cached.subject, text=text, html=html, unsubscribe_url=links[0][1]
+            to=email, subject=cached.subject, text=text, html=html, unsubscribe_url=one_click
         )
 
     def _render_templates(self, subscriptions: Sequence[Subscription]) -> _Rendered:
         event, summary, mail_ctx = self.event, self.summary, self.mail_ctx
         study = event.get("study") or {}
+        # Shortened: the full title heads the mail; the reasons only need to recognise it.
+        title = shorten(str(study.get("brief_title") or ""), NAME_MAX) or None
         items = [
             {
-                "label": sub.label,
+                "label": subscription_name(sub.kind, sub.label, _titles(event, sub, title)),
                 "kind": sub.kind,
                 "reason": match_reason(
-                    sub.kind, sub.label, event, mesh_id=sub.mesh_id, requires=sub.requires
+                    sub.kind,
+                    sub.label,
+                    event,
+                    mesh_id=sub.mesh_id,
+                    requires=sub.requires,
+                    title=title,
                 ),
                 "unsubscribe_url": _unsubscribe_placeholder(i),
             }
@@ -137,6 +152,8 @@ class AlertRenderer:
             "title": str(study.get("brief_title") or "") or str(event.get("nct_id") or ""),
             "short_title": short_title(study),
             "status": status_label(overall) if overall else "",
+            "meaning": status_meaning(overall) if overall else "",
+            "changed_on": change_date(event.get("change_kind"), event.get("occurred_on")),
             "study_url": study_url(event),
             "items": items,
             "manage_url": MANAGE_PLACEHOLDER,

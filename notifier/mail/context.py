@@ -28,5 +28,13 @@ class MailContext:
             f"{self.settings.public_base}/v1/unsubscribe/{self.tokens.unsubscribe(subscription_id)}"
         )
 
+    def list_unsubscribe_url(self, subscription_ids: list[int]) -> str:
+        """A mail's List-Unsubscribe: one-click ends every subscription the mail was sent for
+        (a person pressing the mail client's button expects that kind of mail to stop)."""
+        if len(subscription_ids) == 1:
+            return self.unsubscribe_url(subscription_ids[0])
+        token = self.tokens.unsubscribe_list(subscription_ids)
+        return f"{self.settings.public_base}/v1/unsubscribe/{token}"
+
     def manage_url(self, subscriber_id: int) -> str:
         return f"{self.settings.public_base}/v1/manage/{self.tokens.manage(subscriber_id)}"

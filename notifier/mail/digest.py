@@ -6,10 +6,11 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+from notifier.core.names import subscription_name
 from notifier.data.models import Event, Subscriber, Subscription
 from notifier.mail.alerts import NEUTRAL_PREHEADER, study_url
 from notifier.mail.context import MailContext
-from notifier.mail.labels import status_label
+from notifier.mail.labels import NAME_MAX, change_date, shorten, status_label, status_meaning
 from notifier.mail.message import Mail
 from notifier.mail.summaries import match_reason, summarize
 
@@ -22,20 +23,27 @@ def digest_item(
     """One event as a digest item: headline, study, changes, and each subscription's reason."""
     summary = summarize(event)
     study = event.get("study") or {}
+    # Shortened: the full title heads the mail; the reasons only need to recognise it.
+    title = shorten(str(study.get("brief_title") or ""), NAME_MAX) or None
+    overall = study.get("overall_status")
     return {
         "headline": summary.headline,
         "lines": summary.lines,
         "nct_id": str(event.get("nct_id") or ""),
         "title": str(study.get("brief_title") or event.get("nct_id") or ""),
-        "status": status_label(study["overall_status"]) if study.get("overall_status") else "",
+        "status": status_label(overall) if overall else "",
+        "meaning": status_meaning(overall) if overall else "",
+        "changed_on": change_date(event.get("change_kind"), event.get("occurred_on")),
         "study_url": study_url(event),
         "discreet": any(s.discreet for s in subs),
         "reasons": [
             {
                 "reason": match_reason(
-                    s.kind, s.label, event, mesh_id=s.mesh_id, requires=s.requires
+                    s.kind, s.label, event, mesh_id=s.mesh_id, requires=s.requires, title=title
                 ),
-                "label": s.label,
+                "label": subscription_name(
+                    s.kind, s.label, {s.label: title} if title and s.kind == "study" else {}
+                ),
                 "unsubscribe_url": mail_ctx.unsubscribe_url(s.id),
             }
             for s in subs
@@ -75,11 +83,12 @@ def render_digest(
         "period_words": PERIOD_WORDS[period],
         "manage_url": mail_ctx.manage_url(subscriber.id),
     }
-    first_reason = items[0]["reasons"][0]
+    # One-click ends every subscription the digest was sent for.
+    ids = sorted({s.id for _, subs in entries for s in subs})
     return Mail(
         to=subscriber.email,
         subject=subject,
         text=mail_ctx.templates.get_template("mail/digest.txt").render(context),
         html=mail_ctx.templates.get_template("mail/digest.html").render(context),
-        unsubscribe_url=first_reason["unsubscribe_url"],
+        unsubscribe_url=mail_ctx.list_unsubscribe_url(ids),
     )

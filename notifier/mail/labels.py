@@ -23,6 +23,26 @@ STATUS_LABELS = {
     "UNKNOWN": "Unknown status",
 }
 
+# What each status means for a person, in ClinicalTrials.gov's own sense, as plain words.
+STATUS_MEANINGS = {
+    "RECRUITING": "the study is looking for participants",
+    "NOT_YET_RECRUITING": "the study has not started taking participants yet",
+    "ACTIVE_NOT_RECRUITING": "the study has all its participants and no longer takes new ones",
+    "ENROLLING_BY_INVITATION": (
+        "the study only takes people it invites from a group chosen in advance"
+    ),
+    "COMPLETED": "the study has ended as planned; participants are no longer seen or treated",
+    "SUSPENDED": "the study has stopped for now and may start again",
+    "TERMINATED": "the study stopped early and will not start again",
+    "WITHDRAWN": "the study stopped before anyone took part",
+    "AVAILABLE": "the treatment can be had outside a clinical trial (expanded access)",
+    "NO_LONGER_AVAILABLE": "the treatment can no longer be had outside a clinical trial",
+    "TEMPORARILY_NOT_AVAILABLE": "the treatment cannot be had outside a clinical trial for now",
+    "APPROVED_FOR_MARKETING": "the treatment has been approved for sale to the public",
+    "WITHHELD": "the details of access to the treatment are not public",
+    "UNKNOWN": "the study has not confirmed its status for over two years",
+}
+
 PHASE_LABELS = {
     "NA": "Not applicable",
     "EARLY_PHASE1": "Early phase 1",
@@ -89,6 +109,7 @@ _MONTHS = [
     *("July", "August", "September", "October", "November", "December"),
 ]
 VALUE_MAX = 300
+NAME_MAX = 80  # a study's title where it names a subscription ("Stop alerts for …")
 
 
 def path_segments(path: str) -> list[str]:
@@ -122,6 +143,23 @@ def field_label(path: str) -> str:
 def status_label(code: object) -> str:
     text = str(code or "")
     return STATUS_LABELS.get(text, text.replace("_", " ").capitalize() or "Unknown status")
+
+
+def status_meaning(code: object) -> str:
+    """'Active, not recruiting — the study has all its participants and no longer takes new
+    ones'; the label alone for a status without a known meaning."""
+    label = status_label(code)
+    meaning = STATUS_MEANINGS.get(str(code or ""))
+    return f"{label} — {meaning}" if meaning else label
+
+
+def change_date(change_kind: object, occurred_on: object) -> str:
+    """'Changed on 3 May 2025' (or 'First posted on …' for a new study); '' without a date."""
+    text = str(occurred_on or "")[:10]
+    if not re.fullmatch(r"\d{4}(-\d{2}){0,2}", text):
+        return ""
+    verb = "First posted" if change_kind == "new_study" else "Changed"
+    return f"{verb} on {date_label(text)}"
 
 
 def phases_label(phases: object) -> str:

@@ -24,14 +24,17 @@ def match_reason(
     *,
     mesh_id: str | None = None,
     requires: str | None = None,
+    title: str | None = None,
 ) -> str:
-    """'You follow NCT05879978.' or, for a condition, what in the study matched it."""
+    """'You follow “Title” (NCT05879978).' or, for a condition, what in the study matched it.
+    `title` names a followed study (the NCT id alone without it)."""
     label = " ".join(subscription_label.split())
     if subscription_kind == "study":
         nct = str(event.get("nct_id") or "")
+        named = f"“{title}” ({label})" if title else label
         if nct and label.upper() != nct:
-            return f"You follow {label}, now listed as {nct}."
-        return f"You follow {label}."
+            return f"You follow {named}, now listed as {nct}."
+        return f"You follow {named}."
     study: dict[str, Any] = event.get("study") or {}
     if mesh_id is None and requires is None:
         concept = concept_of(label)  # as signup resolves it (rows from before did not store it)

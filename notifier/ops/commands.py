@@ -65,6 +65,9 @@ sending domain's SPF, DKIM and DMARC records.
 {% block footer %}
 This is a test: it does not subscribe this address to anything.
 {% endblock %}
+{% block why %}
+The operator of {{ site_name }}'s alert service sent it; nobody asked for alerts at this address.
+{% endblock %}
 """
 _TEST_HTML = """{% extends "mail/base.html" %}
 {% block body %}
@@ -78,6 +81,10 @@ sending domain's SPF, DKIM and DMARC records.</p>
 {% endblock %}
 {% block footer %}
 <p style="margin:0;">This is a test: it does not subscribe this address to anything.</p>
+{% endblock %}
+{% block why %}
+<p style="margin:8px 0 0;">The operator of {{ site_name }}'s alert service sent it; nobody
+asked for alerts at this address.</p>
 {% endblock %}
 """
 

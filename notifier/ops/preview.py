@@ -174,6 +174,19 @@ def mail_templates() -> set[str]:
     }
 
 
+# The pages' look (templates/pages/base.html), so the index reads like the rest of the service.
+INDEX_STYLE = (
+    "body{font-family:system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;margin:0;"
+    "background:#f4f6f8;color:#1a1a1a;line-height:1.5}"
+    "main{max-width:64rem;margin:2rem auto;background:#fff;padding:1.5rem;border-radius:8px;"
+    "box-shadow:0 1px 3px rgba(0,0,0,.12)}h1{font-size:1.4rem;margin-top:0}"
+    "a{color:#0b5cad}table{border-collapse:collapse;width:100%}"
+    "th,td{text-align:left;padding:.5rem .4rem;border-bottom:1px solid #dde3e8;"
+    "vertical-align:top}th{background:#eef2f5}tbody tr:hover{background:#f8fafb}"
+    "td:first-child{white-space:nowrap}"
+)
+
+
 def write_preview(mail_ctx: MailContext, out: Path, folder: Path = STUDIES_DIR) -> list[Path]:
     """Write <name>.eml/.txt/.html per sample and an index.html; returns the files written."""
     out.mkdir(parents=True, exist_ok=True)
@@ -195,9 +208,16 @@ def write_preview(mail_ctx: MailContext, out: Path, folder: Path = STUDIES_DIR) 
         )
     index = out / "index.html"
     index.write_text(
-        "<!doctype html><meta charset='utf-8'><title>notifier mail preview</title>"
-        "<h1>notifier mail preview</h1><table border='1' cellpadding='6'>"
-        "<tr><th>mail</th><th>subject</th><th>look for</th></tr>" + "".join(rows) + "</table>",
+        "<!doctype html><html lang='en'><meta charset='utf-8'>"
+        "<meta name='viewport' content='width=device-width, initial-scale=1'>"
+        f"<title>notifier mail preview</title><style>{INDEX_STYLE}</style>"
+        "<main><h1>notifier mail preview</h1>"
+        f"<p>{len(rows)} mails rendered from real ClinicalTrials.gov records. Open one to see "
+        "it as a mail client would; <em>text</em> is the plain part, <em>.eml</em> the whole "
+        "message.</p><table><thead><tr><th scope='col'>mail</th><th scope='col'>subject</th>"
+        "<th scope='col'>look for</th></tr></thead><tbody>"
+        + "".join(rows)
+        + "</tbody></table></main>",
         encoding="utf-8",
     )
     written.append(index)

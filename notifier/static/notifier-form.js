@@ -7,6 +7,10 @@
 (function () {
   "use strict";
 
+  var ERROR_STYLE = "display:block;margin:.3rem 0;color:#b00020;font-weight:600;";
+  var NAMES = { email: "Email address", study: "Study", condition: "Condition",
+    frequency: "How often", timezone: "Time zone" };
+
   function messageBox(form) {
     var box = form.querySelector("[data-notifier-message]");
     if (!box) {
@@ -19,27 +23,103 @@
     return box;
   }
 
-  function clearErrors(form) {
-    var old = form.querySelectorAll("[data-notifier-error]");
-    for (var i = 0; i < old.length; i++) old[i].parentNode.removeChild(old[i]);
-    var invalid = form.querySelectorAll("[aria-invalid]");
-    for (var j = 0; j < invalid.length; j++) invalid[j].removeAttribute("aria-invalid");
+  function sentence(text) {
+    text = String(text || "");
+    return text.charAt(0).toUpperCase() + text.slice(1);
   }
 
-  function showFieldError(form, name, text) {
-    var field = form.querySelector('[name="' + name + '"]');
-    var note = document.createElement("span");
-    note.setAttribute("data-notifier-error", name);
-    note.className = "notifier-error";
-    note.textContent = text;
-    if (field) {
-      field.setAttribute("aria-invalid", "true");
-      note.id = "notifier-error-" + name;
-      field.setAttribute("aria-describedby", note.id);
-      field.parentNode.insertBefore(note, field.nextSibling);
-    } else {
-      messageBox(form).appendChild(note);
+  function clearErrors(form) {
+    var old = form.querySelectorAll("[data-notifier-error], [data-notifier-summary]");
+    for (var i = 0; i < old.length; i++) old[i].parentNode.removeChild(old[i]);
+    var invalid = form.querySelectorAll("[aria-invalid]");
+    for (var j = 0; j < invalid.length; j++) {
+      var field = invalid[j];
+      field.removeAttribute("aria-invalid");
+      field.style.outline = "";
+      var ids = (field.getAttribute("aria-describedby") || "").split(" ").filter(function (id) {
+        return id && id.indexOf("notifier-error-") !== 0;
+      });
+      if (ids.length) field.setAttribute("aria-describedby", ids.join(" "));
+      else field.removeAttribute("aria-describedby");
     }
+  }
+
+  // A visible field the person can fix, or null (hidden fields are the site's, not theirs).
+  function visibleField(form, name) {
+    var field = form.querySelector('[name="' + name + '"]');
+    if (!field || field.type === "hidden" || field.closest("[hidden]")) return null;
+    return field;
+  }
+
+  // Errors tied to their fields: the message on its own line above the field (never glued to
+  // it), aria-invalid and aria-describedby on it, and a summary that links to each; the focus
+  // moves to the summary so a screen reader reads it at once.
+  function showErrors(form, fields) {
+    var summary = document.createElement("div");
+    summary.setAttribute("data-notifier-summary", "");
+    summary.setAttribute("role", "alert");
+    summary.setAttribute("tabindex", "-1");
+    summary.setAttribute("style", "border:3px solid #b00020;padding:.5rem .8rem;margin:0 0 1rem;");
+    var title = document.createElement("p");
+    title.setAttribute("style", "margin:0 0 .3rem;font-weight:700;");
+    title.textContent = "There is a problem";
+    var list = document.createElement("ul");
+    list.setAttribute("style", "margin:0;");
+    summary.appendChild(title);
+    summary.appendChild(list);
+    for (var name in fields) {
+      var text = sentence(fields[name]);
+      var field = visibleField(form, name);
+      var item = document.createElement("li");
+      if (field) {
+        var note = document.createElement("p");
+        note.id = "notifier-error-" + name;
+        note.setAttribute("data-notifier-error", name);
+        note.setAttribute("style", ERROR_STYLE);
+        note.textContent = text;
+        field.parentNode.insertBefore(note, field);
+        field.setAttribute("aria-invalid", "true");
+        var described = field.getAttribute("aria-describedby");
+        field.setAttribute("aria-describedby", (described ? described + " " : "") + note.id);
+        field.style.outline = "3px solid #b00020";
+        if (!field.id) field.id = "notifier-field-" + name;
+        var link = document.createElement("a");
+        link.href = "#" + field.id;
+        link.textContent = text;
+        link.addEventListener("click", (function (target) {
+          return function (event) { event.preventDefault(); target.focus(); };
+        })(field));
+        item.appendChild(link);
+      } else {
+        item.textContent = (NAMES[name] || name) + ": " + text;
+      }
+      list.appendChild(item);
+    }
+    form.insertBefore(summary, form.firstChild);
+    summary.focus();
+  }
+
+  // The form gives way to a visible "check your inbox" panel, which takes the focus.
+  function showSuccess(form, email) {
+    var panel = document.createElement("div");
+    panel.setAttribute("data-notifier-success", "");
+    panel.setAttribute("role", "status");
+    panel.setAttribute("tabindex", "-1");
+    panel.setAttribute("style", "border-left:5px solid #1a7f37;background:#eef7f0;padding:.8rem 1rem;margin:1rem 0;");
+    var title = document.createElement("p");
+    title.setAttribute("style", "margin:0 0 .4rem;font-size:1.2rem;font-weight:700;");
+    title.textContent = "Check your inbox";
+    var text = document.createElement("p");
+    text.setAttribute("style", "margin:0;");
+    text.textContent = form.getAttribute("data-success") ||
+      "Almost done: we sent a link to " + email + ". Open it and press “Confirm” to start " +
+      "your alerts. Nothing is sent until you confirm; look in your spam folder if it has " +
+      "not arrived in a few minutes.";
+    panel.appendChild(title);
+    panel.appendChild(text);
+    form.parentNode.insertBefore(panel, form.nextSibling);
+    form.hidden = true;
+    panel.focus();
   }
 
   function payload(form) {
@@ -50,7 +130,8 @@
       if (!el.name || el.disabled || el.type === "submit") continue;
       if ((el.type === "checkbox" || el.type === "radio") && !el.checked) continue;
       if (el.name === "redirect") continue; // JSON answers stay on the page
-      data[el.name] = el.type === "checkbox" ? true : el.value;
+      // A box without a value (broad) means true; one with a value (a condition) sends it.
+      data[el.name] = el.type === "checkbox" && !el.hasAttribute("value") ? true : el.value;
     }
     return data;
   }
@@ -77,12 +158,13 @@
         })
         .then(function (result) {
           if (result.status === 202) {
-            box.textContent = form.getAttribute("data-success") ||
-              "Almost done: check your inbox and confirm the link we sent you.";
+            box.textContent = "";
+            var email = form.querySelector('[name="email"]');
+            showSuccess(form, email ? email.value : "your address");
             form.reset();
           } else if (result.status === 422 && result.body.fields) {
-            box.textContent = "Please check the highlighted fields.";
-            for (var name in result.body.fields) showFieldError(form, name, result.body.fields[name]);
+            box.textContent = "";
+            showErrors(form, result.body.fields);
           } else if (result.status === 429) {
             box.textContent = "Too many requests: please try again in a minute.";
           } else {
