@@ -493,7 +493,7 @@ async def test_condition_suggestions_by_keyboard(
     await s.check_page("suggestion-picked")
     await page.get_by_label("Your email address").fill(ADA)
     await page.get_by_role("button", name="Notify me of new studies").click()
-    await expect(page.locator("[data-notifier-message]")).to_contain_text("check your inbox")
+    await expect(page.locator("[data-notifier-success]")).to_contain_text("Check your inbox")
     async with resources.sessions() as session:
         sub = await session.scalar(select(Subscription))
     assert sub is not None
