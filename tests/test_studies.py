@@ -319,7 +319,7 @@ async def test_the_confirm_page_and_mail_name_the_study_by_title_and_status(
     resp = await client.get(f"/v1/confirm/{token}")
     page = await resp.text()
     assert resp.status == 200
-    assert f"every change to “{TITLE}” ({NCT})" in html.unescape(page)
+    assert f"every change to the study “{TITLE}” ({NCT})" in html.unescape(page)
     assert "currently Recruiting" in page
 
     await enqueue_confirmation(resources, sub.subscriber_id)

@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import delete, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from notifier.data.models import Event
 from notifier.data.study_tables import Study, StudySite, StudyVersion
 
 STUDY_URL = "https://clinicaltrials.gov/study/"
@@ -62,32 +63,54 @@ def short_name(nct_id: str, title: str | None, short_title: str | None) -> str:
 async def study_titles(
     session: AsyncSession, nct_ids: Iterable[str], *, short: bool = False
 ) -> dict[str, str]:
-    """NCT id -> brief title (or short name with `short`), for the ids the catalogue knows;
-    callers fall back to the NCT id for the others."""
-    wanted = sorted(set(nct_ids))
-    if not wanted:
-        return {}
-    rows = await session.execute(
-        select(Study.nct_id, Study.brief_title, Study.short_title).where(Study.nct_id.in_(wanted))
-    )
+    """NCT id -> brief title (or short name with `short`), for the ids the service knows:
+    the catalogue first, else the newest stored event that names the study (events stored
+    before the catalogue existed); callers fall back to the NCT id for the others."""
     return {
-        nct: short_name(nct, title, acronym) if short else title for nct, title, acronym in rows
+        nct: short_name(nct, title, acronym) if short else title
+        for nct, (title, _, acronym) in (await _known(session, nct_ids)).items()
     }
 
 
 async def study_headlines(
     session: AsyncSession, nct_ids: Iterable[str]
 ) -> dict[str, tuple[str, str | None]]:
-    """NCT id -> (brief title, overall status) for the ids the catalogue knows."""
-    wanted = sorted(set(nct_ids))
+    """NCT id -> (brief title, overall status) for the ids the service knows (as above)."""
+    known = await _known(session, nct_ids)
+    return {nct: (title, status) for nct, (title, status, _) in known.items()}
+
+
+async def _known(
+    session: AsyncSession, nct_ids: Iterable[str]
+) -> dict[str, tuple[str, str | None, str | None]]:
+    """NCT id -> (brief title, overall status, short title): catalogue rows, then events."""
+    wanted = sorted({nct for nct in nct_ids if nct})
     if not wanted:
         return {}
     rows = await session.execute(
-        select(Study.nct_id, Study.brief_title, Study.overall_status).where(
+        select(Study.nct_id, Study.brief_title, Study.overall_status, Study.short_title).where(
             Study.nct_id.in_(wanted)
         )
     )
-    return {nct: (title, status) for nct, title, status in rows}
+    known = {nct: (title, status, acronym) for nct, title, status, acronym in rows}
+    missing = [nct for nct in wanted if nct not in known]
+    if not missing:
+        return known
+    newest = (
+        select(func.max(Event.id)).where(Event.nct_id.in_(missing)).group_by(Event.nct_id)
+    ).scalar_subquery()
+    for nct, payload in await session.execute(
+        select(Event.nct_id, Event.payload).where(Event.id.in_(newest))
+    ):
+        study = (payload or {}).get("study") or {}
+        title, status = study.get("brief_title"), study.get("overall_status")
+        if isinstance(title, str) and title.strip():
+            known[nct] = (
+                " ".join(title.split()),
+                status if isinstance(status, str) else None,
+                None,
+            )
+    return known
 
 
 async def study_info(session: AsyncSession, nct_id: str) -> StudyInfo | None:
