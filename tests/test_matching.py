@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import select, text
 
 from notifier.core.matching import active_matches, iter_matching, match_keys, page_parts
-from notifier.data.models import Subscriber
+from notifier.data.models import Subscriber, Subscription
 from notifier.resources import Resources
 from tests.events_factory import new_study, status_change, subscribe
 
@@ -224,3 +224,47 @@ async def test_pages_above_a_cursor_beyond_32_bits(resources: Resources) -> None
         mk = match_keys(new_study("NCT05879978"))
         assert await matching_page(session, mk, 2**40, 100, set()) == []
         assert len(await matching_page(session, mk, 0, 100, set())) == 1
+
+
+@pytest.mark.postgres_only
+async def test_the_send_time_recheck_never_falls_to_a_generic_plan(resources: Resources) -> None:
+    """On a subscriptions table never analyzed, ten batches in a row on one pooled connection
+    (as one worker sends ten events): PostgreSQL plans each run for its own subscriber ids,
+    never the generic plan that read every confirmed subscription (found measuring issue 20)."""
+    async with resources.engine.begin() as conn:
+        await conn.execute(
+            text(
+                "INSERT INTO subscribers (email, email_hash, timezone, created_at) "
+                "SELECT 'g' || g || '@example.org', md5(g::text), 'UTC', now() "
+                "FROM generate_series(1, 3000) g"
+            )
+        )
+        await conn.execute(
+            text(
+                "INSERT INTO subscriptions (subscriber_id, kind, match_key, label, broad, status,"
+                " paused, frequency, discreet, requested_at, updated_at) "
+                "SELECT id, 'study', 'study:NCT05879978', 'NCT05879978', false, 'confirmed',"
+                " false, 'instant', false, now(), now() FROM subscribers"
+            )
+        )
+    mk = match_keys(new_study("NCT05879978"))
+    async with resources.sessions() as session:
+        async with session.begin():
+            ids = list(await session.scalars(select(Subscription.subscriber_id).limit(3000)))
+        for batch in range(10):
+            async with session.begin():
+                chunk = ids[batch * 300 : (batch + 1) * 300]
+                found = await active_matches(session, mk, chunk)
+                assert sorted(found) == sorted(chunk)
+        async with session.begin():
+            plans = (
+                await session.execute(
+                    text(
+                        "SELECT sum(generic_plans), sum(custom_plans) FROM pg_prepared_statements"
+                        " WHERE statement LIKE 'SELECT subscriptions.id, %subscriber_id IN%'"
+                    )
+                )
+            ).one()
+    generic, custom = plans
+    assert custom >= 10, plans
+    assert generic == 0, plans
