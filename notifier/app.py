@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 import aiohttp_cors
 from aiohttp import web
 
+from notifier.handlers.bodies import BODY_TIMEOUT
 from notifier.handlers.middleware import (
     RESOURCES,
     error_middleware,
@@ -40,6 +41,7 @@ def create_app(settings: Settings, resources: Resources | None = None) -> web.Ap
             app[RESOURCES] = opened
             yield
 
+    app[BODY_TIMEOUT] = settings.body_timeout
     app.cleanup_ctx.append(resources_ctx)
     app.router.add_routes(ROUTES)
     _allow_cors(app, settings)

@@ -63,6 +63,10 @@ class Settings(BaseSettings):
     ip_requests_per_minute: int = Field(default=20, gt=0)
     max_body_bytes: int = Field(default=64 * 1024, gt=0)
     max_event_body_bytes: int = Field(default=8 * 1024 * 1024, gt=0)  # POST /v1/events batches
+    body_timeout: float = Field(default=30.0, gt=0, description="s to send a whole body")
+    large_bodies_at_once: int = Field(
+        default=4, gt=0, description="signed bodies over 64 KiB read at once per web process"
+    )
 
     # Fan-out and sending.
     fanout_page_size: int = Field(default=10_000, gt=0)

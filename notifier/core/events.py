@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from notifier.clock import utcnow
 from notifier.core.fields import validation_fields
-from notifier.core.normalize import normalize_mesh_id, normalize_nct
+from notifier.core.normalize import is_storable_text, normalize_mesh_id, normalize_nct
 from notifier.data.models import Delivery, Event, FanoutSlice
 from notifier.data.queries import insert_for
 from notifier.metrics import EVENTS
@@ -139,8 +139,10 @@ def parse_events(data: Any) -> list[TrialChangeEvent]:
     events: list[TrialChangeEvent] = []
     fields: dict[str, str] = {}
     for index, item in enumerate(items):
-        if _has_nul(item):  # PostgreSQL cannot store U+0000 in text or JSONB: was a 503
-            fields[f"{prefix}.{index}" if prefix else "body"] = "text must not contain U+0000"
+        if _unstorable(item):  # PostgreSQL cannot store these in text or JSONB: was a 503
+            fields[f"{prefix}.{index}" if prefix else "body"] = (
+                "text must not contain U+0000 or unpaired surrogates (\\ud800-\\udfff)"
+            )
             continue
         try:
             events.append(TrialChangeEvent.model_validate(item))
@@ -153,13 +155,14 @@ def parse_events(data: Any) -> list[TrialChangeEvent]:
     return events
 
 
-def _has_nul(value: Any) -> bool:
+def _unstorable(value: Any) -> bool:
+    """Anywhere in a decoded JSON value, known fields or unknown ones (which are kept too)."""
     if isinstance(value, str):
-        return "\x00" in value
+        return not is_storable_text(value)
     if isinstance(value, dict):
-        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+        return any(_unstorable(k) or _unstorable(v) for k, v in value.items())
     if isinstance(value, list):
-        return any(_has_nul(v) for v in value)
+        return any(_unstorable(v) for v in value)
     return False
 
 

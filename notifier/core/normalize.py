@@ -55,5 +55,20 @@ def clean_label(value: str) -> str:
 
 
 def has_control_chars(value: str) -> bool:
-    """CR, LF, NUL, tabs, Unicode line/paragraph separators and other control characters."""
-    return any(unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") for ch in value)
+    """CR, LF, NUL, tabs, Unicode line/paragraph separators and other control characters, and
+    unpaired surrogates (JSON's "\\ud800" decodes to one; no database can store it)."""
+    return any(unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Zl", "Zp") for ch in value)
+
+
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def is_storable_text(value: str) -> bool:
+    """Text PostgreSQL and UTF-8 can hold: no U+0000, no unpaired surrogate."""
+    return _UNSTORABLE.search(value) is None
+
+
+def storable(value: str) -> str:
+    """`value` with what cannot be stored replaced by U+FFFD: for evidence we keep as given
+    (a header's undecodable bytes arrive as surrogate escapes)."""
+    return _UNSTORABLE.sub("\ufffd", value)

@@ -9,9 +9,10 @@ from email_validator import EmailNotValidError
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from notifier.core import suppression
-from notifier.core.normalize import has_control_chars
+from notifier.core.normalize import has_control_chars, is_storable_text
 from notifier.core.signup_input import normalize_email
 from notifier.handlers.auth import require_admin
+from notifier.handlers.bodies import read_json
 from notifier.handlers.middleware import error_response, res
 from notifier.handlers.openapi import ADDRESS_PATTERN
 from notifier.handlers.openapi import error_response as openapi_error
@@ -36,6 +37,14 @@ def _address(value: str) -> str:
         return value.strip().lower()  # lenient: an address we may hold from before
 
 
+def _detail(value: str | None) -> str | None:
+    if value is not None and not is_storable_text(value):
+        raise ValueError("must not contain U+0000 or unpaired surrogates")
+    return value
+
+
+Detail = Annotated[str | None, Field(default=None, max_length=500), AfterValidator(_detail)]
+
 Email = Annotated[
     str,
     Field(min_length=3, max_length=320, json_schema_extra={"pattern": ADDRESS_PATTERN}),
@@ -59,14 +68,14 @@ class SuppressionIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     email: Email
     reason: str = Field(default="manual", pattern=r"^[a-z][a-z0-9_]{0,31}$")
-    detail: str | None = Field(default=None, max_length=500)
+    detail: Detail = None
 
 
 class BounceIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     email: Email
     kind: Literal["hard", "soft", "complaint"]
-    detail: str | None = Field(default=None, max_length=500)
+    detail: Detail = None
 
 
 class BounceBatch(BaseModel):
@@ -150,10 +159,7 @@ async def erase_subscriber(request: web.Request) -> web.Response:
 
 async def _json(request: web.Request) -> Any:
     """The JSON body, or None (which validation rejects with a 422) when it is not JSON."""
-    try:
-        return await request.json()
-    except ValueError:
-        return None
+    return await read_json(request)
 
 
 # ---- OpenAPI -------------------------------------------------------------------------------

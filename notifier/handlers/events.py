@@ -9,6 +9,7 @@ from typing import Any
 from aiohttp import web
 
 from notifier.core import events
+from notifier.core.normalize import is_storable_text
 from notifier.core.signing import HEADER, SignatureError, verify
 from notifier.handlers.auth import require_admin
 from notifier.handlers.middleware import error_response, res
@@ -57,8 +58,11 @@ async def post_events(request: web.Request) -> web.Response:
 
 async def event_progress(request: web.Request) -> web.Response:
     require_admin(request)
+    event_id = request.match_info["event_id"]
+    if not is_storable_text(event_id):  # no stored event has one: do not ask the database
+        return error_response(request, 404, "no such event")
     async with res(request).sessions() as session:
-        progress = await events.progress(session, request.match_info["event_id"])
+        progress = await events.progress(session, event_id)
     if progress is None:
         return error_response(request, 404, "no such event")
     return web.json_response(progress)

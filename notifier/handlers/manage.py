@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from notifier.core import preferences
 from notifier.core.tokens import TokenInvalid
 from notifier.data.models import Subscriber, Subscription
+from notifier.handlers.bodies import JSON, read_fields, read_json, single_values
 from notifier.handlers.middleware import client_ip, error_response, res
 from notifier.handlers.openapi import SIGNUP_EMAIL_PATTERN
 from notifier.handlers.openapi import error_response as openapi_error
@@ -192,16 +193,11 @@ def _read_token(request: web.Request) -> int | None:
 
 
 async def _body(request: web.Request) -> Any:
-    """JSON or form fields; None (rejected by validation with a 422) when the JSON is broken."""
-    if request.content_type == "application/json":
-        try:
-            return await request.json()
-        except ValueError:
-            return None
-    try:
-        return dict(await request.post())
-    except ValueError:  # e.g. multipart/form-data without a boundary: was a 500
-        return None
+    """JSON (None when broken: validation answers 422), or form or multipart fields, one value
+    per name (BodyError: 400/415)."""
+    if request.content_type == JSON:
+        return await read_json(request)
+    return single_values(await read_fields(request))
 
 
 async def _render(request: web.Request, subscriber_id: int, message: str | None) -> web.Response:

@@ -20,6 +20,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from notifier import logs
 from notifier.core import ratelimit
 from notifier.core.fields import validation_fields
+from notifier.handlers.bodies import BodyError, BodyTimeout
 from notifier.metrics import HTTP_REQUESTS
 from notifier.resources import Resources
 
@@ -192,6 +193,15 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return await handler(request)
     except web.HTTPRequestEntityTooLarge:
         return error_response(request, 413, "request body too large")
+    except BodyError as exc:
+        return error_response(request, exc.status, exc.message)
+    except BodyTimeout:
+        response = error_response(request, 408, "the request body did not arrive in time")
+        # Close once answered, without lingering to read the rest of the slow body: aiohttp
+        # lingers (up to 10 s) only while the payload has not ended, so end it here.
+        response.force_close()
+        request.content.feed_eof()
+        return response
     except web.HTTPException as exc:
         if exc.status >= 400 and exc.content_type != "application/json":
             # Every error is JSON or our HTML page, with a message: aiohttp's own plain-text

@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from notifier.core.signup import Evidence, sign_up
 from notifier.core.signup_input import SignupRequest, parse_signup
-from notifier.handlers.bodies import FORM, JSON, BodyError, decode_body
+from notifier.handlers.bodies import FORM, JSON, BodyError, decode_body, read_raw
 from notifier.handlers.bodies import single_values as form_values
 from notifier.handlers.middleware import client_ip, error_response, refuse_if_ip_limited, res
 from notifier.handlers.openapi import SIGNUP_EMAIL_PATTERN
@@ -29,7 +29,7 @@ async def create_subscription(request: web.Request) -> web.Response:
         return refusal
     is_form = request.content_type == FORM
     try:
-        data = decode_body(request.content_type, await request.read())
+        data = decode_body(request.content_type, await read_raw(request))
         if is_form:  # fields signup ignores anyway may repeat; its own may not
             data = form_values({k: v for k, v in data.items() if k in SignupRequest.model_fields})
         req = parse_signup(data, r.settings.allowed_origins)

@@ -10,10 +10,12 @@ from aiohttp import web
 from notifier.core import preferences
 from notifier.core.tokens import TokenInvalid
 from notifier.data.models import Subscription
+from notifier.handlers.bodies import FORM, peek_body
 from notifier.handlers.middleware import res
 from notifier.handlers.openapi import error_response as error_doc
 from notifier.resources import Resources
 
+PEEK_BYTES = 1024  # "via=page" is all our page sends
 _TOKEN = {"name": "token", "in": "path", "required": True, "schema": {"type": "string"}}
 _NOT_FOUND = error_doc("tampered or unknown token; nothing changed", html=True)
 OPENAPI_PATHS: dict[str, Any] = {
@@ -99,16 +101,13 @@ def read_token(request: web.Request) -> int | None:
 async def _from_our_page(request: web.Request) -> bool:
     """Our page's button sends via=page; anything else (mail clients' one-click) is one_click.
 
-    Bodies are read leniently: RFC 8058 senders vary, and a body we cannot parse must still
-    unsubscribe.
+    RFC 8058: whatever the body, the POST unsubscribes. So the body is only peeked at (its
+    first bytes, within the body timeout) and never parsed in a way that can fail: our page
+    posts a urlencoded form; a multipart, damaged, slow or huge body is simply one-click.
     """
-    if request.content_type == "multipart/form-data":
-        try:
-            form = await request.post()
-        except ValueError:
-            return False
-        return form.get("via") == "page"
-    raw = await request.read()
+    if request.content_type != FORM:
+        return False
+    raw = await peek_body(request, PEEK_BYTES)
     fields = parse_qs(raw.decode("utf-8", "replace"), keep_blank_values=True)
     return fields.get("via") == ["page"]
 
