@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import aiohttp_cors
@@ -16,6 +17,7 @@ from notifier.handlers.middleware import (
     security_headers_middleware,
 )
 from notifier.handlers.routes import HANDLER_MODULES, ROUTES
+from notifier.handlers.signed import LARGE_BODY_GATE
 from notifier.resources import Resources, open_resources
 from notifier.settings import Settings
 
@@ -42,6 +44,7 @@ def create_app(settings: Settings, resources: Resources | None = None) -> web.Ap
             yield
 
     app[BODY_TIMEOUT] = settings.body_timeout
+    app[LARGE_BODY_GATE] = asyncio.Semaphore(settings.large_bodies_at_once)
     app.cleanup_ctx.append(resources_ctx)
     app.router.add_routes(ROUTES)
     _allow_cors(app, settings)

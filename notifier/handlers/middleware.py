@@ -21,6 +21,7 @@ from notifier import logs
 from notifier.core import ratelimit
 from notifier.core.fields import validation_fields
 from notifier.handlers.bodies import BodyError, BodyTimeout
+from notifier.handlers.signed import Busy
 from notifier.metrics import HTTP_REQUESTS
 from notifier.resources import Resources
 
@@ -196,12 +197,13 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except BodyError as exc:
         return error_response(request, exc.status, exc.message)
     except BodyTimeout:
-        response = error_response(request, 408, "the request body did not arrive in time")
-        # Close once answered, without lingering to read the rest of the slow body: aiohttp
-        # lingers (up to 10 s) only while the payload has not ended, so end it here.
-        response.force_close()
-        request.content.feed_eof()
-        return response
+        return _closing(
+            request, error_response(request, 408, "the request body did not arrive in time")
+        )
+    except Busy:
+        response = error_response(request, 503, "busy with other large bodies, retry shortly")
+        response.headers["Retry-After"] = "5"
+        return _closing(request, response)
     except web.HTTPException as exc:
         if exc.status >= 400 and exc.content_type != "application/json":
             # Every error is JSON or our HTML page, with a message: aiohttp's own plain-text
@@ -228,6 +230,14 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         response = error_response(request, 503, "temporarily unavailable, try again shortly")
         response.headers["Retry-After"] = "5"
         return response
+
+
+def _closing(request: web.Request, response: web.Response) -> web.Response:
+    """Close the connection once answered, without lingering to read the rest of the body:
+    aiohttp lingers (up to 10 s) only while the request's payload has not ended."""
+    response.force_close()
+    request.content.feed_eof()
+    return response
 
 
 async def refuse_if_ip_limited(request: web.Request) -> web.Response | None:
