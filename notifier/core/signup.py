@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from notifier.clock import utcnow
 from notifier.core.normalize import storable
-from notifier.core.ratelimit import may_mail_address
+from notifier.core.ratelimit import mailbox_hash, may_mail_address
 from notifier.core.signup_input import EVIDENCE_MAX, SignupRequest
 from notifier.data.models import Subscriber, Subscription, Suppression, UTCDateTime
 from notifier.data.queries import dialect_insert
@@ -76,7 +76,8 @@ async def sign_up(r: Resources, req: SignupRequest, evidence: Evidence) -> str:
                 raise
     if not recorded.wants_mail:
         return recorded.outcome
-    if not await may_mail_address(r, email_hash, recorded.confirmed_before):
+    mailbox = mailbox_hash(r, req.email)
+    if not await may_mail_address(r, email_hash, recorded.confirmed_before, mailbox):
         return "rate_limited"
     await enqueue_confirmation(r, recorded.subscriber_id)
     return recorded.outcome
