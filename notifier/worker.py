@@ -33,6 +33,7 @@ FUNCTIONS: tuple[Function, ...] = tuple(
     for name, coroutine in (
         (Job.SEND_CONFIRMATION, notices.send_confirmation),
         (Job.SEND_MANAGE_LINK, notices.send_manage_link),
+        (Job.MANAGE_LINK_REQUEST, notices.manage_link_request),
         (Job.INGEST_TRIAL_EVENT, ingest.ingest_trial_event),
         (Job.FANOUT_EVENT, fanout.fanout_event),
         (Job.SEND_SLICE, fanout.send_slice),

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from notifier.core.confirmation import Item, pending_subscriptions
+from notifier.core.preferences import manage_link_to_send
 from notifier.core.signup import new_nonce
 from notifier.data import queries
 from notifier.data.models import Subscriber
@@ -58,3 +59,12 @@ async def send_manage_link(ctx: dict[str, Any], subscriber_id: int) -> str:
         )
     MAILS.labels(kind="manage_link").inc()
     return "sent"
+
+
+async def manage_link_request(ctx: dict[str, Any], email_hash: str, mailbox_hash: str) -> str:
+    """POST /v1/manage's deferred half: look the address up and mail a link if it may have one."""
+    r = resources_of(ctx)
+    subscriber_id = await manage_link_to_send(r, email_hash, mailbox_hash)
+    if subscriber_id is None:
+        return "nothing to send"
+    return await send_manage_link(ctx, subscriber_id)
