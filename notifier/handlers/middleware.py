@@ -68,11 +68,29 @@ def client_ip(request: web.Request) -> str:
     trusted = res(request).settings.trusted_proxies
     if not trusted or not _in_networks(peer, trusted):
         return peer
-    hops = [h.strip() for h in request.headers.get("X-Forwarded-For", "").split(",") if h.strip()]
+    # Every header line, in order: a client's own line comes before the one its proxy adds, and
+    # reading only the first line would believe the client.
+    hops = [h.strip() for h in _joined(request, "X-Forwarded-For").split(",") if h.strip()]
     for hop in reversed(hops):
         if not _in_networks(hop, trusted):
             return hop
     return peer
+
+
+def _joined(request: web.Request, name: str) -> str:
+    return ",".join(request.headers.getall(name, []))
+
+
+def arrived_over_https(request: web.Request) -> bool:
+    """TLS to us, or to a trusted proxy that says so (the last X-Forwarded-Proto value: the one
+    the proxy nearest to us set)."""
+    if request.secure:
+        return True
+    trusted = res(request).settings.trusted_proxies
+    if not trusted or not _in_networks(request.remote or "", trusted):
+        return False
+    protos = [p.strip().lower() for p in _joined(request, "X-Forwarded-Proto").split(",")]
+    return bool(protos) and protos[-1] == "https"
 
 
 def _in_networks(address: str, networks: list[str]) -> bool:
@@ -161,6 +179,7 @@ def _access(request: web.Request, status: int, ms: float) -> None:
     )
 
 
+HSTS = "max-age=31536000"  # a year; no includeSubDomains: the operator's other hosts are theirs
 TOKEN_PAGES = ("/v1/confirm/", "/v1/unsubscribe/", "/v1/manage/")
 
 
@@ -184,6 +203,8 @@ def _secure(request: web.Request, headers: Any) -> None:
     )
     headers.setdefault("X-Frame-Options", "DENY")
     headers.setdefault("Referrer-Policy", "no-referrer")
+    if arrived_over_https(request):
+        headers.setdefault("Strict-Transport-Security", HSTS)
     if request.path.startswith(TOKEN_PAGES) or request.path.startswith("/v1/admin"):
         headers["Cache-Control"] = "no-store"
 
