@@ -16,7 +16,7 @@ from notifier.handlers.middleware import (
     request_id_middleware,
     security_headers_middleware,
 )
-from notifier.handlers.routes import HANDLER_MODULES, ROUTES
+from notifier.handlers.routes import HANDLER_MODULES, routes_for
 from notifier.handlers.signed import LARGE_BODY_GATE
 from notifier.resources import Resources, open_resources
 from notifier.settings import Settings
@@ -46,7 +46,7 @@ def create_app(settings: Settings, resources: Resources | None = None) -> web.Ap
     app[BODY_TIMEOUT] = settings.body_timeout
     app[LARGE_BODY_GATE] = asyncio.Semaphore(settings.large_bodies_at_once)
     app.cleanup_ctx.append(resources_ctx)
-    app.router.add_routes(ROUTES)
+    app.router.add_routes(routes_for(settings))
     _allow_cors(app, settings)
     return app
 

@@ -15,7 +15,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from notifier.clock import utcnow
 from notifier.core.fields import validation_fields
-from notifier.core.normalize import is_storable_text, normalize_mesh_id, normalize_nct
+from notifier.core.normalize import (
+    MESH_PATTERN,
+    NCT_PATTERN,
+    is_storable_text,
+    normalize_mesh_id,
+    normalize_nct,
+)
 from notifier.data.models import Delivery, Event, FanoutSlice
 from notifier.data.queries import insert_for
 from notifier.metrics import EVENTS
@@ -45,7 +51,7 @@ class _Open(BaseModel):
 
 
 class EventMesh(_Open):
-    id: Annotated[str, Field(max_length=20)]
+    id: Annotated[str, Field(max_length=20, json_schema_extra={"pattern": MESH_PATTERN})]
     term: Text
 
     @field_validator("id")
@@ -85,8 +91,11 @@ class TrialChangeEvent(_Open):
     reference schema: everything valid there is valid here."""
 
     event_id: Annotated[str, Field(min_length=1, max_length=200)]
-    nct_id: str
-    nct_id_aliases: Annotated[list[str], Field(max_length=100)] = []
+    nct_id: Annotated[str, Field(json_schema_extra={"pattern": NCT_PATTERN})]
+    nct_id_aliases: Annotated[
+        list[Annotated[str, Field(json_schema_extra={"pattern": NCT_PATTERN})]],
+        Field(max_length=100),
+    ] = []
     change_kind: ChangeKind
     occurred_on: date
     detected_at: datetime | None = None

@@ -25,6 +25,11 @@ def header_value(body: bytes, secret: str, timestamp: int) -> str:
     return f"t={timestamp},v1={signature(secret, timestamp, body)}"
 
 
+def _ascii_digits(value: str) -> bool:
+    # str.isdigit() is true for Arabic-Indic and fullwidth digits too, and int() reads them.
+    return value.isascii() and value.isdigit()
+
+
 def parse(header: str) -> tuple[int, list[str]]:
     """`t=…,v1=…,v1=…` -> (t, [v1, …]); anything else is a SignatureError."""
     if not header or len(header) > MAX_HEADER_CHARS:
@@ -40,7 +45,7 @@ def parse(header: str) -> tuple[int, list[str]]:
         elif key == "v1":
             candidates.append(value.strip().lower())
         # Unknown schemes (v0, v2…) are ignored so that a future scheme can be added alongside.
-    if len(timestamps) != 1 or not timestamps[0].isdigit() or len(timestamps[0]) > 12:
+    if len(timestamps) != 1 or not _ascii_digits(timestamps[0]) or len(timestamps[0]) > 12:
         raise SignatureError(f"{HEADER} needs exactly one t=<unix seconds>")
     candidates = [c for c in candidates if len(c) == 64 and set(c) <= HEX_CHARS]
     if not candidates:

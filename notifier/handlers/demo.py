@@ -7,7 +7,6 @@ from importlib import resources as pkg
 from aiohttp import web
 
 from notifier.handlers.middleware import res
-from notifier.handlers.openapi import error_response as error_doc
 
 FORM_JS = pkg.files("notifier").joinpath("static/notifier-form.js").read_bytes()
 
@@ -23,11 +22,8 @@ DEMO_STUDY = {
 
 _DEMO = {
     "get": {
-        "summary": "Dev mode only: a page embedding the signup form (404 in production)",
-        "responses": {
-            "200": {"description": "HTML page", "content": {"text/html": {}}},
-            "404": error_doc("not in production", html=True),
-        },
+        "summary": "Dev mode only: a page embedding the signup form",
+        "responses": {"200": {"description": "HTML page", "content": {"text/html": {}}}},
     }
 }
 OPENAPI_PATHS = {
@@ -42,6 +38,8 @@ OPENAPI_PATHS = {
     "/demo/study": _DEMO,
     "/demo/condition": _DEMO,
 }
+# Served (and documented) in dev mode only: the production spec does not list them.
+DEV_ONLY_PATHS = frozenset({"/demo/study", "/demo/condition"})
 
 
 async def form_script(request: web.Request) -> web.Response:

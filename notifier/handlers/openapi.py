@@ -12,9 +12,16 @@ from typing import Any
 from notifier import __version__
 
 JSON = "application/json"
-# An address as the admin endpoints take it: one "@", no spaces or control characters. (Signup
-# validates more strictly; the operator must reach any address that may be stored.)
-ADDRESS_PATTERN = r"^[^\s@\u0000-\u001f\u007f]+@[^\s@\u0000-\u001f\u007f]+$"
+# An address as the admin endpoints take it: one "@", no space, control, format or separator
+# character (each listed: a regex's \\s means different things in ECMAScript and Python).
+# The server checks exactly this pattern (handlers/admin.py). Signup validates more strictly;
+# the operator must reach any address that may be stored.
+_NOT_IN_ADDRESS = (
+    "@\\u0000-\\u0020\\u007f-\\u00a0\\u00ad\\u0600-\\u0605\\u061c\\u06dd\\u070f\\u08e2"
+    "\\u1680\\u180e\\u2000-\\u200f\\u2028-\\u202f\\u205f-\\u206f\\u3000\\ufeff\\ufff9-\\ufffb"
+    "\\ud800-\\udfff"
+)
+ADDRESS_PATTERN = f"^[^{_NOT_IN_ADDRESS}]+@[^{_NOT_IN_ADDRESS}]+$"
 # An address signup accepts (email-validator's syntax, ASCII form): dot-atoms, a dotted domain.
 _ATEXT = "[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]"
 _LABEL = "[A-Za-z0-9](?:[A-Za-z0-9-]{0,20}[A-Za-z0-9])?"
@@ -23,7 +30,10 @@ SIGNUP_EMAIL_PATTERN = (
 )
 
 
-def build_spec(modules: tuple[ModuleType, ...], server_url: str) -> dict[str, Any]:
+def build_spec(
+    modules: tuple[ModuleType, ...], server_url: str, *, dev: bool = False
+) -> dict[str, Any]:
+    """The spec of what this process serves: modules' DEV_ONLY_PATHS only when `dev`."""
     paths: dict[str, Any] = {}
     schemas: dict[str, Any] = {
         "Error": {
@@ -36,8 +46,12 @@ def build_spec(modules: tuple[ModuleType, ...], server_url: str) -> dict[str, An
         }
     }
     for module in modules:
+        hidden: frozenset[str] = (
+            frozenset() if dev else getattr(module, "DEV_ONLY_PATHS", frozenset())
+        )
         for path, operations in getattr(module, "OPENAPI_PATHS", {}).items():
-            paths.setdefault(path, {}).update(operations)
+            if path not in hidden:
+                paths.setdefault(path, {}).update(operations)
         schemas.update(getattr(module, "OPENAPI_SCHEMAS", {}))
     paths["/openapi.json"] = {
         "get": {

@@ -17,6 +17,7 @@ from notifier.handlers import (
 )
 from notifier.handlers.middleware import res
 from notifier.handlers.openapi import build_spec
+from notifier.settings import Settings
 
 # Every handler module: its OPENAPI_* go into /openapi.json, its CORS_PATHS take fetch() from the
 # website's origins.
@@ -24,7 +25,9 @@ HANDLER_MODULES = (health, ops, demo, unsubscribe, manage, admin, subscriptions,
 
 
 async def openapi_json(request: web.Request) -> web.Response:
-    return web.json_response(build_spec(HANDLER_MODULES, res(request).settings.public_base))
+    settings = res(request).settings
+    spec = build_spec(HANDLER_MODULES, settings.public_base, dev=not settings.is_production)
+    return web.json_response(spec)
 
 
 ROUTES: list[web.RouteDef] = [
@@ -53,3 +56,10 @@ ROUTES: list[web.RouteDef] = [
     web.post("/v1/events", events.post_events),
     web.get(r"/v1/admin/events/{event_id:.{1,200}}", events.event_progress),
 ]
+
+
+def routes_for(settings: Settings) -> list[web.RouteDef]:
+    """The routes this process serves: the demo pages only in dev mode (and so in its spec)."""
+    if not settings.is_production:
+        return ROUTES
+    return [route for route in ROUTES if route.path not in demo.DEV_ONLY_PATHS]
