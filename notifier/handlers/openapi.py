@@ -13,7 +13,7 @@ from notifier import __version__
 
 JSON = "application/json"
 # An address as the admin endpoints take it: one "@", no space, control, format or separator
-# character (each listed: a regex's \\s means different things in ECMAScript and Python).
+# character (each listed: a regex's \s means different things in ECMAScript and Python).
 # The server checks exactly this pattern (handlers/admin.py). Signup validates more strictly;
 # the operator must reach any address that may be stored.
 _NOT_IN_ADDRESS = (
