@@ -81,7 +81,7 @@ def cmd_web(settings: Settings, host: str, port: int) -> None:
 
     asyncio.run(_require_redis(settings))
     web.run_app(
-        create_app(settings),
+        create_app(settings, serve_metrics=True),
         host=host,
         port=port,
         access_log=None,
@@ -91,16 +91,10 @@ def cmd_web(settings: Settings, host: str, port: int) -> None:
 
 
 def cmd_worker(settings: Settings) -> None:
-    from notifier.worker import build_worker
+    from notifier.worker import build_worker, serve_worker_metrics
 
     asyncio.run(_require_redis(settings))
-    if settings.worker_metrics_port:
-        from prometheus_client import start_http_server
-
-        from notifier.metrics import REGISTRY
-
-        # The worker's own counters (deliveries, sends, sweeps) for Prometheus to scrape.
-        start_http_server(settings.worker_metrics_port, addr="0.0.0.0", registry=REGISTRY)  # noqa: S104
+    serve_worker_metrics(settings)
     build_worker(settings).run()
 
 
@@ -110,7 +104,7 @@ async def _dev(settings: Settings, host: str, port: int) -> None:
     from notifier.worker import build_worker
 
     async with open_resources(settings) as resources:
-        runner = web.AppRunner(create_app(settings, resources), access_log=None)
+        runner = web.AppRunner(create_app(settings, resources, serve_metrics=True), access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, host, port)
         await site.start()
