@@ -143,6 +143,18 @@ async def change(
     raise NotAllowed(f"unknown action {action!r}")
 
 
+async def revoke_links(session: AsyncSession, subscriber_id: int) -> str | None:
+    """Withdraw every unsubscribe and manage link signed before now (the subscriber's token
+    generation: links carry when they were signed); returns the address to mail a fresh link
+    to, or None when the subscriber no longer exists."""
+    subscriber = await session.get(Subscriber, subscriber_id, with_for_update=True)
+    if subscriber is None:
+        return None
+    subscriber.tokens_revoked_at = utcnow()
+    log.info("subscriber %d withdrew their links", subscriber_id)
+    return subscriber.email
+
+
 # ---- the manage-link mail -------------------------------------------------------------------
 
 

@@ -27,7 +27,8 @@ _ADDRESS = re.compile(ADDRESS_PATTERN)
 
 def _address(value: str) -> str:
     """Lenient on purpose: erasure and bounces must work for any address we may hold."""
-    if _ADDRESS.fullmatch(value) is None:  # exactly the pattern the spec publishes
+    # Exactly the pattern the spec publishes, and no unpaired surrogate (which it cannot say).
+    if _ADDRESS.fullmatch(value) is None or not is_storable_text(value):
         raise ValueError("not an email address")
     try:
         return normalize_email(value)  # the form signup stored it in
@@ -166,6 +167,7 @@ _ADMIN: list[dict[str, list[str]]] = [{"admin": []}]
 _EMAIL_SCHEMA = {"type": "string", "minLength": 3, "maxLength": 320, "pattern": ADDRESS_PATTERN}
 _EMAIL_PARAM = {"name": "email", "in": "query", "required": True, "schema": _EMAIL_SCHEMA}
 _TOO_LARGE = openapi_error("body larger than NOTIFIER_MAX_BODY_BYTES")
+_NOT_UTF8 = openapi_error("declared charset is not UTF-8")
 _UNAUTHORIZED = openapi_error("missing or wrong admin token")
 _INVALID = openapi_error("invalid input")
 
@@ -249,6 +251,7 @@ OPENAPI_PATHS: dict[str, Any] = {
                 },
                 "401": _UNAUTHORIZED,
                 "413": _TOO_LARGE,
+                "415": _NOT_UTF8,
                 "422": _INVALID,
             },
         },
@@ -311,6 +314,7 @@ OPENAPI_PATHS: dict[str, Any] = {
                 },
                 "401": _UNAUTHORIZED,
                 "413": _TOO_LARGE,
+                "415": _NOT_UTF8,
                 "422": _INVALID,
             },
         }

@@ -6,10 +6,11 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from aiohttp import web
+from sqlalchemy import select
 
 from notifier.core import preferences
-from notifier.core.tokens import TokenInvalid
-from notifier.data.models import Subscription
+from notifier.core.tokens import Link, TokenInvalid, revoked
+from notifier.data.models import Subscriber, Subscription
 from notifier.handlers.bodies import FORM, peek_body
 from notifier.handlers.middleware import res
 from notifier.handlers.openapi import error_response as error_doc
@@ -26,6 +27,7 @@ OPENAPI_PATHS: dict[str, Any] = {
             "responses": {
                 "200": {"description": "the page", "content": {"text/html": {}}},
                 "404": _NOT_FOUND,
+                "410": error_doc("a link its subscriber withdrew", html=True),
             },
         },
         "post": {
@@ -57,6 +59,7 @@ OPENAPI_PATHS: dict[str, Any] = {
                     },
                 },
                 "404": _NOT_FOUND,
+                "410": error_doc("a link its subscriber withdrew; nothing changed", html=True),
             },
         },
     }
@@ -65,37 +68,56 @@ OPENAPI_PATHS: dict[str, Any] = {
 
 async def unsubscribe_page(request: web.Request) -> web.Response:
     r = res(request)
-    subscription_id = read_token(request)
-    if subscription_id is None:
-        return not_found(request)
+    link = await _usable_link(request)
+    if not isinstance(link, int):
+        return link
     async with r.sessions.begin() as session:
-        sub = await session.get(Subscription, subscription_id)
+        sub = await session.get(Subscription, link)
     if sub is None or sub.status == "unsubscribed":
-        return done(request, r, sub.label if sub else None, sub.subscriber_id if sub else None)
+        return done(request, r, sub.label if sub else None)
     page = r.templates.get_template("pages/unsubscribe.html").render(
-        label=sub.label,
-        action=request.path,
-        manage_url=r.mail.manage_url(sub.subscriber_id),
+        label=sub.label, action=request.path, **_manage_link_form(request)
     )
     return web.Response(text=page, content_type="text/html")
 
 
 async def unsubscribe(request: web.Request) -> web.Response:
     r = res(request)
-    subscription_id = read_token(request)
-    if subscription_id is None:
-        return not_found(request)
+    link = await _usable_link(request)
+    if not isinstance(link, int):
+        return link
     via: preferences.Via = "link" if await _from_our_page(request) else "one_click"
     async with r.sessions.begin() as session:  # committed before the answer
-        result = await preferences.unsubscribe(session, subscription_id, via)
-    return done(request, r, result.label, result.subscriber_id)
+        result = await preferences.unsubscribe(session, link, via)
+    return done(request, r, result.label)
 
 
-def read_token(request: web.Request) -> int | None:
+def read_token(request: web.Request) -> Link | None:
     try:
-        return res(request).tokens.read_unsubscribe(request.match_info["token"])
+        return res(request).tokens.read_unsubscribe_link(request.match_info["token"])
     except TokenInvalid:
         return None
+
+
+async def _usable_link(request: web.Request) -> int | web.Response:
+    """The subscription id of a genuine token its subscriber has not revoked, else the page."""
+    link = read_token(request)
+    if link is None:
+        return not_found(request)
+    async with res(request).sessions() as session:
+        revoked_at = await session.scalar(
+            select(Subscriber.tokens_revoked_at)
+            .join(Subscription, Subscription.subscriber_id == Subscriber.id)
+            .where(Subscription.id == link.id)
+        )
+    if revoked(link, revoked_at):
+        return withdrawn(request)
+    return link.id
+
+
+def _manage_link_form(request: web.Request) -> dict[str, str]:
+    """The "mail me a link to manage my alerts" button: posts this token to POST /v1/manage."""
+    return {"manage_link_action": "/v1/manage", "token": request.match_info["token"]}
 
 
 async def _from_our_page(request: web.Request) -> bool:
@@ -112,17 +134,26 @@ async def _from_our_page(request: web.Request) -> bool:
     return fields.get("via") == ["page"]
 
 
-def done(
-    request: web.Request, r: Resources, label: str | None, subscriber_id: int | None
-) -> web.Response:
+def done(request: web.Request, r: Resources, label: str | None) -> web.Response:
     if "application/json" in request.headers.get("Accept", ""):
         return web.json_response({"status": "unsubscribed"})
     page = r.templates.get_template("pages/unsubscribed.html").render(
-        label=label,
-        manage_url=r.mail.manage_url(subscriber_id) if subscriber_id else None,
-        site_name=r.settings.site_name,
+        label=label, site_name=r.settings.site_name, **_manage_link_form(request)
     )
     return web.Response(text=page, content_type="text/html")
+
+
+def withdrawn(request: web.Request) -> web.Response:
+    """A genuine link its subscriber withdrew (revoked): 410, saying so."""
+    message = "this link was withdrawn; use the one in a newer mail from us"
+    if "application/json" in request.headers.get("Accept", ""):
+        return web.json_response({"error": message}, status=410)
+    page = (
+        res(request)
+        .templates.get_template("pages/error.html")
+        .render(status=410, message=message, fields={}, home=None)
+    )
+    return web.Response(status=410, text=page, content_type="text/html")
 
 
 def not_found(request: web.Request) -> web.Response:
