@@ -3,6 +3,9 @@ HSTS is sent when the request arrived over HTTPS."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import logging
 from typing import Any
 
 import pytest
@@ -66,3 +69,53 @@ async def test_hsts_is_not_believed_from_an_untrusted_peer(
     object.__setattr__(resources.settings, "trusted_proxies", [])  # frozen settings, one test
     resp = await client.get("/healthz", headers={"X-Forwarded-Proto": "https"})
     assert "Strict-Transport-Security" not in resp.headers
+
+
+# --- aiohttp's own 400s (finding 11) ------------------------------------------------------------
+
+
+async def _raw(client: TestClient[Any, Any], data: bytes) -> bytes:
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    writer.write(data)
+    await writer.drain()
+    answer = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    await writer.wait_closed()
+    return answer
+
+
+def _last_response(answer: bytes) -> tuple[int, dict[str, str], bytes]:
+    last = answer[answer.rfind(b"HTTP/1.") :]
+    head, _, body = last.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:])
+    return int(lines[0].split()[1]), headers, body
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"GET /" + b"Z" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",  # URL over 8190 bytes
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+        b"ZZZZ\x16\x03\x01 junk ZZZZ\r\n\r\n",  # junk after a request
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-" + b"Z" * 9000 + b": 1\r\n\r\n",
+    ],
+    ids=["long-url", "junk-after-request", "long-header"],
+)
+async def test_unparseable_requests_get_our_error_and_one_log_line(
+    client: TestClient[Any, Any], caplog: pytest.LogCaptureFixture, request_bytes: bytes
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    answer = await _raw(client, request_bytes)
+    status, headers, body = _last_response(answer)
+    assert 400 <= status < 500, answer[:200]
+    assert headers["Content-Type"].startswith("application/json")
+    assert json.loads(body)["error"]
+    assert headers["X-Content-Type-Options"] == "nosniff"
+    assert "frame-ancestors 'none'" in headers["Content-Security-Policy"]
+    assert len(headers["X-Request-Id"]) == 32
+    assert b"ZZZZ" not in answer  # nothing of the request is echoed
+    assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
+    lines = [r for r in caplog.records if "unreadable request" in r.getMessage()]
+    assert len(lines) == 1
+    assert "ZZZZ" not in caplog.text

@@ -195,6 +195,16 @@ async def security_headers_middleware(request: web.Request, handler: Handler) ->
 
 
 def _secure(request: web.Request, headers: Any) -> None:
+    secure_defaults(headers)
+    if arrived_over_https(request):
+        headers.setdefault("Strict-Transport-Security", HSTS)
+    if request.path.startswith(TOKEN_PAGES) or request.path.startswith("/v1/admin"):
+        headers["Cache-Control"] = "no-store"
+
+
+def secure_defaults(headers: Any) -> None:
+    """The headers every answer carries, whatever the request (even one aiohttp could not
+    parse: notifier.handlers.protocol)."""
     headers.setdefault("X-Content-Type-Options", "nosniff")
     headers.setdefault(
         "Content-Security-Policy",
@@ -203,10 +213,6 @@ def _secure(request: web.Request, headers: Any) -> None:
     )
     headers.setdefault("X-Frame-Options", "DENY")
     headers.setdefault("Referrer-Policy", "no-referrer")
-    if arrived_over_https(request):
-        headers.setdefault("Strict-Transport-Security", HSTS)
-    if request.path.startswith(TOKEN_PAGES) or request.path.startswith("/v1/admin"):
-        headers["Cache-Control"] = "no-store"
 
 
 @web.middleware
