@@ -63,9 +63,10 @@ class EventMesh(_Open):
 
 
 class EventLocations(_Open):
-    count: Annotated[int, Field(ge=0)] | None = None
+    # strict: a JSON true or 1.0 is not a count (the spec says integer).
+    count: Annotated[int, Field(ge=0, strict=True)] | None = None
     countries: ShortList = []
-    recruiting_count: Annotated[int, Field(ge=0)] | None = None
+    recruiting_count: Annotated[int, Field(ge=0, strict=True)] | None = None
 
 
 class EventStudy(_Open):
@@ -101,6 +102,15 @@ class TrialChangeEvent(_Open):
     detected_at: datetime | None = None
     study: EventStudy
     changes: Annotated[list[EventChange], Field(max_length=5000)] = []
+
+    @field_validator("occurred_on", "detected_at", mode="before")
+    @classmethod
+    def _iso_text(cls, value: object) -> object:
+        # JSON carries dates as ISO 8601 text; a number is not one (pydantic would read it as
+        # seconds since 1970, which the spec does not allow).
+        if value is not None and not isinstance(value, str):
+            raise ValueError("must be an ISO 8601 date or date-time string")
+        return value
 
     @field_validator("nct_id")
     @classmethod
