@@ -63,10 +63,20 @@ class EventMesh(_Open):
 
 
 class EventLocations(_Open):
-    # strict: a JSON true or 1.0 is not a count (the spec says integer).
-    count: Annotated[int, Field(ge=0, strict=True)] | None = None
+    count: Annotated[int, Field(ge=0)] | None = None
     countries: ShortList = []
-    recruiting_count: Annotated[int, Field(ge=0, strict=True)] | None = None
+    recruiting_count: Annotated[int, Field(ge=0)] | None = None
+
+    @field_validator("count", "recruiting_count", mode="before")
+    @classmethod
+    def _json_integer(cls, value: object) -> object:
+        # JSON Schema's integer: 3 and 3.0, never true/false or a numeric string (which
+        # pydantic's lax mode would take).
+        if isinstance(value, (bool, str)):
+            raise ValueError("must be an integer")
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        return value
 
 
 class EventStudy(_Open):
