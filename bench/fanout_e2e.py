@@ -53,7 +53,8 @@ def env_for(url: str, smtp_url: str) -> dict[str, str]:
         "NOTIFIER_EVENT_SECRETS": EVENT_SECRET,
         "NOTIFIER_ADMIN_TOKEN": "a" * 40,
         "NOTIFIER_QUEUE_NAME": queue_name("e2e"),
-        "NOTIFIER_WORKER_METRICS_PORT": "0",
+        "NOTIFIER_WORKER_METRICS_BIND": "",
+        "NOTIFIER_METRICS_BIND": "",
         "NOTIFIER_LOG_LEVEL": "WARNING",
         "NOTIFIER_PUBLIC_URL": "https://notify.example.org",
     }

@@ -8,6 +8,7 @@ import contextlib
 import errno
 import logging
 import secrets
+import signal
 import sys
 from collections.abc import Sequence
 from datetime import date
@@ -123,42 +124,53 @@ def use_uvloop() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
-def cmd_web(settings: Settings, host: str, port: int) -> None:
+async def _serve_web(settings: Settings, host: str, port: int) -> None:
+    """web.run_app, with the runner that answers unparseable requests like the app does."""
     from notifier.app import create_app
+    from notifier.handlers.protocol import NotifierRunner
 
-    asyncio.run(_require_redis(settings))
-    web.run_app(
-        create_app(settings),
-        host=host,
-        port=port,
+    runner = NotifierRunner(
+        create_app(settings, serve_metrics=True),
         access_log=None,
-        print=None,
         shutdown_timeout=settings.shutdown_grace,  # requests in flight get the same grace
     )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+        await stop.wait()
+    finally:
+        # Stops listening, lets requests in flight finish within the grace, then closes.
+        await runner.cleanup()
+
+
+def cmd_web(settings: Settings, host: str, port: int) -> None:
+    asyncio.run(_require_redis(settings))
+    asyncio.run(_serve_web(settings, host, port))
 
 
 def cmd_worker(settings: Settings) -> None:
-    from notifier.worker import build_worker
+    from notifier.worker import build_worker, serve_worker_metrics
 
     asyncio.run(_require_redis(settings))
-    if settings.worker_metrics_port:
-        from prometheus_client import start_http_server
-
-        from notifier.metrics import REGISTRY
-
-        # The worker's own counters (deliveries, sends, sweeps) for Prometheus to scrape.
-        start_http_server(settings.worker_metrics_port, addr="0.0.0.0", registry=REGISTRY)  # noqa: S104
+    serve_worker_metrics(settings)
     build_worker(settings).run()
 
 
 async def _dev(settings: Settings, host: str, port: int) -> None:
     from notifier.app import create_app
+    from notifier.handlers.protocol import NotifierRunner
     from notifier.resources import open_resources
     from notifier.worker import build_worker
 
     await _check_relay(settings)
     async with open_resources(settings) as resources:
-        runner = web.AppRunner(create_app(settings, resources), access_log=None)
+        runner = NotifierRunner(
+            create_app(settings, resources, serve_metrics=True), access_log=None
+        )
         await runner.setup()
         site = web.TCPSite(runner, host, port)
         await site.start()

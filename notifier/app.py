@@ -9,6 +9,7 @@ import aiohttp_cors
 from aiohttp import web
 
 from notifier.core.concepts import warm_vocabulary
+from notifier.handlers.bodies import BODY_TIMEOUT
 from notifier.handlers.middleware import (
     RESOURCES,
     error_middleware,
@@ -16,13 +17,18 @@ from notifier.handlers.middleware import (
     request_id_middleware,
     security_headers_middleware,
 )
-from notifier.handlers.routes import HANDLER_MODULES, ROUTES
+from notifier.handlers.ops import metrics_listener
+from notifier.handlers.routes import HANDLER_MODULES, routes_for
+from notifier.handlers.signed import LARGE_BODY_GATE
 from notifier.resources import Resources, open_resources
 from notifier.settings import Settings
 
 
-def create_app(settings: Settings, resources: Resources | None = None) -> web.Application:
-    """Build the app; pass `resources` to share them (dev mode, tests), else it opens its own."""
+def create_app(
+    settings: Settings, resources: Resources | None = None, *, serve_metrics: bool = False
+) -> web.Application:
+    """Build the app; pass `resources` to share them (dev mode, tests), else it opens its own.
+    `serve_metrics`: also serve /metrics on NOTIFIER_METRICS_BIND (`notifier web` and `dev`)."""
     app = web.Application(
         client_max_size=settings.max_body_bytes,
         middlewares=[
@@ -42,9 +48,13 @@ def create_app(settings: Settings, resources: Resources | None = None) -> web.Ap
             app[RESOURCES] = opened
             yield
 
+    app[BODY_TIMEOUT] = settings.body_timeout
+    app[LARGE_BODY_GATE] = asyncio.Semaphore(settings.large_bodies_at_once)
     app.cleanup_ctx.append(resources_ctx)
     app.on_startup.append(_load_vocabulary)
-    app.router.add_routes(ROUTES)
+    if serve_metrics:
+        app.cleanup_ctx.append(metrics_listener(settings))
+    app.router.add_routes(routes_for(settings))
     _allow_cors(app, settings)
     return app
 

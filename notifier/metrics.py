@@ -12,7 +12,14 @@ HTTP_REQUESTS = Counter(
     ["route", "method", "status"],
     registry=REGISTRY,
 )
-SIGNUPS = Counter("notifier_signups", "Signup requests by outcome", ["outcome"], registry=REGISTRY)
+# By what the request itself shows, never by the address's state (new, pending, confirmed,
+# suppressed, over its limit): those all answer alike, and a counter must not tell them apart.
+SIGNUPS = Counter(
+    "notifier_signups",
+    "Signup requests: accepted (whatever the address's state), invalid, ip_limited",
+    ["result"],
+    registry=REGISTRY,
+)
 CONFIRMATIONS = Counter("notifier_confirmations", "Subscriptions confirmed", registry=REGISTRY)
 UNSUBSCRIBES = Counter(
     "notifier_unsubscribes", "Subscriptions ended, by way", ["via"], registry=REGISTRY
@@ -45,3 +52,8 @@ SWEEP_RECOVERED = Counter(
     "notifier_sweep_recovered", "Deliveries re-enqueued by the sweep", registry=REGISTRY
 )
 QUEUE_DEPTH = Gauge("notifier_queue_depth", "Jobs waiting in the arq queue", registry=REGISTRY)
+WORKERS_ALIVE = Gauge(
+    "notifier_workers_alive",
+    "Worker processes with a live heartbeat in Redis (read at scrape)",
+    registry=REGISTRY,
+)

@@ -23,6 +23,7 @@ class Job(StrEnum):
 
     SEND_CONFIRMATION = "send_confirmation"
     SEND_MANAGE_LINK = "send_manage_link"
+    MANAGE_LINK_REQUEST = "manage_link_request"
     INGEST_TRIAL_EVENT = "ingest_trial_event"
     FANOUT_EVENT = "fanout_event"
     SEND_SLICE = "send_slice"
@@ -86,6 +87,12 @@ async def enqueue_confirmation(r: Resources, subscriber_id: int) -> None:
 
 async def enqueue_manage_link(r: Resources, subscriber_id: int) -> None:
     await r.redis.enqueue_job(Job.SEND_MANAGE_LINK.value, subscriber_id)
+
+
+async def enqueue_manage_link_request(r: Resources, email_hash: str, mailbox_hash: str) -> None:
+    """A manage link asked for by address: the job looks the address up, so the request that
+    asked does the same work whether or not the address is known (hashes, never the address)."""
+    await r.redis.enqueue_job(Job.MANAGE_LINK_REQUEST.value, email_hash, mailbox_hash)
 
 
 async def enqueue_fanout(r: Resources, event_pk: int, *stamp: object) -> None:

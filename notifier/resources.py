@@ -107,7 +107,11 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             limits_storage=limits_storage,
             mailer=Mailer(settings.smtp_url, timeout=settings.smtp_timeout),
             templates=make_environment(),
-            tokens=Tokens(settings.secret_keys, settings.confirm_max_age),
+            tokens=Tokens(
+                settings.secret_keys,
+                settings.confirm_max_age,
+                id_key=settings.email_hash_key or settings.secret_keys[0],
+            ),
             outage=DatabaseOutage(
                 redis,
                 job_id(settings.queue_name, "database-unreachable"),

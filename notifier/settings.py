@@ -28,6 +28,23 @@ def _split(value: object) -> object:
     return value
 
 
+def parse_bind(value: str) -> tuple[str, list[int]] | None:
+    """ "127.0.0.1:9100" or "[::1]:9101-9116" -> (host, ports to try in order); "" or "off" ->
+    None."""
+    value = value.strip()
+    if value.lower() in ("", "off"):
+        return None
+    host, colon, ports = value.rpartition(":")
+    first, _, last = ports.partition("-")
+    try:
+        low, high = int(first), int(last or first)
+    except ValueError:
+        low = high = -1
+    if not colon or not host or not 0 < low <= high <= 65535 or high - low > 1000:
+        raise ValueError('use "host:port" or "host:first-last" (e.g. 127.0.0.1:9101-9116), or ""')
+    return host.strip("[]"), list(range(low, high + 1))
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="NOTIFIER_", extra="ignore", frozen=True)
 
@@ -48,7 +65,11 @@ class Settings(BaseSettings):
     allowed_origins: CommaList = Field(default_factory=lambda: ["http://localhost:8080"])
     trusted_proxies: CommaList = Field(default_factory=list)
     queue_name: str = "notifier:queue"
-    worker_metrics_port: int = Field(default=9101, ge=0, le=65535, description="0 = off")
+    # Prometheus listeners of their own ("host:port" or "host:first-last", the first free port
+    # of the range; "" = off): never on the public port without the admin token.
+    metrics_bind: str = "127.0.0.1:9100"
+    worker_metrics_bind: str = "127.0.0.1:9101-9116"  # one port per worker on the host
+    worker_heartbeat_ttl: float = Field(default=30.0, gt=0, description="s a heartbeat lives")
     log_level: str = "INFO"
     # json (the production default) or console (readable lines, the dev default)
     log_format: Literal["json", "console", ""] = ""
@@ -67,6 +88,10 @@ class Settings(BaseSettings):
     ip_requests_per_minute: int = Field(default=20, gt=0)
     max_body_bytes: int = Field(default=64 * 1024, gt=0)
     max_event_body_bytes: int = Field(default=8 * 1024 * 1024, gt=0)  # POST /v1/events batches
+    body_timeout: float = Field(default=30.0, gt=0, description="s to send a whole body")
+    large_bodies_at_once: int = Field(
+        default=4, gt=0, description="signed bodies over 64 KiB read at once per web process"
+    )
 
     # Fan-out and sending.
     fanout_page_size: int = Field(default=10_000, gt=0)
@@ -101,6 +126,12 @@ class Settings(BaseSettings):
     @classmethod
     def _split_list(cls, value: object) -> object:
         return _split(value)
+
+    @field_validator("metrics_bind", "worker_metrics_bind")
+    @classmethod
+    def _bind(cls, value: str) -> str:
+        parse_bind(value)  # raises ValueError with the expected form
+        return value.strip()
 
     @field_validator("retry_ladder", mode="before")
     @classmethod

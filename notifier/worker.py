@@ -2,23 +2,30 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import time
 from typing import Any, cast
 
 from arq import cron
 from arq.connections import RedisSettings
 from arq.cron import CronJob
 from arq.worker import Function, Worker, func
+from prometheus_client import start_http_server
+from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from notifier.data.heartbeat import WorkerBeat
 from notifier.jobs import digests, fanout, ingest, maintenance, notices, sending, sweep, sync
+from notifier.metrics import REGISTRY
 from notifier.queue import JOB_TIMEOUT, Cron, Job, deserialize, serialize
 from notifier.resources import Resources, open_resources, redis_settings
-from notifier.settings import Settings
+from notifier.settings import Settings, parse_bind
 
 log = logging.getLogger("notifier.worker")
 
@@ -33,6 +40,7 @@ FUNCTIONS: tuple[Function, ...] = tuple(
     for name, coroutine in (
         (Job.SEND_CONFIRMATION, notices.send_confirmation),
         (Job.SEND_MANAGE_LINK, notices.send_manage_link),
+        (Job.MANAGE_LINK_REQUEST, notices.manage_link_request),
         (Job.INGEST_TRIAL_EVENT, ingest.ingest_trial_event),
         (Job.FANOUT_EVENT, fanout.fanout_event),
         (Job.SEND_SLICE, fanout.send_slice),
@@ -90,6 +98,62 @@ class NotifierWorker(Worker):
                 return
 
 
+def serve_worker_metrics(settings: Settings) -> int | None:
+    """The worker's own counters (deliveries, sends, sweeps) for Prometheus, on the first free
+    port of NOTIFIER_WORKER_METRICS_BIND: several workers on one host take one port each. None
+    free (or ""): one warning line, and the worker runs without them."""
+    bind = parse_bind(settings.worker_metrics_bind)
+    if bind is None:
+        return None
+    host, ports = bind
+    for port in ports:
+        try:
+            start_http_server(port, addr=host, registry=REGISTRY)
+        except OSError:
+            continue
+        log.info("worker metrics on http://%s:%d/metrics", host, port)
+        return port
+    log.warning(
+        "worker metrics off: no free port in NOTIFIER_WORKER_METRICS_BIND=%s "
+        "(widen the range for more workers on this host)",
+        settings.worker_metrics_bind,
+    )
+    return None
+
+
+class _Heartbeat:
+    """This worker's heartbeat in Redis (notifier.data.heartbeat), every TTL / 3 until shutdown."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.beat = WorkerBeat()
+        self.task: asyncio.Task[None] | None = None
+
+    async def start(self, redis: Redis) -> None:
+        await self.beat.beat(redis, self.settings.queue_name, self.settings.worker_heartbeat_ttl)
+        self.task = asyncio.create_task(self._run(redis), name="notifier-heartbeat")
+
+    async def _run(self, redis: Redis) -> None:
+        ttl = self.settings.worker_heartbeat_ttl
+        while True:
+            await asyncio.sleep(ttl / 3)
+            try:
+                await self.beat.beat(redis, self.settings.queue_name, ttl)
+            except (RedisError, OSError) as exc:
+                log.warning("heartbeat not written (%s): next one in %.0f s", exc, ttl / 3)
+
+    async def job_started(self, ctx: dict[str, Any]) -> None:
+        self.beat.last_job_at = time.time()
+
+    async def stop(self, redis: Redis) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+        with contextlib.suppress(RedisError, OSError):
+            await self.beat.stop(redis, self.settings.queue_name)
+
+
 def build_worker(
     settings: Settings,
     resources: Resources | None = None,
@@ -99,16 +163,22 @@ def build_worker(
     max_jobs: int | None = None,
 ) -> Worker:
     holder: dict[str, Any] = {}
+    # Burst runs (tests, one-off drains) are not a worker the operator counts on.
+    heart = None if burst else _Heartbeat(settings)
 
     async def on_startup(ctx: dict[str, Any]) -> None:
         if resources is not None:
             ctx["resources"] = resources
-            return
-        cm = open_resources(settings)
-        holder["cm"] = cm
-        ctx["resources"] = await cm.__aenter__()
+        else:
+            cm = open_resources(settings)
+            holder["cm"] = cm
+            ctx["resources"] = await cm.__aenter__()
+        if heart is not None:
+            await heart.start(ctx["resources"].redis)
 
     async def on_shutdown(ctx: dict[str, Any]) -> None:
+        if heart is not None and "resources" in ctx:
+            await heart.stop(ctx["resources"].redis)
         cm = holder.pop("cm", None)
         if cm is not None:
             await cm.__aexit__(None, None, None)
@@ -121,6 +191,7 @@ def build_worker(
         # The worker opens (and on close, closes) its own pool; jobs enqueue through resources.
         on_startup=on_startup,
         on_shutdown=on_shutdown,
+        on_job_start=heart.job_started if heart is not None else None,
         burst=burst,
         handle_signals=handle_signals,
         max_jobs=max_jobs or settings.worker_max_jobs,

@@ -17,12 +17,14 @@ from typing import Any
 import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.web_runner import BaseRunner
 from arq.worker import Worker
 from sqlalchemy import text
 
 from notifier.app import create_app
 from notifier.data.migrate import upgrade
 from notifier.data.models import Base
+from notifier.handlers.protocol import NotifierRunner
 from notifier.resources import Resources, open_resources
 from notifier.settings import Settings
 from notifier.worker import build_worker
@@ -153,10 +155,17 @@ async def resources(settings: Settings) -> AsyncIterator[Resources]:
         yield opened
 
 
+class NotifierTestServer(TestServer):
+    """The test server with the production runner (notifier.handlers.protocol)."""
+
+    async def _make_runner(self, **kwargs: Any) -> BaseRunner:
+        return NotifierRunner(self.app, **kwargs)
+
+
 @pytest.fixture
 async def client(resources: Resources) -> AsyncIterator[TestClient[Any, Any]]:
     app = create_app(resources.settings, resources)
-    async with TestClient(TestServer(app, host="127.0.0.1")) as test_client:
+    async with TestClient(NotifierTestServer(app, host="127.0.0.1")) as test_client:
         yield test_client
 
 

@@ -111,7 +111,7 @@ def test_the_dashboard_shows_every_metric_and_what_the_issue_asks_for() -> None:
         "Delivery rate by outcome",
         "Failures by kind",
         "Queue depth",
-        "Signups by outcome",
+        "Signups by result",
         "Confirmations and unsubscribes",
         "HTTP errors by route",
     }
@@ -125,7 +125,7 @@ def test_prometheus_scrapes_web_and_worker() -> None:
         for job in config["scrape_configs"]
     }
     assert targets == {
-        "notifier-web": ("/metrics", ["web:8080"]),
+        "notifier-web": ("/metrics", ["web:9100"]),
         "notifier-worker": ("/metrics", ["worker:9101"]),
     }
     # The queue-depth panels read the web job's gauge (the worker never sets it).

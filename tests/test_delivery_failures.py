@@ -342,7 +342,8 @@ def worker_env(r: Resources, **extra: str) -> dict[str, str]:
             "NOTIFIER_ADMIN_TOKEN": s.admin_token,
             "NOTIFIER_MAIL_FROM": s.mail_from,
             "NOTIFIER_QUEUE_NAME": s.queue_name,
-            "NOTIFIER_WORKER_METRICS_PORT": "0",
+            "NOTIFIER_WORKER_METRICS_BIND": "",
+            "NOTIFIER_METRICS_BIND": "",
             "NOTIFIER_LOG_LEVEL": "WARNING",
             **extra,
         }

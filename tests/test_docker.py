@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -41,3 +43,16 @@ def test_compose_commands_are_real_subcommands(argv: list[str]) -> None:
 def test_compose_runs_web_worker_and_migrate() -> None:
     names = {argv[0] for argv in compose_commands()}
     assert {"web", "worker", "migrate"} <= names
+
+
+def test_compose_publishes_no_metrics_port() -> None:
+    """Issue 18, finding 5: metrics listeners are on the compose network only."""
+    yaml: Any = importlib.import_module("yaml")  # PyYAML ships no type hints
+    compose = yaml.safe_load((ROOT / "docker" / "compose.yaml").read_text())
+    services = compose["services"]
+    published = {
+        str(port).rsplit(":", 1)[-1] for svc in services.values() for port in svc.get("ports", [])
+    }
+    assert not published & {"9100", "9101"}, published
+    assert services["web"]["environment"]["NOTIFIER_METRICS_BIND"] == "0.0.0.0:9100"
+    assert services["worker"]["environment"]["NOTIFIER_WORKER_METRICS_BIND"].endswith(":9101")

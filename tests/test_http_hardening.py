@@ -431,10 +431,10 @@ async def test_a_client_that_hangs_up_mid_body_is_not_a_dependency_outage(
 ) -> None:
     """A phone that loses signal while posting a signup: logged as the client's doing and
     counted as 499, never as "dependency unavailable" / 503 (which would page the operator)."""
-    from tests.test_metrics import sample
+    from tests.test_metrics import METRICS_AUTH, sample
 
     async def count(status: str) -> float:
-        text = await (await client.get("/metrics")).text()
+        text = await (await client.get("/metrics", headers=METRICS_AUTH)).text()
         return sample(
             text, "notifier_http_requests_total", route="/v1/subscriptions", status=status
         )

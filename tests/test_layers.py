@@ -162,6 +162,7 @@ def test_the_top_level_holds_only_the_composition_and_small_leaves() -> None:
         "__main__",
         "app",
         "clock",
+        "heartbeat",
         "logs",
         "mailer",
         "metrics",
@@ -178,6 +179,7 @@ def test_job_and_cron_names_are_the_ones_already_queued_in_redis() -> None:
     assert sorted(job.value for job in Job) == [
         "fanout_event",
         "ingest_trial_event",
+        "manage_link_request",
         "purge_pending",
         "send_confirmation",
         "send_deliveries",

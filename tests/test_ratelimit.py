@@ -12,7 +12,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from notifier.app import create_app
 from notifier.clock import utcnow
-from notifier.core.ratelimit import ip_retry_after, may_mail_address
+from notifier.core.ratelimit import canonical_mailbox, ip_retry_after, may_mail_address
 from notifier.resources import Resources, open_resources
 from notifier.settings import Settings
 from tests.conftest import run_worker
@@ -119,3 +119,40 @@ async def test_per_address_limit_holds_across_processes(
         assert (await signup(c, ip=f"198.51.100.{i}", study=f"NCT{i:08d}")).status == 202
     await run_worker(resources)
     assert len(smtp.to("ada@example.org")) == 1
+
+
+# --- plus-tag mail bombing (issue 18, finding 3) ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("address", "mailbox"),
+    [
+        ("Victim+0@Example.org", "victim@example.org"),
+        ("victim+a+b@example.org", "victim@example.org"),
+        ("j.doe+x@example.org", "j.doe@example.org"),  # a dot matters outside Gmail
+        ("J.Doe+news@googlemail.com", "jdoe@gmail.com"),
+        ("j.d.o.e@gmail.com", "jdoe@gmail.com"),
+        ("+tag@example.org", "+tag@example.org"),  # nothing before the tag: kept whole
+    ],
+)
+def test_canonical_mailbox(address: str, mailbox: str) -> None:
+    assert canonical_mailbox(address) == mailbox
+
+
+async def test_plus_tags_share_one_mailbox_allowance(
+    client: Client, resources: Resources, smtp: RecordingSMTP
+) -> None:
+    """victim+0@ … victim+9@ from ten IPs: one confirmation mail into the one mailbox, as
+    for `victim@` repeated."""
+    for i in range(10):
+        resp = await signup(
+            client, ip=f"198.51.100.{i}", email=f"victim+{i}@example.org", study="NCT05879978"
+        )
+        assert resp.status == 202
+    for i in range(3):
+        resp = await signup(client, ip=f"198.51.100.{20 + i}", email=f"V.I.C.T.I.M+{i}@gmail.com")
+        assert resp.status == 202
+    await run_worker(resources)
+    mailed = [m.rcpt_to for m in smtp.messages]
+    assert len([a for a in mailed if a.startswith("victim+")]) == 1, mailed
+    assert len([a for a in mailed if a.endswith("@gmail.com")]) == 1, mailed

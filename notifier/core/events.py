@@ -16,7 +16,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from notifier.clock import utcnow
 from notifier.core.catalogue import remember_event_studies
 from notifier.core.fields import validation_fields
-from notifier.core.normalize import normalize_mesh_id, normalize_nct
+from notifier.core.normalize import (
+    MESH_PATTERN,
+    NCT_PATTERN,
+    is_storable_text,
+    normalize_mesh_id,
+    normalize_nct,
+)
 from notifier.data.models import Delivery, Event, FanoutSlice
 from notifier.data.queries import insert_for
 from notifier.metrics import EVENTS
@@ -46,7 +52,7 @@ class _Open(BaseModel):
 
 
 class EventMesh(_Open):
-    id: Annotated[str, Field(max_length=20)]
+    id: Annotated[str, Field(max_length=20, json_schema_extra={"pattern": MESH_PATTERN})]
     term: Text
 
     @field_validator("id")
@@ -61,6 +67,17 @@ class EventLocations(_Open):
     count: Annotated[int, Field(ge=0)] | None = None
     countries: ShortList = []
     recruiting_count: Annotated[int, Field(ge=0)] | None = None
+
+    @field_validator("count", "recruiting_count", mode="before")
+    @classmethod
+    def _json_integer(cls, value: object) -> object:
+        # JSON Schema's integer: 3 and 3.0, never true/false or a numeric string (which
+        # pydantic's lax mode would take).
+        if isinstance(value, (bool, str)):
+            raise ValueError("must be an integer")
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        return value
 
 
 class EventStudy(_Open):
@@ -86,13 +103,25 @@ class TrialChangeEvent(_Open):
     reference schema: everything valid there is valid here."""
 
     event_id: Annotated[str, Field(min_length=1, max_length=200)]
-    nct_id: str
-    nct_id_aliases: Annotated[list[str], Field(max_length=100)] = []
+    nct_id: Annotated[str, Field(json_schema_extra={"pattern": NCT_PATTERN})]
+    nct_id_aliases: Annotated[
+        list[Annotated[str, Field(json_schema_extra={"pattern": NCT_PATTERN})]],
+        Field(max_length=100),
+    ] = []
     change_kind: ChangeKind
     occurred_on: date
     detected_at: datetime | None = None
     study: EventStudy
     changes: Annotated[list[EventChange], Field(max_length=5000)] = []
+
+    @field_validator("occurred_on", "detected_at", mode="before")
+    @classmethod
+    def _iso_text(cls, value: object) -> object:
+        # JSON carries dates as ISO 8601 text; a number is not one (pydantic would read it as
+        # seconds since 1970, which the spec does not allow).
+        if value is not None and not isinstance(value, str):
+            raise ValueError("must be an ISO 8601 date or date-time string")
+        return value
 
     @field_validator("nct_id")
     @classmethod
@@ -140,8 +169,10 @@ def parse_events(data: Any) -> list[TrialChangeEvent]:
     events: list[TrialChangeEvent] = []
     fields: dict[str, str] = {}
     for index, item in enumerate(items):
-        if _has_nul(item):  # PostgreSQL cannot store U+0000 in text or JSONB: was a 503
-            fields[f"{prefix}.{index}" if prefix else "body"] = "text must not contain U+0000"
+        if _unstorable(item):  # PostgreSQL cannot store these in text or JSONB: was a 503
+            fields[f"{prefix}.{index}" if prefix else "body"] = (
+                "text must not contain U+0000 or unpaired surrogates (\\ud800-\\udfff)"
+            )
             continue
         try:
             events.append(TrialChangeEvent.model_validate(item))
@@ -154,13 +185,14 @@ def parse_events(data: Any) -> list[TrialChangeEvent]:
     return events
 
 
-def _has_nul(value: Any) -> bool:
+def _unstorable(value: Any) -> bool:
+    """Anywhere in a decoded JSON value, known fields or unknown ones (which are kept too)."""
     if isinstance(value, str):
-        return "\x00" in value
+        return not is_storable_text(value)
     if isinstance(value, dict):
-        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+        return any(_unstorable(k) or _unstorable(v) for k, v in value.items())
     if isinstance(value, list):
-        return any(_has_nul(v) for v in value)
+        return any(_unstorable(v) for v in value)
     return False
 
 

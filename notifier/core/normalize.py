@@ -5,8 +5,15 @@ from __future__ import annotations
 import re
 import unicodedata
 
-NCT_RE = re.compile(r"^NCT\d{8}$")
-MESH_RE = re.compile(r"^([DC])(\d{6}|\d{9})$")
+# [0-9], never \d: \d also matches Arabic-Indic and fullwidth digits, which Python's int()
+# reads, so "NCT0587997٨" would be stored and never match anything.
+NCT_RE = re.compile(r"^NCT[0-9]{8}$")
+MESH_RE = re.compile(r"^([DC])([0-9]{6}|[0-9]{9})$")
+ASCII_SPACE = " \t\r\n\f\v"
+# The NCT ids the server accepts, as JSON Schema says it (spec and server must agree).
+_SPACES = "[ \\t\\r\\n\\f\\v]*"
+NCT_PATTERN = f"^{_SPACES}[Nn][Cc][Tt][0-9]{{8}}{_SPACES}$"
+MESH_PATTERN = f"^{_SPACES}[DdCc]([0-9]{{6}}|[0-9]{{9}}){_SPACES}$"
 _PUNCT_OR_SPACE = re.compile(r"[\W_]+", re.UNICODE)
 _PARENS = re.compile(r"\(([^()]*)\)")
 
@@ -15,13 +22,13 @@ CONDITION_MIN, CONDITION_MAX = 2, 200
 
 def normalize_nct(value: str) -> str | None:
     """'nct05879978 ' -> 'NCT05879978'; None when it is not an NCT id."""
-    candidate = value.strip().upper()
+    candidate = value.strip(ASCII_SPACE).upper()
     return candidate if NCT_RE.match(candidate) else None
 
 
 def normalize_mesh_id(value: str) -> str | None:
     """MeSH UIs come as D055752 and as D000055752: both become D000055752."""
-    match = MESH_RE.match(value.strip().upper())
+    match = MESH_RE.match(value.strip(ASCII_SPACE).upper())
     if not match:
         return None
     letter, digits = match.groups()
@@ -55,5 +62,20 @@ def clean_label(value: str) -> str:
 
 
 def has_control_chars(value: str) -> bool:
-    """CR, LF, NUL, tabs, Unicode line/paragraph separators and other control characters."""
-    return any(unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") for ch in value)
+    """CR, LF, NUL, tabs, Unicode line/paragraph separators and other control characters, and
+    unpaired surrogates (JSON's "\\ud800" decodes to one; no database can store it)."""
+    return any(unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Zl", "Zp") for ch in value)
+
+
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def is_storable_text(value: str) -> bool:
+    """Text PostgreSQL and UTF-8 can hold: no U+0000, no unpaired surrogate."""
+    return _UNSTORABLE.search(value) is None
+
+
+def storable(value: str) -> str:
+    """`value` with what cannot be stored replaced by U+FFFD: for evidence we keep as given
+    (a header's undecodable bytes arrive as surrogate escapes)."""
+    return _UNSTORABLE.sub("\ufffd", value)

@@ -18,7 +18,7 @@ from notifier.data import queries
 from notifier.data.models import Subscriber, Subscription
 from notifier.data.states import Frequency
 from notifier.metrics import UNSUBSCRIBES
-from notifier.queue import enqueue_manage_link
+from notifier.queue import enqueue_manage_link_request
 from notifier.resources import Resources
 
 log = logging.getLogger("notifier.preferences")
@@ -281,14 +281,23 @@ async def change(
     raise NotAllowed(f"unknown action {action!r}")
 
 
+async def revoke_links(session: AsyncSession, subscriber_id: int) -> str | None:
+    """Withdraw every unsubscribe and manage link signed before now (the subscriber's token
+    generation: links carry when they were signed); returns the address to mail a fresh link
+    to, or None when the subscriber no longer exists."""
+    subscriber = await session.get(Subscriber, subscriber_id, with_for_update=True)
+    if subscriber is None:
+        return None
+    subscriber.tokens_revoked_at = utcnow()
+    log.info("subscriber %d withdrew their links", subscriber_id)
+    return subscriber.email
+
+
 # ---- the manage-link mail -------------------------------------------------------------------
 
 
-async def manage_link_recipient(
-    session: AsyncSession, r: Resources, email: str
-) -> Subscriber | None:
+async def manage_link_recipient(session: AsyncSession, email_hash: str) -> Subscriber | None:
     """The subscriber to mail a manage link to, or None (unknown or suppressed address)."""
-    email_hash = r.email_hash(email)
     subscriber: Subscriber | None = await session.scalar(
         select(Subscriber).where(Subscriber.email_hash == email_hash)
     )
@@ -298,18 +307,26 @@ async def manage_link_recipient(
 
 
 async def request_manage_link(r: Resources, ip: str, email: str) -> int | None:
-    """Mail a manage link if the address has alerts; Retry-After seconds when the IP is over.
+    """Queue the lookup and mail of a manage link; Retry-After seconds when the IP is over.
 
-    The caller answers the same whatever happens here, so the answer reveals no address.
+    The same work for every address: no database read here (it would take longer for a known
+    address, and the time would tell who is subscribed); the job looks the address up.
     """
     retry_after = await ratelimit.ip_retry_after(r, ip)
     if retry_after is not None:
         return retry_after
+    await enqueue_manage_link_request(r, r.email_hash(email), ratelimit.mailbox_hash(r, email))
+    return None
+
+
+async def manage_link_to_send(r: Resources, email_hash: str, mailbox_hash: str) -> int | None:
+    """For the job: the subscriber to mail a link to now, or None (unknown, suppressed, or
+    over the address's allowance)."""
     async with r.sessions.begin() as session:
-        subscriber = await manage_link_recipient(session, r, email)
+        subscriber = await manage_link_recipient(session, email_hash)
     if subscriber is None:
         return None
     confirmed_before = subscriber.first_confirmed_at is not None
-    if await ratelimit.may_mail_address(r, subscriber.email_hash, confirmed_before):
-        await enqueue_manage_link(r, subscriber.id)
-    return None
+    if not await ratelimit.may_mail_address(r, email_hash, confirmed_before, mailbox_hash):
+        return None
+    return subscriber.id

@@ -25,6 +25,11 @@ def header_value(body: bytes, secret: str, timestamp: int) -> str:
     return f"t={timestamp},v1={signature(secret, timestamp, body)}"
 
 
+def _ascii_digits(value: str) -> bool:
+    # str.isdigit() is true for Arabic-Indic and fullwidth digits too, and int() reads them.
+    return value.isascii() and value.isdigit()
+
+
 def parse(header: str) -> tuple[int, list[str]]:
     """`t=…,v1=…,v1=…` -> (t, [v1, …]); anything else is a SignatureError."""
     if not header or len(header) > MAX_HEADER_CHARS:
@@ -40,7 +45,7 @@ def parse(header: str) -> tuple[int, list[str]]:
         elif key == "v1":
             candidates.append(value.strip().lower())
         # Unknown schemes (v0, v2…) are ignored so that a future scheme can be added alongside.
-    if len(timestamps) != 1 or not timestamps[0].isdigit() or len(timestamps[0]) > 12:
+    if len(timestamps) != 1 or not _ascii_digits(timestamps[0]) or len(timestamps[0]) > 12:
         raise SignatureError(f"{HEADER} needs exactly one t=<unix seconds>")
     given = candidates
     candidates = [c for c in candidates if len(c) == 64 and set(c) <= HEX_CHARS]
@@ -58,6 +63,41 @@ def parse(header: str) -> tuple[int, list[str]]:
     return int(timestamps[0]), candidates
 
 
+def check_header(
+    header: str, now: float, tolerance: int = TOLERANCE_SECONDS
+) -> tuple[int, list[str]]:
+    """The checks that need no body: the header's syntax and its timestamp. Run them before
+    reading a byte of the body, so a bogus or stale signature costs the server nothing."""
+    timestamp, candidates = parse(header)
+    if abs(now - timestamp) > tolerance:
+        raise SignatureError(f"timestamp outside the {tolerance} s tolerance")
+    return timestamp, candidates
+
+
+class BodyVerifier:
+    """The HMAC of a body fed chunk by chunk, so an unauthenticated body never has to be held
+    in memory whole; `check()` raises SignatureError unless some v1 matches under some secret."""
+
+    def __init__(self, timestamp: int, candidates: list[str], secrets: Sequence[str]) -> None:
+        self.candidates = candidates
+        prefix = f"{timestamp}.".encode()
+        self._macs = [hmac.new(s.encode(), prefix, hashlib.sha256) for s in secrets]
+
+    def update(self, chunk: bytes) -> None:
+        for mac in self._macs:
+            mac.update(chunk)
+
+    def check(self) -> None:
+        matched = False
+        for mac in self._macs:
+            expected = mac.hexdigest()
+            for candidate in self.candidates:
+                # No early return: every comparison runs, each in constant time.
+                matched |= hmac.compare_digest(expected, candidate)
+        if not matched:
+            raise SignatureError("signature does not match")
+
+
 def verify(
     header: str,
     body: bytes,
@@ -71,14 +111,6 @@ def verify(
     cannot be replayed after `tolerance` seconds; duplicate deliveries within it are harmless
     because event_id is the idempotency key.
     """
-    timestamp, candidates = parse(header)
-    if abs(now - timestamp) > tolerance:
-        raise SignatureError(f"timestamp outside the {tolerance} s tolerance")
-    matched = False
-    for secret in secrets:
-        expected = signature(secret, timestamp, body)
-        for candidate in candidates:
-            # No early return: every comparison runs, each in constant time.
-            matched |= hmac.compare_digest(expected, candidate)
-    if not matched:
-        raise SignatureError("signature does not match")
+    verifier = BodyVerifier(*check_header(header, now, tolerance), secrets)
+    verifier.update(body)
+    verifier.check()

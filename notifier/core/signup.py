@@ -12,7 +12,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from notifier.clock import utcnow
-from notifier.core.ratelimit import may_mail_address
+from notifier.core.normalize import storable
+from notifier.core.ratelimit import mailbox_hash, may_mail_address
 from notifier.core.signup_input import EVIDENCE_MAX, SignupRequest, Target
 from notifier.data.models import Subscriber, Subscription, Suppression, UTCDateTime
 from notifier.data.queries import dialect_insert
@@ -35,9 +36,10 @@ class Evidence:
     @classmethod
     def of(cls, ip: str, user_agent: str | None, source: str | None) -> Evidence:
         def bounded(value: str | None) -> str | None:
-            return value[:EVIDENCE_MAX] if value else None
+            # Header bytes that are not UTF-8 reach us as surrogate escapes: kept as U+FFFD.
+            return storable(value[:EVIDENCE_MAX]) if value else None
 
-        return cls(ip=ip[:64], user_agent=bounded(user_agent), source=bounded(source))
+        return cls(ip=storable(ip[:64]), user_agent=bounded(user_agent), source=bounded(source))
 
 
 @dataclass(frozen=True)
@@ -74,7 +76,8 @@ async def sign_up(r: Resources, req: SignupRequest, evidence: Evidence) -> str:
                 raise
     if not recorded.wants_mail:
         return recorded.outcome
-    if not await may_mail_address(r, email_hash, recorded.confirmed_before):
+    mailbox = mailbox_hash(r, req.email)
+    if not await may_mail_address(r, email_hash, recorded.confirmed_before, mailbox):
         return "rate_limited"
     await enqueue_confirmation(r, recorded.subscriber_id)
     return recorded.outcome

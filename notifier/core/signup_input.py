@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 from functools import cache
 from typing import Any, Literal
@@ -10,6 +11,7 @@ from urllib.parse import urlsplit
 from zoneinfo import available_timezones
 
 from email_validator import EmailNotValidError, validate_email
+from publicsuffixlist import PublicSuffixList
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from notifier.core.concepts import Concept, concept_of
@@ -33,8 +35,37 @@ def normalize_email(value: str) -> str:
 
 
 EVIDENCE_MAX = 512
-# Free text that ends up in a confirmation mail must not be usable to carry a link or an address.
-_LINKISH = re.compile(r"://|www\.|@|\.(com|net|org|io|ru|cn|info|biz|xyz)\b", re.IGNORECASE)
+# Free text that ends up in a confirmation mail must not be usable to carry a link or an address:
+# a scheme, "www.", an "@", a dotted IPv4 address, or a host name under a public suffix.
+_LINK_MARKS = re.compile(r"://|www\.|@|\b[0-9]{1,3}(\.[0-9]{1,3}){3}\b")
+_HOSTNAME = re.compile(r"[^\W_](?:[\w-]*[^\W_])?(?:\.[^\W_](?:[\w-]*[^\W_])?)+")
+# Dots that IDNA treats as label separators and NFKC does not fold to ".".
+_DOTS = str.maketrans({"\u3002": ".", "\uff61": ".", "\ufe52": "."})
+
+
+@cache
+def _public_suffixes() -> PublicSuffixList:
+    # The list bundled with the package (kept current by its releases); never fetched at run
+    # time. accept_unknown=False: "e.g" or "St.John" do not end in a suffix, so are not hosts.
+    return PublicSuffixList(accept_unknown=False)
+
+
+def looks_like_link(text: str) -> bool:
+    """Whether `text` carries a link or an address, after NFKC (a fullwidth full stop and at
+    sign, U+FF0E and U+FF20, are a dot and an "@" to a mail client): "bit.ly/x",
+    "secure-login.co.uk/verify"."""
+    folded = unicodedata.normalize("NFKC", text).translate(_DOTS).casefold()
+    if _LINK_MARKS.search(folded):
+        return True
+    psl = _public_suffixes()
+    for match in _HOSTNAME.finditer(folded):
+        host = match.group(0)
+        suffix = psl.publicsuffix(host)
+        if suffix is not None and suffix != host:
+            return True
+    return False
+
+
 _OPTIONAL = frozenset({"study", "condition", "mesh_id", "timezone", "redirect", "source"})
 _EMPTY_MEANS = {"broad": False, "frequency": "instant"}  # an unticked box, an unset select
 
@@ -177,7 +208,7 @@ class SignupRequest(BaseModel):
             raise ValueError(f"must be {CONDITION_MIN} to {CONDITION_MAX} characters")
         if not any(ch.isalpha() for ch in label) or len(normalize_condition(label)) < 2:
             raise ValueError("must name a condition in words")
-        if _LINKISH.search(label):
+        if looks_like_link(label):
             raise ValueError("must name a condition, not a link or an address")
         if len("cond:" + normalize_condition(label)) > MATCH_KEY_MAX:
             raise ValueError("too long once normalised")

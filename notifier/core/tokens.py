@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
+import hmac
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from itsdangerous import (
@@ -58,11 +64,56 @@ class _Serializer(URLSafeTimedSerializer):
         return base64_encode(self.serializer.dumps(obj, **self.serializer_kwargs).encode())
 
 
+class IdCipher:
+    """Ids in tokens, sealed: a deterministic authenticated encryption of a 63-bit id (SIV with
+    HMAC-SHA256 as the PRF: the IV is a MAC of the id, the id is XORed with a pad derived from
+    the IV). Token payloads are readable base64, so a plain id would show how many subscribers
+    there are and let anyone guess neighbours'; a sealed one says nothing.
+
+    Keyed by a key that outlives rotation (NOTIFIER_EMAIL_HASH_KEY, else the oldest signing
+    key), so tokens signed under any key in the list still open."""
+
+    def __init__(self, key: str) -> None:
+        self._key = hmac.new(key.encode(), b"notifier.token-ids", hashlib.sha256).digest()
+
+    def _prf(self, label: bytes, data: bytes) -> bytes:
+        return hmac.new(self._key, label + data, hashlib.sha256).digest()[:8]
+
+    def seal(self, value: int) -> str:
+        raw = value.to_bytes(8, "big")
+        iv = self._prf(b"iv", raw)
+        sealed = bytes(a ^ b for a, b in zip(raw, self._prf(b"pad", iv), strict=True))
+        return base64.urlsafe_b64encode(iv + sealed).decode().rstrip("=")
+
+    def open(self, text: object) -> int:
+        if not isinstance(text, str) or len(text) != 22:
+            raise TokenInvalid("unexpected payload")
+        try:
+            data = base64.urlsafe_b64decode(text + "==")
+        except (ValueError, binascii.Error):
+            raise TokenInvalid("unexpected payload") from None
+        iv, sealed = data[:8], data[8:]
+        raw = bytes(a ^ b for a, b in zip(sealed, self._prf(b"pad", iv), strict=True))
+        if not hmac.compare_digest(self._prf(b"iv", raw), iv):
+            raise TokenInvalid("unexpected payload")
+        return int.from_bytes(raw, "big")
+
+
+@dataclass(frozen=True)
+class Link:
+    """What an unsubscribe or manage token stands for, and when it was signed (a subscriber
+    may have revoked every link signed before some moment)."""
+
+    id: int
+    signed_at: datetime
+
+
 class Tokens:
-    def __init__(self, keys: list[str], confirm_max_age: int) -> None:
+    def __init__(self, keys: list[str], confirm_max_age: int, id_key: str | None = None) -> None:
         if not keys:
             raise ValueError("at least one signing key is needed")
         self.confirm_max_age = confirm_max_age
+        self.ids = IdCipher(id_key or keys[0])
         # itsdangerous signs with the last key and accepts every key in the list.
         self._serializers = {
             purpose: _Serializer(keys, salt=f"notifier.{purpose}") for purpose in PURPOSES
@@ -73,53 +124,96 @@ class Tokens:
         return token if isinstance(token, str) else token.decode()
 
     def loads(self, purpose: str, token: str, max_age: int | None = None) -> dict[str, Any]:
+        return self.loads_signed(purpose, token, max_age)[0]
+
+    def loads_signed(
+        self, purpose: str, token: str, max_age: int | None = None
+    ) -> tuple[dict[str, Any], datetime]:
         try:
-            payload = self._serializers[purpose].loads(token, max_age=max_age)
+            payload, signed_at = self._serializers[purpose].loads(
+                token, max_age=max_age, return_timestamp=True
+            )
         except SignatureExpired as exc:
             raise TokenExpired(str(exc)) from exc
         except BadSignature as exc:
             raise TokenInvalid(str(exc)) from exc
         if not isinstance(payload, dict):
             raise TokenInvalid("unexpected payload")
-        return payload
+        return payload, signed_at
+
+    def _id(self, payload: dict[str, Any], legacy: str) -> int:
+        """The sealed id ("p"), or the plain id of a token signed before ids were sealed: those
+        are in mails already sent, and keep working (they are signed, so cannot be forged; and
+        a revocation refuses them like any other token signed before it)."""
+        if "p" in payload:
+            return self.ids.open(payload["p"])
+        return _int(payload.get(legacy))
 
     def confirm(self, subscriber_id: int, nonce: str) -> str:
-        return self.dumps("confirm", {"s": subscriber_id, "n": nonce})
+        return self.dumps("confirm", {"p": self.ids.seal(subscriber_id), "n": nonce})
 
     def read_confirm(self, token: str) -> tuple[int, str]:
         payload = self.loads("confirm", token, max_age=self.confirm_max_age)
-        return _int(payload.get("s")), str(payload.get("n", ""))
+        return self._id(payload, "s"), str(payload.get("n", ""))
 
     def unsubscribe(self, subscription_id: int) -> str:
-        # Unsubscribe links must keep working for months: no max_age.
-        return self.dumps("unsubscribe", {"u": subscription_id})
+        # Unsubscribe links must keep working for months: no max_age (revocable instead).
+        return self.dumps("unsubscribe", {"p": self.ids.seal(subscription_id)})
 
     def read_unsubscribe(self, token: str) -> int:
-        return _int(self.loads("unsubscribe", token).get("u"))
+        return self.read_unsubscribe_link(token).id
+
+    def read_unsubscribe_link(self, token: str) -> Link:
+        payload, signed_at = self.loads_signed("unsubscribe", token)
+        return Link(self._id(payload, "u"), signed_at)
 
     def manage(self, subscriber_id: int) -> str:
-        return self.dumps("manage", {"s": subscriber_id})
+        return self.dumps("manage", {"p": self.ids.seal(subscriber_id)})
 
     def read_manage(self, token: str) -> int:
-        return _int(self.loads("manage", token).get("s"))
+        return self.read_manage_link(token).id
+
+    def read_manage_link(self, token: str) -> Link:
+        payload, signed_at = self.loads_signed("manage", token)
+        return Link(self._id(payload, "s"), signed_at)
 
     def unsubscribe_list(self, subscription_ids: list[int]) -> str:
         # Like unsubscribe links, a mail's List-Unsubscribe must keep working: no max_age.
-        return self.dumps("unsubscribe_list", {"l": list(subscription_ids)[:MAX_LIST]})
+        sealed = [self.ids.seal(i) for i in list(subscription_ids)[:MAX_LIST]]
+        return self.dumps("unsubscribe_list", {"l": sealed})
 
     def read_unsubscribe_list(self, token: str) -> list[int]:
-        ids = self.loads("unsubscribe_list", token).get("l")
+        return self.read_unsubscribe_any(token)[0]
+
+    def read_unsubscribe_any(self, token: str) -> tuple[list[int], datetime]:
+        """What an unsubscribe token ends, and when it was signed: one subscription (a link in
+        a mail's body) or every one the mail was sent for (its List-Unsubscribe header)."""
+        try:
+            link = self.read_unsubscribe_link(token)
+            return [link.id], link.signed_at
+        except TokenInvalid:
+            pass
+        payload, signed_at = self.loads_signed("unsubscribe_list", token)
+        ids = payload.get("l")
         if not isinstance(ids, list) or not 0 < len(ids) <= MAX_LIST:
             raise TokenInvalid("unexpected payload")
-        return [_int(i) for i in ids]
+        return [self.ids.open(i) for i in ids], signed_at
 
     def resubscribe(self, subscription_id: int, unsubscribed_at: int) -> str:
         """Undo the unsubscribe made at `unsubscribed_at` (unix seconds): that one only."""
-        return self.dumps("resubscribe", {"u": subscription_id, "t": unsubscribed_at})
+        return self.dumps(
+            "resubscribe", {"p": self.ids.seal(subscription_id), "t": unsubscribed_at}
+        )
 
     def read_resubscribe(self, token: str) -> tuple[int, int]:
         payload = self.loads("resubscribe", token, max_age=RESUBSCRIBE_MAX_AGE)
-        return _int(payload.get("u")), _int(payload.get("t"))
+        return self._id(payload, "u"), _int(payload.get("t"))
+
+
+def revoked(link: Link, revoked_at: datetime | None) -> bool:
+    """Signed before the subscriber revoked their links. Tokens carry whole seconds: one signed
+    in the second of the revocation survives it (the fresh link mailed right after must)."""
+    return revoked_at is not None and link.signed_at < revoked_at.replace(microsecond=0)
 
 
 def _int(value: object) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 from aiohttp import web
@@ -9,9 +10,10 @@ from email_validator import EmailNotValidError
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from notifier.core import suppression
-from notifier.core.normalize import has_control_chars
+from notifier.core.normalize import is_storable_text
 from notifier.core.signup_input import normalize_email
 from notifier.handlers.auth import require_admin
+from notifier.handlers.bodies import read_json
 from notifier.handlers.middleware import error_response, res
 from notifier.handlers.openapi import ADDRESS_PATTERN
 from notifier.handlers.openapi import error_response as openapi_error
@@ -20,21 +22,27 @@ MAX_BOUNCES = 500
 MAX_ID = 2**63 - 1  # a BIGINT: a larger cursor is a 422, not a database error
 
 
+_ADDRESS = re.compile(ADDRESS_PATTERN)
+
+
 def _address(value: str) -> str:
     """Lenient on purpose: erasure and bounces must work for any address we may hold."""
-    local, at, domain = value.partition("@")
-    if (
-        not (at and local and domain)
-        or "@" in domain
-        or has_control_chars(value)
-        or any(c.isspace() for c in value)
-    ):
+    # Exactly the pattern the spec publishes, and no unpaired surrogate (which it cannot say).
+    if _ADDRESS.fullmatch(value) is None or not is_storable_text(value):
         raise ValueError("not an email address")
     try:
         return normalize_email(value)  # the form signup stored it in
     except EmailNotValidError:
         return value.strip().lower()  # lenient: an address we may hold from before
 
+
+def _detail(value: str | None) -> str | None:
+    if value is not None and not is_storable_text(value):
+        raise ValueError("must not contain U+0000 or unpaired surrogates")
+    return value
+
+
+Detail = Annotated[str | None, Field(default=None, max_length=500), AfterValidator(_detail)]
 
 Email = Annotated[
     str,
@@ -59,14 +67,14 @@ class SuppressionIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     email: Email
     reason: str = Field(default="manual", pattern=r"^[a-z][a-z0-9_]{0,31}$")
-    detail: str | None = Field(default=None, max_length=500)
+    detail: Detail = None
 
 
 class BounceIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     email: Email
     kind: Literal["hard", "soft", "complaint"]
-    detail: str | None = Field(default=None, max_length=500)
+    detail: Detail = None
 
 
 class BounceBatch(BaseModel):
@@ -150,10 +158,7 @@ async def erase_subscriber(request: web.Request) -> web.Response:
 
 async def _json(request: web.Request) -> Any:
     """The JSON body, or None (which validation rejects with a 422) when it is not JSON."""
-    try:
-        return await request.json()
-    except ValueError:
-        return None
+    return await read_json(request)
 
 
 # ---- OpenAPI -------------------------------------------------------------------------------
@@ -162,6 +167,7 @@ _ADMIN: list[dict[str, list[str]]] = [{"admin": []}]
 _EMAIL_SCHEMA = {"type": "string", "minLength": 3, "maxLength": 320, "pattern": ADDRESS_PATTERN}
 _EMAIL_PARAM = {"name": "email", "in": "query", "required": True, "schema": _EMAIL_SCHEMA}
 _TOO_LARGE = openapi_error("body larger than NOTIFIER_MAX_BODY_BYTES")
+_NOT_UTF8 = openapi_error("declared charset is not UTF-8")
 _UNAUTHORIZED = openapi_error("missing or wrong admin token")
 _INVALID = openapi_error("invalid input")
 
@@ -245,6 +251,7 @@ OPENAPI_PATHS: dict[str, Any] = {
                 },
                 "401": _UNAUTHORIZED,
                 "413": _TOO_LARGE,
+                "415": _NOT_UTF8,
                 "422": _INVALID,
             },
         },
@@ -307,6 +314,7 @@ OPENAPI_PATHS: dict[str, Any] = {
                 },
                 "401": _UNAUTHORIZED,
                 "413": _TOO_LARGE,
+                "415": _NOT_UTF8,
                 "422": _INVALID,
             },
         }

@@ -14,7 +14,7 @@ from notifier.core.confirmation import (
 )
 from notifier.core.signup import Evidence
 from notifier.core.tokens import TokenExpired, TokenInvalid
-from notifier.handlers.bodies import FORM, JSON, BodyError, decode_body
+from notifier.handlers.bodies import FORM, JSON, BodyError, decode_body, read_raw
 from notifier.handlers.middleware import client_ip, error_response, res, site_home
 from notifier.handlers.openapi import error_response as error_doc
 from notifier.mail.labels import status_label
@@ -76,7 +76,7 @@ async def confirm_page(request: web.Request) -> web.Response:
 
 async def confirm(request: web.Request) -> web.Response:
     try:
-        data = decode_body(request.content_type, await request.read(), allow_empty=True)
+        data = decode_body(request.content_type, await read_raw(request), allow_empty=True)
         ids = requested_ids(data)
     except BodyError as exc:
         return error_response(request, exc.status, exc.message)

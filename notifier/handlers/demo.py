@@ -7,7 +7,6 @@ from importlib import resources as pkg
 from aiohttp import web
 
 from notifier.handlers.middleware import res
-from notifier.handlers.openapi import error_response as error_doc
 
 FORM_JS = pkg.files("notifier").joinpath("static/notifier-form.js").read_bytes()
 FAVICON = pkg.files("notifier").joinpath("static/favicon.svg").read_bytes()
@@ -24,11 +23,8 @@ DEMO_STUDY = {
 
 _DEMO = {
     "get": {
-        "summary": "Dev mode only: a page embedding the signup form (404 in production)",
-        "responses": {
-            "200": {"description": "HTML page", "content": {"text/html": {}}},
-            "404": error_doc("not in production", html=True),
-        },
+        "summary": "Dev mode only: a page embedding the signup form",
+        "responses": {"200": {"description": "HTML page", "content": {"text/html": {}}}},
     }
 }
 OPENAPI_PATHS = {
@@ -50,6 +46,8 @@ OPENAPI_PATHS = {
     "/demo/condition": _DEMO,
     "/demo/site": _DEMO,
 }
+# Served (and documented) in dev mode only: the production spec does not list them.
+DEV_ONLY_PATHS = frozenset({"/demo/study", "/demo/condition"})
 
 
 async def favicon(request: web.Request) -> web.Response:

@@ -3,41 +3,26 @@
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
 from aiohttp import web
 
 from notifier.core import events
-from notifier.core.signing import HEADER, SignatureError, verify
+from notifier.core.normalize import is_storable_text
+from notifier.core.signing import SignatureError
 from notifier.handlers.auth import require_admin
 from notifier.handlers.middleware import error_response, res
 from notifier.handlers.openapi import error_response as openapi_error
+from notifier.handlers.signed import read_signed_body
 from notifier.metrics import EVENTS
-
-CHUNK = 64 * 1024
-
-
-async def read_body(request: web.Request, limit: int) -> bytes:
-    """The raw body, read once, up to `limit` bytes: this route's own limit, larger than the
-    app-wide client_max_size (which only applies to request.read()/post())."""
-    if request.content_length is not None and request.content_length > limit:
-        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.content.iter_chunked(CHUNK):
-        size += len(chunk)
-        if size > limit:
-            raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=size)
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 async def post_events(request: web.Request) -> web.Response:
     r = res(request)
-    body = await read_body(request, r.settings.max_event_body_bytes)
     try:
-        verify(request.headers.get(HEADER, ""), body, r.settings.event_secrets, time.time())
+        body = await read_signed_body(
+            request, r.settings.event_secrets, r.settings.max_event_body_bytes
+        )
     except SignatureError as exc:
         EVENTS.labels("unauthorized", "http").inc()
         return error_response(request, 401, f"bad signature: {exc}")
@@ -57,8 +42,11 @@ async def post_events(request: web.Request) -> web.Response:
 
 async def event_progress(request: web.Request) -> web.Response:
     require_admin(request)
+    event_id = request.match_info["event_id"]
+    if not is_storable_text(event_id):  # no stored event has one: do not ask the database
+        return error_response(request, 404, "no such event")
     async with res(request).sessions() as session:
-        progress = await events.progress(session, request.match_info["event_id"])
+        progress = await events.progress(session, event_id)
     if progress is None:
         return error_response(request, 404, "no such event")
     return web.json_response(progress)
@@ -112,9 +100,12 @@ def _paths() -> dict[str, Any]:
                         },
                     },
                     "401": openapi_error("missing, stale or wrong signature"),
+                    "408": openapi_error("body not sent within NOTIFIER_BODY_TIMEOUT"),
                     "413": openapi_error("body larger than NOTIFIER_MAX_EVENT_BODY_BYTES"),
                     "422": openapi_error("invalid event(s); field names are events.<i>.<field>"),
-                    "503": openapi_error("database unavailable; retry"),
+                    "503": openapi_error(
+                        "database unavailable, or too many large bodies at once; retry"
+                    ),
                 },
             }
         },

@@ -5,15 +5,17 @@ from __future__ import annotations
 import asyncio
 
 from aiohttp import web
+from redis.exceptions import RedisError
 from sqlalchemy import text
 
+from notifier.data import heartbeat
 from notifier.handlers.middleware import res
 
 OPENAPI_PATHS = {
     "/healthz": {"get": {"summary": "Process alive", "responses": {"200": {"description": "ok"}}}},
     "/readyz": {
         "get": {
-            "summary": "Database and Redis reachable (and, as a detail, the SMTP relay)",
+            "summary": "Database and Redis reachable; the SMTP relay and workers alive as details",
             "responses": {"200": {"description": "ready"}, "503": {"description": "not ready"}},
         }
     },
@@ -46,9 +48,19 @@ async def readyz(request: web.Request) -> web.Response:
         for name, result in zip(checks, results, strict=True)
     }
     ok = all(v == "ok" for v in status.values())
-    # A detail, not readiness: mail waits for the relay, signups and events do not.
+    body: dict[str, object] = {"status": "ok" if ok else "unavailable", **status}
+    # Details, never a failure of this process: mail waits for the relay, signups and events
+    # do not; with no worker alive the web still answers, but confirmations and alerts are not
+    # going out, and the operator should see it here.
     relay = await r.relay.problem()
-    status["smtp"] = "ok" if relay is None else f"unreachable: {relay}"
-    return web.json_response(
-        {"status": "ok" if ok else "unavailable", **status}, status=200 if ok else 503
-    )
+    body["smtp"] = "ok" if relay is None else f"unreachable: {relay}"
+    body["workers"] = "unknown"
+    if status["redis"] == "ok":
+        try:
+            beats = await asyncio.wait_for(
+                heartbeat.alive(r.redis, r.settings.queue_name), CHECK_TIMEOUT
+            )
+            body["workers"] = heartbeat.summary(beats)
+        except (TimeoutError, RedisError, OSError):
+            pass  # "unknown"
+    return web.json_response(body, status=200 if ok else 503)

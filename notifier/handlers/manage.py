@@ -6,18 +6,29 @@ from typing import Any, Literal
 
 from aiohttp import web
 from email_validator import EmailNotValidError, validate_email
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from sqlalchemy import select
 
 from notifier.core import preferences
 from notifier.core.concepts import meaning
 from notifier.core.confirmation import titles_of
 from notifier.core.names import subscription_name
-from notifier.core.tokens import TokenInvalid
+from notifier.core.ratelimit import mailbox_hash
+from notifier.core.tokens import Link, TokenInvalid, revoked
 from notifier.data.models import Subscriber, Subscription
+from notifier.handlers.bodies import JSON, read_fields, read_json, single_values
 from notifier.handlers.middleware import client_ip, error_response, res, site_home
 from notifier.handlers.openapi import SIGNUP_EMAIL_PATTERN
 from notifier.handlers.openapi import error_response as openapi_error
-from notifier.handlers.unsubscribe import not_found
+from notifier.handlers.unsubscribe import not_found, withdrawn
+from notifier.queue import enqueue_manage_link_request
 from notifier.resources import Resources
 
 # The website may ask for a manage link with fetch() as well as with a plain form.
@@ -27,7 +38,9 @@ CORS_PATHS = ("/v1/manage",)
 class ManageAction(BaseModel):
     model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
 
-    action: Literal["unsubscribe", "unsubscribe_all", "frequency", "pause", "resume", "changes"]
+    action: Literal[
+        "unsubscribe", "unsubscribe_all", "frequency", "pause", "resume", "changes", "revoke_links"
+    ]
     subscription: int | None = Field(default=None, gt=0, le=2**63 - 1)  # a BIGINT id
     frequency: Literal["instant", "daily", "weekly"] | None = None
     changes: list[str] | None = Field(
@@ -39,15 +52,38 @@ class ManageAction(BaseModel):
 
 
 class ManageLinkRequest(BaseModel):
+    """An address, or the token of an unsubscribe page's "mail me a link" button."""
+
     model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
 
-    email: str = Field(
-        min_length=3, max_length=320, json_schema_extra={"pattern": SIGNUP_EMAIL_PATTERN}
+    unsubscribe_token: str | None = Field(
+        default=None, min_length=1, max_length=500, description="an unsubscribe link's token"
     )
+    email: str | None = Field(
+        default=None,
+        min_length=3,
+        max_length=320,
+        validate_default=True,
+        json_schema_extra={"pattern": SIGNUP_EMAIL_PATTERN},
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nulls(cls, data: Any) -> Any:
+        # Absent is fine; an explicit null is not a value the spec allows.
+        if isinstance(data, dict):
+            for name in ("email", "unsubscribe_token"):
+                if name in data and data[name] is None:
+                    raise ValueError(f"{name} must be a string")
+        return data
 
     @field_validator("email")
     @classmethod
-    def _deliverable_shape(cls, value: str) -> str:
+    def _deliverable_shape(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            if info.data.get("unsubscribe_token") is None:
+                raise ValueError("an email address is required")
+            return None
         try:
             return validate_email(value, check_deliverability=False).normalized
         except EmailNotValidError as exc:
@@ -65,7 +101,30 @@ _LISTING = {
 _ACTION_BODY = {"schema": {"$ref": "#/components/schemas/ManageAction"}}
 OPENAPI_SCHEMAS: dict[str, Any] = {
     "ManageAction": ManageAction.model_json_schema(),
-    "ManageLinkRequest": ManageLinkRequest.model_json_schema(),
+    "ManageLinkRequest": {
+        "type": "object",
+        "properties": {
+            "email": {
+                "type": "string",
+                "minLength": 3,
+                "maxLength": 320,
+                "pattern": SIGNUP_EMAIL_PATTERN,
+            },
+            "unsubscribe_token": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": 500,
+                "description": "the token of an unsubscribe page's 'mail me a link' button",
+            },
+        },
+        "anyOf": [
+            {"required": ["email"], "properties": {"email": {"type": "string"}}},
+            {
+                "required": ["unsubscribe_token"],
+                "properties": {"unsubscribe_token": {"type": "string"}},
+            },
+        ],
+    },
     "ManageListing": {
         "type": "object",
         "properties": {
@@ -97,6 +156,7 @@ OPENAPI_PATHS: dict[str, Any] = {
             "responses": {
                 "200": _LISTING,
                 "404": openapi_error("tampered or unknown token", html=True),
+                "410": openapi_error("a link its subscriber withdrew", html=True),
             },
         },
         "post": {
@@ -114,7 +174,10 @@ OPENAPI_PATHS: dict[str, Any] = {
                 "404": openapi_error(
                     "tampered token, or a subscription of another address", html=True
                 ),
+                "410": openapi_error("a link its subscriber withdrew", html=True),
+                "400": openapi_error("body cannot be decoded, or a field given twice"),
                 "413": openapi_error("body too large"),
+                "415": openapi_error("not JSON, a urlencoded form or multipart, or not UTF-8"),
                 "422": openapi_error("invalid action or not possible in its state", html=True),
             },
         },
@@ -146,7 +209,9 @@ OPENAPI_PATHS: dict[str, Any] = {
                         "text/html": {},
                     },
                 },
+                "400": openapi_error("body cannot be decoded, or a field given twice"),
                 "413": openapi_error("body too large"),
+                "415": openapi_error("not JSON, a urlencoded form or multipart, or not UTF-8"),
                 "422": openapi_error("invalid address", html=True),
                 "429": openapi_error("too many requests from this network; see Retry-After"),
             },
@@ -156,18 +221,20 @@ OPENAPI_PATHS: dict[str, Any] = {
 
 
 async def manage_page(request: web.Request) -> web.Response:
-    subscriber_id = _read_token(request)
-    if subscriber_id is None:
-        return not_found(request)
+    subscriber_id = await _usable_token(request)
+    if not isinstance(subscriber_id, int):
+        return subscriber_id
     return await _render(request, subscriber_id, None)
 
 
 async def manage_change(request: web.Request) -> web.Response:
     r = res(request)
-    subscriber_id = _read_token(request)
-    if subscriber_id is None:
-        return not_found(request)
-    form = ManageAction.model_validate(await _body(request))
+    subscriber_id = await _usable_token(request)
+    if not isinstance(subscriber_id, int):
+        return subscriber_id
+    form = ManageAction.model_validate(await _body(request, ManageAction))
+    if form.action == "revoke_links":
+        return await _revoke(request, subscriber_id)
     try:
         async with r.sessions.begin() as session:
             message = await preferences.change(
@@ -186,9 +253,11 @@ async def manage_change(request: web.Request) -> web.Response:
 
 
 async def request_link(request: web.Request) -> web.Response:
-    data = ManageLinkRequest.model_validate(await _body(request))
+    data = ManageLinkRequest.model_validate(await _body(request, ManageLinkRequest))
+    email = data.email or await _address_of(request, data.unsubscribe_token)
+    # An unknown or withdrawn token is answered like an unknown address: the same, no mail.
     retry_after = await preferences.request_manage_link(
-        res(request), client_ip(request), data.email
+        res(request), client_ip(request), email or f"nobody@{UNKNOWN}"
     )
     if retry_after is not None:
         response = error_response(request, 429, "too many requests, try again later")
@@ -200,27 +269,70 @@ async def request_link(request: web.Request) -> web.Response:
     return web.Response(status=202, text=page, content_type="text/html")
 
 
-def _read_token(request: web.Request) -> int | None:
+UNKNOWN = "unknown.invalid"  # RFC 2606: no such address can exist
+
+
+async def _address_of(request: web.Request, token: str | None) -> str | None:
+    """The address behind an unsubscribe page's token, if the token is genuine and not
+    withdrawn. (The page's owner asked; the link goes to the address, never to the page.)"""
     try:
-        return res(request).tokens.read_manage(request.match_info["token"])
+        ids, signed_at = res(request).tokens.read_unsubscribe_any(token or "")
     except TokenInvalid:
         return None
-
-
-async def _body(request: web.Request) -> Any:
-    """JSON or form fields; None (rejected by validation with a 422) when the JSON is broken."""
-    if request.content_type == "application/json":
-        try:
-            return await request.json()
-        except ValueError:
-            return None
-    try:
-        posted = await request.post()
-    except ValueError:  # e.g. multipart/form-data without a boundary: was a 500
+    link = Link(ids[0], signed_at)  # a mail's subscriptions are all one address's
+    async with res(request).sessions() as session:
+        row = (
+            await session.execute(
+                select(Subscriber.email, Subscriber.tokens_revoked_at)
+                .join(Subscription, Subscription.subscriber_id == Subscriber.id)
+                .where(Subscription.id == link.id)
+            )
+        ).one_or_none()
+    if row is None or revoked(link, row.tokens_revoked_at):
         return None
-    data: dict[str, Any] = dict(posted)
-    if "changes" in posted:  # ticked boxes: the one field that repeats
-        data["changes"] = [str(v) for v in posted.getall("changes")]
+    return str(row.email)
+
+
+async def _usable_token(request: web.Request) -> int | web.Response:
+    """The subscriber id of a genuine manage token not withdrawn since, else the answer."""
+    try:
+        link = res(request).tokens.read_manage_link(request.match_info["token"])
+    except TokenInvalid:
+        return not_found(request)
+    async with res(request).sessions() as session:
+        revoked_at = await session.scalar(
+            select(Subscriber.tokens_revoked_at).where(Subscriber.id == link.id)
+        )
+    if revoked(link, revoked_at):
+        return withdrawn(request)
+    return link.id
+
+
+async def _revoke(request: web.Request, subscriber_id: int) -> web.Response:
+    """Withdraw every link mailed so far (this page's too), and mail a fresh manage link."""
+    r = res(request)
+    async with r.sessions.begin() as session:
+        email = await preferences.revoke_links(session, subscriber_id)
+    if email is not None:
+        await enqueue_manage_link_request(r, r.email_hash(email), mailbox_hash(r, email))
+    if "application/json" in request.headers.get("Accept", ""):
+        return web.json_response({"message": "links withdrawn", "subscriptions": []})
+    page = r.templates.get_template("pages/manage.html").render(mode="revoked")
+    return web.Response(text=page, content_type="text/html")
+
+
+async def _body(request: web.Request, model: type[BaseModel]) -> Any:
+    """JSON (None when broken: validation answers 422), or form or multipart fields: the
+    model's own fields once each (BodyError: 400/415), other names ignored."""
+    if request.content_type == JSON:
+        return await read_json(request)
+    fields = await read_fields(request)
+    changes = fields.pop("changes", None)  # ticked boxes: the one field that repeats
+    data: dict[str, Any] = single_values(
+        {k: v for k, v in fields.items() if k in model.model_fields}
+    )
+    if changes is not None and "changes" in model.model_fields:
+        data["changes"] = changes
     return data
 
 

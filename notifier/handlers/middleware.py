@@ -20,6 +20,8 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from notifier import logs
 from notifier.core import ratelimit
 from notifier.core.fields import validation_fields
+from notifier.handlers.bodies import BodyError, BodyTimeout
+from notifier.handlers.signed import Busy
 from notifier.metrics import HTTP_REQUESTS
 from notifier.resources import Resources
 
@@ -88,11 +90,29 @@ def client_ip(request: web.Request) -> str:
     trusted = res(request).settings.trusted_proxies
     if not trusted or not _in_networks(peer, trusted):
         return peer
-    hops = [h.strip() for h in request.headers.get("X-Forwarded-For", "").split(",") if h.strip()]
+    # Every header line, in order: a client's own line comes before the one its proxy adds, and
+    # reading only the first line would believe the client.
+    hops = [h.strip() for h in _joined(request, "X-Forwarded-For").split(",") if h.strip()]
     for hop in reversed(hops):
         if not _in_networks(hop, trusted):
             return hop
     return peer
+
+
+def _joined(request: web.Request, name: str) -> str:
+    return ",".join(request.headers.getall(name, []))
+
+
+def arrived_over_https(request: web.Request) -> bool:
+    """TLS to us, or to a trusted proxy that says so (the last X-Forwarded-Proto value: the one
+    the proxy nearest to us set)."""
+    if request.secure:
+        return True
+    trusted = res(request).settings.trusted_proxies
+    if not trusted or not _in_networks(request.remote or "", trusted):
+        return False
+    protos = [p.strip().lower() for p in _joined(request, "X-Forwarded-Proto").split(",")]
+    return bool(protos) and protos[-1] == "https"
 
 
 def _in_networks(address: str, networks: list[str]) -> bool:
@@ -181,6 +201,7 @@ def _access(request: web.Request, status: int, ms: float) -> None:
     )
 
 
+HSTS = "max-age=31536000"  # a year; no includeSubDomains: the operator's other hosts are theirs
 TOKEN_PAGES = ("/v1/confirm/", "/v1/unsubscribe/", "/v1/manage/", "/v1/resubscribe/")
 
 
@@ -196,6 +217,16 @@ async def security_headers_middleware(request: web.Request, handler: Handler) ->
 
 
 def _secure(request: web.Request, headers: Any) -> None:
+    secure_defaults(headers)
+    if arrived_over_https(request):
+        headers.setdefault("Strict-Transport-Security", HSTS)
+    if request.path.startswith(TOKEN_PAGES) or request.path.startswith("/v1/admin"):
+        headers["Cache-Control"] = "no-store"
+
+
+def secure_defaults(headers: Any) -> None:
+    """The headers every answer carries, whatever the request (even one aiohttp could not
+    parse: notifier.handlers.protocol)."""
     headers.setdefault("X-Content-Type-Options", "nosniff")
     headers.setdefault(
         "Content-Security-Policy",
@@ -204,8 +235,6 @@ def _secure(request: web.Request, headers: Any) -> None:
     )
     headers.setdefault("X-Frame-Options", "DENY")
     headers.setdefault("Referrer-Policy", "no-referrer")
-    if request.path.startswith(TOKEN_PAGES) or request.path.startswith("/v1/admin"):
-        headers["Cache-Control"] = "no-store"
 
 
 @web.middleware
@@ -214,6 +243,16 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return await handler(request)
     except web.HTTPRequestEntityTooLarge:
         return error_response(request, 413, "request body too large")
+    except BodyError as exc:
+        return error_response(request, exc.status, exc.message)
+    except BodyTimeout:
+        return _closing(
+            request, error_response(request, 408, "the request body did not arrive in time")
+        )
+    except Busy:
+        response = error_response(request, 503, "busy with other large bodies, retry shortly")
+        response.headers["Retry-After"] = "5"
+        return _closing(request, response)
     except web.HTTPException as exc:
         if exc.status >= 400 and exc.content_type != "application/json":
             # Every error is JSON or our HTML page, with a message: aiohttp's own plain-text
@@ -240,6 +279,14 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         response = error_response(request, 503, "temporarily unavailable, try again shortly")
         response.headers["Retry-After"] = "5"
         return response
+
+
+def _closing(request: web.Request, response: web.Response) -> web.Response:
+    """Close the connection once answered, without lingering to read the rest of the body:
+    aiohttp lingers (up to 10 s) only while the request's payload has not ended."""
+    response.force_close()
+    request.content.feed_eof()
+    return response
 
 
 async def refuse_if_ip_limited(request: web.Request) -> web.Response | None:

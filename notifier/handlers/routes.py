@@ -19,6 +19,7 @@ from notifier.handlers import (
 )
 from notifier.handlers.middleware import res
 from notifier.handlers.openapi import build_spec
+from notifier.settings import Settings
 
 # Every handler module: its OPENAPI_* go into /openapi.json, its CORS_PATHS take fetch() from the
 # website's origins.
@@ -38,7 +39,9 @@ HANDLER_MODULES = (
 
 
 async def openapi_json(request: web.Request) -> web.Response:
-    return web.json_response(build_spec(HANDLER_MODULES, res(request).settings.public_base))
+    settings = res(request).settings
+    spec = build_spec(HANDLER_MODULES, settings.public_base, dev=not settings.is_production)
+    return web.json_response(spec)
 
 
 ROUTES: list[web.RouteDef] = [
@@ -74,3 +77,10 @@ ROUTES: list[web.RouteDef] = [
     web.post("/v1/studies", studies.post_studies),
     web.get(f"/v1/studies/{{nct_id:{studies.NCT_PATTERN}}}", studies.get_study),
 ]
+
+
+def routes_for(settings: Settings) -> list[web.RouteDef]:
+    """The routes this process serves: the demo pages only in dev mode (and so in its spec)."""
+    if not settings.is_production:
+        return ROUTES
+    return [route for route in ROUTES if route.path not in demo.DEV_ONLY_PATHS]

@@ -11,12 +11,14 @@ from sqlalchemy import select
 from notifier.core import preferences
 from notifier.core.confirmation import titles_of
 from notifier.core.names import subscription_name
-from notifier.core.tokens import TokenExpired, TokenInvalid
-from notifier.data.models import Subscription
-from notifier.handlers.middleware import page_url, res, site_home
+from notifier.core.tokens import Link, TokenExpired, TokenInvalid, revoked
+from notifier.data.models import Subscriber, Subscription
+from notifier.handlers.bodies import FORM, peek_body
+from notifier.handlers.middleware import res, site_home
 from notifier.handlers.openapi import error_response as error_doc
 from notifier.resources import Resources
 
+PEEK_BYTES = 1024  # "via=page" is all our page sends
 _TOKEN = {"name": "token", "in": "path", "required": True, "schema": {"type": "string"}}
 _NOT_FOUND = error_doc("tampered or unknown token; nothing changed", html=True)
 OPENAPI_PATHS: dict[str, Any] = {
@@ -27,6 +29,7 @@ OPENAPI_PATHS: dict[str, Any] = {
             "responses": {
                 "200": {"description": "the page", "content": {"text/html": {}}},
                 "404": _NOT_FOUND,
+                "410": error_doc("a link its subscriber withdrew", html=True),
             },
         },
         "post": {
@@ -58,6 +61,7 @@ OPENAPI_PATHS: dict[str, Any] = {
                     },
                 },
                 "404": _NOT_FOUND,
+                "410": error_doc("a link its subscriber withdrew; nothing changed", html=True),
             },
         },
     },
@@ -98,9 +102,9 @@ OPENAPI_PATHS: dict[str, Any] = {
 
 async def unsubscribe_page(request: web.Request) -> web.Response:
     r = res(request)
-    ids = read_token(request)
-    if ids is None:
-        return not_found(request)
+    ids = await _usable_ids(request)
+    if not isinstance(ids, list):
+        return ids
     async with r.sessions.begin() as session:
         rows = list(
             await session.scalars(
@@ -117,49 +121,57 @@ async def unsubscribe_page(request: web.Request) -> web.Response:
     page = r.templates.get_template("pages/unsubscribe.html").render(
         names=[subscription_name(row.kind, row.label, titles) for row in rows],
         action=request.path,
-        manage_url=page_url(request, r.mail.manage_url(rows[0].subscriber_id)),
+        **_manage_link_form(request),
     )
     return web.Response(text=page, content_type="text/html")
 
 
 async def unsubscribe(request: web.Request) -> web.Response:
     r = res(request)
-    ids = read_token(request)
-    if ids is None:
-        return not_found(request)
+    ids = await _usable_ids(request)
+    if not isinstance(ids, list):
+        return ids
     via: preferences.Via = "link" if await _from_our_page(request) else "one_click"
     async with r.sessions.begin() as session:  # committed before the answer
         result = await preferences.unsubscribe_many(session, ids, via)
     return done(request, r, result)
 
 
-def read_token(request: web.Request) -> list[int] | None:
-    """The subscriptions a link ends: one (a link in the body), or every one a mail was sent
-    for (its List-Unsubscribe header)."""
-    tokens, token = res(request).tokens, request.match_info["token"]
+async def _usable_ids(request: web.Request) -> list[int] | web.Response:
+    """The subscriptions a genuine link ends, unless their subscriber withdrew the links signed
+    before: one (a link in the body), or every one a mail was sent for (its List-Unsubscribe
+    header). Else the page to answer with."""
     try:
-        return [tokens.read_unsubscribe(token)]
+        ids, signed_at = res(request).tokens.read_unsubscribe_any(request.match_info["token"])
     except TokenInvalid:
-        pass
-    try:
-        return tokens.read_unsubscribe_list(token)
-    except TokenInvalid:
-        return None
+        return not_found(request)
+    async with res(request).sessions() as session:
+        revoked_at = await session.scalar(
+            select(Subscriber.tokens_revoked_at)
+            .join(Subscription, Subscription.subscriber_id == Subscriber.id)
+            .where(Subscription.id.in_(ids))
+            .limit(1)
+        )
+    if revoked(Link(ids[0], signed_at), revoked_at):
+        return withdrawn(request)
+    return ids
+
+
+def _manage_link_form(request: web.Request) -> dict[str, str]:
+    """The "mail me a link to manage my alerts" button: posts this token to POST /v1/manage."""
+    return {"manage_link_action": "/v1/manage", "token": request.match_info["token"]}
 
 
 async def _from_our_page(request: web.Request) -> bool:
     """Our page's button sends via=page; anything else (mail clients' one-click) is one_click.
 
-    Bodies are read leniently: RFC 8058 senders vary, and a body we cannot parse must still
-    unsubscribe.
+    RFC 8058: whatever the body, the POST unsubscribes. So the body is only peeked at (its
+    first bytes, within the body timeout) and never parsed in a way that can fail: our page
+    posts a urlencoded form; a multipart, damaged, slow or huge body is simply one-click.
     """
-    if request.content_type == "multipart/form-data":
-        try:
-            form = await request.post()
-        except ValueError:
-            return False
-        return form.get("via") == "page"
-    raw = await request.read()
+    if request.content_type != FORM:
+        return False
+    raw = await peek_body(request, PEEK_BYTES)
     fields = parse_qs(raw.decode("utf-8", "replace"), keep_blank_values=True)
     return fields.get("via") == ["page"]
 
@@ -175,17 +187,27 @@ def done(request: web.Request, r: Resources, result: preferences.EndedAll) -> we
                 f"/v1/resubscribe/{r.tokens.resubscribe(e.id, int(e.unsubscribed_at.timestamp()))}"
             )
         ended.append({"name": e.name, "resubscribe_url": undo})
-    manage_url = None
-    if result.remaining and result.subscriber_id is not None:
-        manage_url = page_url(request, r.mail.manage_url(result.subscriber_id))
     page = r.templates.get_template("pages/unsubscribed.html").render(
         ended=ended,
         remaining=result.remaining,
-        manage_url=manage_url,
         site_name=r.settings.site_name,
         home=site_home(request),
+        **_manage_link_form(request),
     )
     return web.Response(text=page, content_type="text/html")
+
+
+def withdrawn(request: web.Request) -> web.Response:
+    """A genuine link its subscriber withdrew (revoked): 410, saying so."""
+    message = "this link was withdrawn; use the one in a newer mail from us"
+    if "application/json" in request.headers.get("Accept", ""):
+        return web.json_response({"error": message}, status=410)
+    page = (
+        res(request)
+        .templates.get_template("pages/error.html")
+        .render(status=410, message=message, fields={}, home=None)
+    )
+    return web.Response(status=410, text=page, content_type="text/html")
 
 
 def not_found(request: web.Request) -> web.Response:

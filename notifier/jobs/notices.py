@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 from notifier.core.confirmation import describe, pending_subscriptions
+from notifier.core.preferences import manage_link_to_send
 from notifier.core.signup import new_nonce
 from notifier.data import queries
 from notifier.data.models import Subscriber
@@ -63,3 +64,12 @@ async def send_manage_link(ctx: dict[str, Any], subscriber_id: int) -> str:
     MAILS.labels(kind="manage_link").inc()
     log.info("mail sent: manage link to %s", mail.to)
     return "sent"
+
+
+async def manage_link_request(ctx: dict[str, Any], email_hash: str, mailbox_hash: str) -> str:
+    """POST /v1/manage's deferred half: look the address up and mail a link if it may have one."""
+    r = resources_of(ctx)
+    subscriber_id = await manage_link_to_send(r, email_hash, mailbox_hash)
+    if subscriber_id is None:
+        return "nothing to send"
+    return await send_manage_link(ctx, subscriber_id)

@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from notifier.clock import utcnow
 from notifier.core import events
+from notifier.data import heartbeat
 from notifier.data.models import (
     Delivery,
     Event,
@@ -322,6 +323,7 @@ async def collect_stats(r: Resources, con: Console) -> dict[str, Any]:
     depth = int(await r.redis.zcard(queue))
     ready = int(await r.redis.zcount(queue, "-inf", now_ms))
     out["queue"] = {"depth": depth, "ready": ready, "deferred": depth - ready}
+    out["workers"] = heartbeat.summary(await heartbeat.alive(r.redis, queue))
     return out
 
 
@@ -343,4 +345,13 @@ async def stats(r: Resources, con: Console, *, as_json: bool = False) -> int:
     con.say(f"fan-out slices  {_line(data['fanout_slices'])}")
     con.say(f"suppressions    {_line(data['suppressions'])}")
     con.say(f"queue           {_line(data['queue'])}")
+    workers = data["workers"]
+    con.say(
+        f"workers         alive {workers['alive']} · last job {workers['last_job_at'] or 'none'}"
+    )
+    for w in workers["workers"]:
+        con.say(
+            f"  {w['host']} pid {w['pid']}: started {w['started_at']}, "
+            f"last job {w['last_job_at'] or 'none'}"
+        )
     return 0
