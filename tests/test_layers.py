@@ -162,7 +162,6 @@ def test_the_top_level_holds_only_the_composition_and_small_leaves() -> None:
         "__main__",
         "app",
         "clock",
-        "heartbeat",
         "logs",
         "mailer",
         "metrics",
