@@ -47,7 +47,7 @@ OPENAPI_PATHS = {
     "/demo/site": _DEMO,
 }
 # Served (and documented) in dev mode only: the production spec does not list them.
-DEV_ONLY_PATHS = frozenset({"/demo/study", "/demo/condition"})
+DEV_ONLY_PATHS = frozenset({"/demo/site", "/demo/study", "/demo/condition"})
 
 
 async def favicon(request: web.Request) -> web.Response:
