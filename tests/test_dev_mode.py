@@ -32,7 +32,7 @@ def person_env(cwd: Path, smtp_url: str) -> dict[str, str]:
         NOTIFIER_REDIS_URL=f"{REDIS}/{REDIS_DB}",
         NOTIFIER_SMTP_URL=smtp_url,
         NOTIFIER_QUEUE_NAME=f"notifier-dev-{uuid.uuid4().hex[:8]}",
-        NOTIFIER_WORKER_METRICS_PORT="0",
+        NOTIFIER_WORKER_METRICS_BIND="",
         PYTHONPATH=str(ROOT),
     )
     return env
