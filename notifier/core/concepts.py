@@ -18,7 +18,7 @@ from functools import lru_cache
 from typing import Any
 
 from notifier.core.normalize import normalize_mesh_id
-from notifier.core.vocabulary import GENERIC, canonical_ui, term_tokens, vocabulary
+from notifier.core.vocabulary import GENERIC, canonical_ui, freeze, term_tokens, vocabulary
 
 NEOPLASMS = "D009369"
 BLOOD_CANCERS = "D019337"  # Hematologic Neoplasms (with the vocabulary's ADDED_EDGES)
@@ -274,3 +274,4 @@ def warm_vocabulary() -> None:
     v = vocabulary()
     v.describe(NEOPLASMS)
     v.suggest("lung cancer")
+    freeze()  # the indexes just built live as long as the process

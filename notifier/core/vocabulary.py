@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import bisect
 import functools
+import gc
 import gzip
 import json
 import re
@@ -589,7 +590,18 @@ class VocabularyError(RuntimeError):
 @functools.cache
 def vocabulary() -> Vocabulary:
     """The shipped vocabulary, loaded once per process."""
-    return Vocabulary.load(VOCAB_PATH)
+    loaded = Vocabulary.load(VOCAB_PATH)
+    freeze()
+    return loaded
+
+
+def freeze() -> None:
+    """Move every object alive now out of the garbage collector's sight (gc.freeze): the
+    vocabulary's ~1.5 million objects never die, and a full collection walking them took
+    ~100 ms every few thousand requests (GET /v1/conditions p99 99 ms against a no-op's 9 ms)
+    and slowed every mail rendered in a worker."""
+    gc.collect()
+    gc.freeze()
 
 
 @dataclass(eq=False)
