@@ -25,7 +25,7 @@ from notifier.core.ctgov import (
     snapshot_bytes,
 )
 from notifier.core.events import Stored, TrialChangeEvent, enqueue_fanouts, store_events
-from notifier.core.study_diff import diff, is_stale, material_fingerprint
+from notifier.core.study_diff import diff, is_stale, material_fingerprint, site_fields
 from notifier.data.queries import insert_for
 from notifier.data.study_queries import latest_snapshot, purge_versions, replace_sites
 from notifier.data.study_tables import Study, StudyVersion
@@ -238,13 +238,4 @@ def _catalogue(study: Study, record: StudyRecord, fingerprint: str) -> None:
 
 
 def _site(loc: Any) -> dict[str, Any]:
-    return {
-        "facility": loc.facility,
-        "city": loc.city,
-        "state": loc.state,
-        "zip": loc.zip,
-        "country": loc.country,
-        "status": loc.status,
-        "latitude": loc.lat,
-        "longitude": loc.lon,
-    }
+    return {**site_fields(loc), "latitude": loc.lat, "longitude": loc.lon}

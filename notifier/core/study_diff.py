@@ -254,10 +254,15 @@ def _site_changes(before: Iterable[Location], after: Iterable[Location]) -> list
             closed, opened = gone.pop(0), came.pop(0)
             if opened.status is not None:
                 changes.append(
-                    {"path": LOCATIONS, "op": "replace", "old": _site(closed), "new": _site(opened)}
+                    {
+                        "path": LOCATIONS,
+                        "op": "replace",
+                        "old": site_fields(closed),
+                        "new": site_fields(opened),
+                    }
                 )
-        changes += [{"path": LOCATIONS, "op": "remove", "old": _site(loc)} for loc in gone]
-        changes += [{"path": LOCATIONS, "op": "add", "new": _site(loc)} for loc in came]
+        changes += [{"path": LOCATIONS, "op": "remove", "old": site_fields(loc)} for loc in gone]
+        changes += [{"path": LOCATIONS, "op": "add", "new": site_fields(loc)} for loc in came]
     return changes
 
 
@@ -272,7 +277,8 @@ def _by_status(these: list[Location], others: list[Location]) -> list[Location]:
     return out
 
 
-def _site(loc: Location) -> dict[str, Any]:
+def site_fields(loc: Location) -> dict[str, Any]:
+    """A site as alerts name it (and as study_sites stores it, with its position)."""
     return {
         "facility": loc.facility,
         "city": loc.city,
@@ -302,7 +308,7 @@ def _view(record: StudyRecord) -> dict[str, Any]:
     if isinstance(ps.get("contactsLocationsModule"), dict):
         module = dict(ps["contactsLocationsModule"])
         module["locations"] = sorted(
-            (_site(loc) for loc in record.locations), key=lambda s: canonical_json(s)
+            (site_fields(loc) for loc in record.locations), key=lambda s: canonical_json(s)
         )
         ps["contactsLocationsModule"] = module
     raw["protocolSection"] = ps
