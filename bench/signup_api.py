@@ -40,23 +40,15 @@ NON2XX = re.compile(r"Non-2xx or 3xx responses:\s+(\d+)")
 SOCKERR = re.compile(r"Socket errors: (.+)")
 
 
-def wrk(port: int, seconds: int) -> tuple[float, float, int]:
-    """requests/s, p99 ms, errors (non-2xx + socket errors)."""
+def run_wrk(url: str, script_text: str, seconds: int, connections: int) -> tuple[float, float, int]:
+    """wrk with a Lua script against `url`: requests/s, p99 ms, errors (non-2xx + socket
+    errors). Shared by the benchmarks that load an HTTP route."""
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
-        f.write(WRK_SCRIPT)
+        f.write(script_text)
         script = f.name
     try:
         out = subprocess.run(
-            [
-                "wrk",
-                "-t2",
-                "-c32",
-                f"-d{seconds}s",
-                "--latency",
-                "-s",
-                script,
-                f"http://127.0.0.1:{port}/v1/subscriptions",
-            ],
+            ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", script, url],
             check=True,
             capture_output=True,
             text=True,
@@ -70,6 +62,11 @@ def wrk(port: int, seconds: int) -> tuple[float, float, int]:
     if m := SOCKERR.search(out):
         errors += sum(int(n) for n in re.findall(r"\d+", m.group(1)))
     return rps, p99, errors
+
+
+def wrk(port: int, seconds: int) -> tuple[float, float, int]:
+    """requests/s, p99 ms, errors (non-2xx + socket errors)."""
+    return run_wrk(f"http://127.0.0.1:{port}/v1/subscriptions", WRK_SCRIPT, seconds, 32)
 
 
 def start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:

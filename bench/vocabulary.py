@@ -3,9 +3,7 @@
 
 from __future__ import annotations
 
-import os
 import random
-import re
 import shutil
 import subprocess
 import sys
@@ -15,7 +13,7 @@ from pathlib import Path
 
 from bench.baselines import wait_port
 from bench.common import ROOT, Result, free_port, median
-from bench.signup_api import LAT, NON2XX, RPS, SOCKERR, notifier_env, start
+from bench.signup_api import notifier_env, run_wrk, start
 from notifier.core.concepts import concept_of
 from notifier.core.normalize import normalize_condition
 from notifier.core.vocabulary import vocabulary
@@ -85,24 +83,7 @@ def resolve_rate(texts: list[str]) -> tuple[float, float]:
 
 
 def wrk(port: int, seconds: int) -> tuple[float, float, int]:
-    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
-        f.write(WRK_SCRIPT)
-        script = f.name
-    try:
-        out = subprocess.run(
-            ["wrk", "-t2", "-c100", f"-d{seconds}s", "--latency", "-s", script,
-             f"http://127.0.0.1:{port}/v1/conditions"],
-            check=True, capture_output=True, text=True,
-        ).stdout  # fmt: skip
-    finally:
-        os.unlink(script)
-    rps = float(RPS.search(out).group(1))  # type: ignore[union-attr]
-    value, unit = LAT.search(out).groups()  # type: ignore[union-attr]
-    p99 = float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
-    errors = int(m.group(1)) if (m := NON2XX.search(out)) else 0
-    if m := SOCKERR.search(out):
-        errors += sum(int(n) for n in re.findall(r"\d+", m.group(1)))
-    return rps, p99, errors
+    return run_wrk(f"http://127.0.0.1:{port}/v1/conditions", WRK_SCRIPT, seconds, 100)
 
 
 async def suggestions(seconds: int, runs: int) -> list[tuple[float, float, float, int, float]]:
