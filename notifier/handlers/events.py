@@ -17,15 +17,24 @@ from notifier.handlers.signed import read_signed_body
 from notifier.metrics import EVENTS
 
 
+async def signed_body_or_401(
+    request: web.Request, secrets: list[str], limit: int, source: str
+) -> bytes | web.Response:
+    """The proven body of a signed route, or its 401 (counted under `source`)."""
+    try:
+        return await read_signed_body(request, secrets, limit)
+    except SignatureError as exc:
+        EVENTS.labels("unauthorized", source).inc()
+        return error_response(request, 401, f"bad signature: {exc}")
+
+
 async def post_events(request: web.Request) -> web.Response:
     r = res(request)
-    try:
-        body = await read_signed_body(
-            request, r.settings.event_secrets, r.settings.max_event_body_bytes
-        )
-    except SignatureError as exc:
-        EVENTS.labels("unauthorized", "http").inc()
-        return error_response(request, 401, f"bad signature: {exc}")
+    body = await signed_body_or_401(
+        request, r.settings.event_secrets, r.settings.max_event_body_bytes, "http"
+    )
+    if isinstance(body, web.Response):
+        return body
     try:
         parsed = events.parse_events(json.loads(body))
     except (ValueError, RecursionError):  # JSONDecodeError and bad UTF-8 are ValueErrors

@@ -9,15 +9,13 @@ from typing import Any
 from aiohttp import web
 
 from notifier.core.ctgov import RecordError
-from notifier.core.signing import SignatureError
 from notifier.core.studies import StudiesInvalid, ingest_records, parse_studies
 from notifier.core.vocabulary import vocabulary
 from notifier.data.study_queries import StudyInfo, study_info
+from notifier.handlers.events import signed_body_or_401
 from notifier.handlers.middleware import error_response, res
 from notifier.handlers.openapi import error_response as openapi_error
-from notifier.handlers.signed import read_signed_body
 from notifier.mail.labels import status_label
-from notifier.metrics import EVENTS
 
 CACHE_SECONDS = 300  # the website's box may show a status up to five minutes old
 NCT_PATTERN = "[Nn][Cc][Tt][0-9]{8}"  # ASCII digits only, any case
@@ -25,13 +23,12 @@ NCT_PATTERN = "[Nn][Cc][Tt][0-9]{8}"  # ASCII digits only, any case
 
 async def post_studies(request: web.Request) -> web.Response:
     r = res(request)
-    try:  # the signature header first, then the body (bounded, timed) through the HMAC
-        body = await read_signed_body(
-            request, r.settings.event_secrets, r.settings.max_study_body_bytes
-        )
-    except SignatureError as exc:
-        EVENTS.labels("unauthorized", "studies").inc()
-        return error_response(request, 401, f"bad signature: {exc}")
+    # The signature header first, then the body (bounded, timed) through the HMAC.
+    body = await signed_body_or_401(
+        request, r.settings.event_secrets, r.settings.max_study_body_bytes, "studies"
+    )
+    if isinstance(body, web.Response):
+        return body
     try:
         records = parse_studies(json.loads(body), r.settings.max_study_batch)
         ingested = await ingest_records(r, records, "studies")
