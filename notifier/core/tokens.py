@@ -182,9 +182,6 @@ class Tokens:
         sealed = [self.ids.seal(i) for i in list(subscription_ids)[:MAX_LIST]]
         return self.dumps("unsubscribe_list", {"l": sealed})
 
-    def read_unsubscribe_list(self, token: str) -> list[int]:
-        return self.read_unsubscribe_any(token)[0]
-
     def read_unsubscribe_any(self, token: str) -> tuple[list[int], datetime]:
         """What an unsubscribe token ends, and when it was signed: one subscription (a link in
         a mail's body) or every one the mail was sent for (its List-Unsubscribe header)."""
