@@ -15,7 +15,7 @@ from bench.common import STUDIES, Result, median, sink, smtp_source_rate
 from notifier.core.tokens import Tokens
 from notifier.data.models import Subscription
 from notifier.mail.alerts import AlertRenderer
-from notifier.mail.message import message_id, sender_address, to_bytes
+from notifier.mail.message import message_id, sender_address
 from notifier.mail.templates import make_environment
 from notifier.mailer import Mailer
 from notifier.ops.sample_events import build_event
@@ -69,8 +69,14 @@ def render_all(r: Resources, event: dict[str, Any], n: int, batch: int = 100) ->
     for i in range(n):
         if i % batch == 0:
             renderer = AlertRenderer(r.mail, event)  # a new send job: one render per batch
-        mail = renderer.render(subscriber_id=i, email=f"user{i}@example.org", subscriptions=subs[i])
-        out.append(to_bytes(r.settings, mail, msgid=message_id(r.settings)))
+        out.append(
+            renderer.render_bytes(
+                subscriber_id=i,
+                email=f"user{i}@example.org",
+                subscriptions=subs[i],
+                msgid=message_id(r.settings),
+            )
+        )
     render_all.seconds = time.perf_counter() - start  # type: ignore[attr-defined]
     return out
 
@@ -88,10 +94,14 @@ async def ours(r: Resources, event: dict[str, Any], n: int) -> tuple[float, floa
             for i in range(offset, offset + per):
                 if i % 100 == 0:
                     renderer = AlertRenderer(r.mail, event)
-                mail = renderer.render(
-                    subscriber_id=i, email=f"user{i}@example.org", subscriptions=[subscription(i)]
+                to = f"user{i}@example.org"
+                data = renderer.render_bytes(
+                    subscriber_id=i,
+                    email=to,
+                    subscriptions=[subscription(i)],
+                    msgid=message_id(r.settings),
                 )
-                await conn.send(sender, mail.to, to_bytes(r.settings, mail))
+                await conn.send(sender, to, data)
 
     start = time.perf_counter()
     await asyncio.gather(*(one_connection(k * per) for k in range(CONNECTIONS)))

@@ -17,7 +17,7 @@ from itsdangerous import (
     TimestampSigner,
     URLSafeTimedSerializer,
 )
-from itsdangerous.encoding import base64_encode
+from itsdangerous.encoding import base64_encode, want_bytes
 
 
 class TokenInvalid(Exception):
@@ -36,14 +36,26 @@ MAX_LIST = 100  # subscriptions one List-Unsubscribe may end (a mail names a han
 
 
 class _Signer(TimestampSigner):
-    """itsdangerous derives the key (an HMAC over the salt) on every call; it depends only on
-    the key, so it is kept. Every mail of a fan-out signs two links: this halves their cost."""
+    """itsdangerous derives the key (an HMAC over the salt) on every call, and keys a new HMAC
+    for every signature; both depend only on the key, so they are kept (an HMAC's keyed state
+    copied costs half of keying it again). Every mail of a fan-out signs two links."""
 
     def derive_key(self, secret_key: str | bytes | None = None) -> bytes:
         cache: dict[Any, bytes] = self.__dict__.setdefault("_derived", {})
         if secret_key not in cache:
             cache[secret_key] = super().derive_key(secret_key)
         return cache[secret_key]
+
+    def get_signature(self, value: str | bytes) -> bytes:
+        # Signer.get_signature with the default algorithm (HMAC with digest_method).
+        key = self.derive_key()
+        keyed: dict[bytes, Any] = self.__dict__.setdefault("_keyed", {})
+        base = keyed.get(key)
+        if base is None:
+            base = keyed[key] = hmac.new(key, digestmod=self.digest_method)
+        mac = base.copy()
+        mac.update(want_bytes(value))
+        return base64_encode(mac.digest())
 
 
 class _Serializer(URLSafeTimedSerializer):
@@ -74,15 +86,18 @@ class IdCipher:
     key), so tokens signed under any key in the list still open."""
 
     def __init__(self, key: str) -> None:
-        self._key = hmac.new(key.encode(), b"notifier.token-ids", hashlib.sha256).digest()
+        derived = hmac.new(key.encode(), b"notifier.token-ids", hashlib.sha256).digest()
+        self._keyed = hmac.new(derived, digestmod=hashlib.sha256)
 
     def _prf(self, label: bytes, data: bytes) -> bytes:
-        return hmac.new(self._key, label + data, hashlib.sha256).digest()[:8]
+        mac = self._keyed.copy()
+        mac.update(label + data)
+        return mac.digest()[:8]
 
     def seal(self, value: int) -> str:
         raw = value.to_bytes(8, "big")
         iv = self._prf(b"iv", raw)
-        sealed = bytes(a ^ b for a, b in zip(raw, self._prf(b"pad", iv), strict=True))
+        sealed = _xor(raw, self._prf(b"pad", iv))
         return base64.urlsafe_b64encode(iv + sealed).decode().rstrip("=")
 
     def open(self, text: object) -> int:
@@ -93,7 +108,7 @@ class IdCipher:
         except (ValueError, binascii.Error):
             raise TokenInvalid("unexpected payload") from None
         iv, sealed = data[:8], data[8:]
-        raw = bytes(a ^ b for a, b in zip(sealed, self._prf(b"pad", iv), strict=True))
+        raw = _xor(sealed, self._prf(b"pad", iv))
         if not hmac.compare_digest(self._prf(b"iv", raw), iv):
             raise TokenInvalid("unexpected payload")
         return int.from_bytes(raw, "big")
@@ -122,6 +137,12 @@ class Tokens:
     def dumps(self, purpose: str, payload: dict[str, Any]) -> str:
         token = self._serializers[purpose].dumps(payload)
         return token if isinstance(token, str) else token.decode()
+
+    def _sealed_id(self, purpose: str, value: int) -> str:
+        """dumps(purpose, {"p": sealed id}) byte for byte, without the serializer's JSON and
+        lookups: the two links of every alert (tests/test_link_tokens.py compares them)."""
+        payload = base64_encode(b'{"p":"' + self.ids.seal(value).encode() + b'"}')
+        return self._serializers[purpose].make_signer().sign(payload).decode()
 
     def loads(self, purpose: str, token: str, max_age: int | None = None) -> dict[str, Any]:
         return self.loads_signed(purpose, token, max_age)[0]
@@ -158,7 +179,7 @@ class Tokens:
 
     def unsubscribe(self, subscription_id: int) -> str:
         # Unsubscribe links must keep working for months: no max_age (revocable instead).
-        return self.dumps("unsubscribe", {"p": self.ids.seal(subscription_id)})
+        return self._sealed_id("unsubscribe", subscription_id)
 
     def read_unsubscribe(self, token: str) -> int:
         return self.read_unsubscribe_link(token).id
@@ -168,7 +189,7 @@ class Tokens:
         return Link(self._id(payload, "u"), signed_at)
 
     def manage(self, subscriber_id: int) -> str:
-        return self.dumps("manage", {"p": self.ids.seal(subscriber_id)})
+        return self._sealed_id("manage", subscriber_id)
 
     def read_manage(self, token: str) -> int:
         return self.read_manage_link(token).id
@@ -211,6 +232,11 @@ def revoked(link: Link, revoked_at: datetime | None) -> bool:
     """Signed before the subscriber revoked their links. Tokens carry whole seconds: one signed
     in the second of the revocation survives it (the fresh link mailed right after must)."""
     return revoked_at is not None and link.signed_at < revoked_at.replace(microsecond=0)
+
+
+def _xor(a: bytes, b: bytes) -> bytes:
+    """Two 8-byte strings XORed."""
+    return (int.from_bytes(a, "big") ^ int.from_bytes(b, "big")).to_bytes(8, "big")
 
 
 def _int(value: object) -> int:

@@ -19,7 +19,7 @@ from notifier.data.models import Delivery, Event, Subscriber
 from notifier.data.states import DIGEST_FREQUENCIES, DeliveryStatus
 from notifier.jobs.retry import DEFER_MARGIN, retry_delay, until_written
 from notifier.mail.alerts import AlertRenderer
-from notifier.mail.message import message_id, to_bytes
+from notifier.mail.message import message_id
 from notifier.mailer import SendError
 from notifier.metrics import DELIVERIES
 from notifier.queue import enqueue_retry
@@ -146,13 +146,14 @@ def render(
     unrenderable event must not wedge a batch."""
     c = item.delivery
     try:
-        mail = renderers[c.event_pk].render(
-            subscriber_id=c.subscriber_id, email=item.email, subscriptions=item.subscriptions
-        )
         msgid = message_id(r.settings)
-        return Outcome(c, DeliveryStatus.SENT, message_id=msgid), to_bytes(
-            r.settings, mail, msgid=msgid
+        data = renderers[c.event_pk].render_bytes(
+            subscriber_id=c.subscriber_id,
+            email=item.email,
+            subscriptions=item.subscriptions,
+            msgid=msgid,
         )
+        return Outcome(c, DeliveryStatus.SENT, message_id=msgid), data
     except Exception as exc:
         log.exception("cannot render delivery %d", c.id)
         return Outcome(c, DeliveryStatus.FAILED, f"render: {type(exc).__name__}: {exc}"), None

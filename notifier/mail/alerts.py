@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -11,7 +11,8 @@ from notifier.core.names import subscription_name
 from notifier.data.models import Subscription
 from notifier.mail.context import MailContext
 from notifier.mail.labels import NAME_MAX, change_date, shorten, status_label, status_meaning
-from notifier.mail.message import Mail
+from notifier.mail.message import Mail, encoded_to_bytes, to_bytes
+from notifier.mail.mime import Base64Holes, QuotedPrintableHoles
 from notifier.mail.summaries import match_reason, summarize
 
 NEUTRAL_STUDY_SUBJECT = "Update on a study you follow"
@@ -53,11 +54,31 @@ def _subject(
     return f"{headline} · {event.get('nct_id', '')}: {title}", None
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Rendered:
+    """One variant's templates, rendered with placeholders for the links; and, per set of link
+    lengths (in practice one: tokens have a fixed length), both parts encoded with holes."""
+
     subject: str
     text: str
     html: str
+    placeholders: list[str]
+    encoded: dict[tuple[int, ...], tuple[QuotedPrintableHoles, Base64Holes]] = field(
+        default_factory=dict
+    )
+
+    def parts(self, links: list[str]) -> tuple[bytes, bytes] | None:
+        raw = [link.encode() for link in links]
+        lengths = tuple(len(link) for link in raw)
+        holes = self.encoded.get(lengths)
+        if holes is None:
+            holes = (
+                QuotedPrintableHoles(self.text, self.placeholders, list(lengths)),
+                Base64Holes(self.html, self.placeholders, list(lengths)),
+            )
+            self.encoded[lengths] = holes
+        text, html = holes[0].fill(raw), holes[1].fill(raw)
+        return None if text is None or html is None else (text, html)
 
 
 # Placeholders for the per-recipient links: plain ASCII that HTML escaping leaves alone.
@@ -70,9 +91,9 @@ MANAGE_PLACEHOLDER = "@@notifier-manage@@"
 
 class AlertRenderer:
     """Renders one event's alerts. The templates run once per distinct set of matching
-    subscriptions (kind, label, MeSH id, discreet); each recipient's signed links are then put
-    in by string replacement. A fan-out to 100k followers of one condition renders once per
-    send batch instead of 100k times."""
+    subscriptions (kind, label, MeSH id, requirement, discreet), and both MIME parts are encoded
+    once; each recipient's signed links are then spliced in (mime.Holes). A fan-out to 100k
+    followers of one condition renders and encodes once per send batch, not 100k times."""
 
     def __init__(
         self, mail_ctx: MailContext, event: dict[str, Any], *, cache_size: int = 256
@@ -88,28 +109,67 @@ class AlertRenderer:
     ) -> Mail:
         """Text and HTML parts with the same facts; List-Unsubscribe ends every subscription
         the mail names, the links in the body one each."""
+        variant = self._variant(subscriptions)
+        links, one_click = self._links(subscriber_id, subscriptions)
+        text, html = variant.text, variant.html
+        for placeholder, url in zip(variant.placeholders, links, strict=True):
+            text = text.replace(placeholder, url)
+            html = html.replace(placeholder, url)
+        return Mail(
+            to=email, subject=variant.subject, text=text, html=html, unsubscribe_url=one_click
+        )
+
+    def render_bytes(
+        self,
+        *,
+        subscriber_id: int,
+        email: str,
+        subscriptions: Sequence[Subscription],
+        msgid: str,
+    ) -> bytes:
+        """to_bytes(render(...)) byte for byte, with only the links and headers made per
+        recipient (the whole path for an address that is not ASCII, or an odd link)."""
+        variant = self._variant(subscriptions)
+        links, one_click = self._links(subscriber_id, subscriptions)
+        settings = self.mail_ctx.settings
+        parts = variant.parts(links)
+        if parts is not None:
+            head = Mail(
+                to=email, subject=variant.subject, text="", html="", unsubscribe_url=one_click
+            )
+            data = encoded_to_bytes(settings, head, parts, msgid=msgid)
+            if data is not None:
+                return data
+        mail = self.render(subscriber_id=subscriber_id, email=email, subscriptions=subscriptions)
+        return to_bytes(settings, mail, msgid=msgid)
+
+    def _variant(self, subscriptions: Sequence[Subscription]) -> _Rendered:
         if not subscriptions:
             raise ValueError("an alert needs at least one matching subscription")
-        signature = tuple((s.kind, s.label, s.mesh_id, s.discreet) for s in subscriptions)
+        signature = tuple(
+            (s.kind, s.label, s.mesh_id, s.requires, s.discreet) for s in subscriptions
+        )
         cached = self._cache.get(signature)
         if cached is None:
             cached = self._render_templates(subscriptions)
             if len(self._cache) >= self._cache_size:
                 self._cache.clear()
             self._cache[signature] = cached
-        links = [
-            (_unsubscribe_placeholder(i), self.mail_ctx.unsubscribe_url(s.id))
-            for i, s in enumerate(subscriptions)
-        ]
-        links.append((MANAGE_PLACEHOLDER, self.mail_ctx.manage_url(subscriber_id)))
-        text, html = cached.text, cached.html
-        for placeholder, url in links:
-            text = text.replace(placeholder, url)
-            html = html.replace(placeholder, url)
-        one_click = self.mail_ctx.list_unsubscribe_url([s.id for s in subscriptions])
-        return Mail(
-            to=email, subject=cached.subject, text=text, html=html, unsubscribe_url=one_click
+        return cached
+
+    def _links(
+        self, subscriber_id: int, subscriptions: Sequence[Subscription]
+    ) -> tuple[list[str], str]:
+        """The body's links in placeholder order (one unsubscribe per subscription, then
+        manage) and the one-click URL: each signed once (a single subscription's one-click is
+        its unsubscribe link)."""
+        ctx = self.mail_ctx
+        links = [ctx.unsubscribe_url(s.id) for s in subscriptions]
+        one_click = (
+            links[0] if len(links) == 1 else ctx.list_unsubscribe_url([s.id for s in subscriptions])
         )
+        links.append(ctx.manage_url(subscriber_id))
+        return links, one_click
 
     def _render_templates(self, subscriptions: Sequence[Subscription]) -> _Rendered:
         event, summary, mail_ctx = self.event, self.summary, self.mail_ctx
@@ -162,6 +222,10 @@ class AlertRenderer:
             subject=subject,
             text=mail_ctx.templates.get_template("mail/alert.txt").render(context),
             html=mail_ctx.templates.get_template("mail/alert.html").render(context),
+            placeholders=[
+                *(_unsubscribe_placeholder(i) for i in range(len(subscriptions))),
+                MANAGE_PLACEHOLDER,
+            ],
         )
 
 

@@ -91,6 +91,23 @@ def to_bytes(settings: Settings, mail: Mail, *, msgid: str | None = None) -> byt
     to = header_safe(mail.to, 320)
     if not to.isascii():
         return build_message(settings, mail, msgid=msgid).as_bytes(policy=SMTPUTF8)
+    return mime.build_encoded(
+        _headers(settings, to, mail, msgid), mime.qp_body(mail.text), mime.base64_body(mail.html)
+    )
+
+
+def encoded_to_bytes(
+    settings: Settings, mail: Mail, parts: tuple[bytes, bytes], *, msgid: str | None = None
+) -> bytes | None:
+    """to_bytes() for a mail whose text and HTML parts are already encoded (mime.Holes): the
+    same bytes, or None for an address that is not ASCII (to_bytes takes the stdlib path)."""
+    to = header_safe(mail.to, 320)
+    if not to.isascii():
+        return None
+    return mime.build_encoded(_headers(settings, to, mail, msgid), *parts)
+
+
+def _headers(settings: Settings, to: str, mail: Mail, msgid: str | None) -> list[tuple[str, str]]:
     headers = [
         ("From", _from_header(settings.mail_from)),
         ("To", to),
@@ -109,7 +126,7 @@ def to_bytes(settings: Settings, mail: Mail, *, msgid: str | None = None) -> byt
             headers.append(
                 (safe_name, mime.encode_header_value(safe_name, header_safe(value, 900)))
             )
-    return mime.build(headers, mail.text, mail.html)
+    return headers
 
 
 @lru_cache(maxsize=8)

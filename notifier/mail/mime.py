@@ -38,7 +38,7 @@ def encode_address(value: str) -> str:
 
 def qp_body(text: str) -> bytes:
     """UTF-8, quoted-printable, CRLF line ends (every line ≤ 76 octets), then the delimiter CRLF."""
-    data = text.replace("\r\n", "\n").replace("\r", "\n").encode("utf-8")
+    data = _lf(text).encode("utf-8")
     encoded = binascii.b2a_qp(data, quotetabs=False, istext=True, header=False)
     # The CRLF before a boundary line belongs to the boundary (RFC 2046), so one is always added.
     return encoded.replace(b"\n", CRLF) + CRLF
@@ -50,7 +50,7 @@ def base64_body(text: str) -> bytes:
     Used for the HTML part: the C codec is several times faster than quoted-printable on
     markup, and no one reads an HTML part's source in a mail client.
     """
-    data = text.replace("\r\n", "\n").replace("\r", "\n").encode("utf-8")
+    data = _lf(text).encode("utf-8")
     return base64.encodebytes(data).replace(b"\n", CRLF) + CRLF
 
 
@@ -75,6 +75,17 @@ def build(
     headers: list[tuple[str, str]], text: str, html: str, *, boundary: str | None = None
 ) -> bytes:
     """Headers (already safe: no CR/LF, encoded as needed) + text and HTML alternatives."""
+    return build_encoded(headers, qp_body(text), base64_body(html), boundary=boundary)
+
+
+def build_encoded(
+    headers: list[tuple[str, str]],
+    text_part: bytes,
+    html_part: bytes,
+    *,
+    boundary: str | None = None,
+) -> bytes:
+    """build() with both bodies already encoded (qp_body, base64_body or a Holes.fill)."""
     b = boundary or f"=_{os.urandom(12).hex()}"
     head = "".join(f"{name}: {value}\r\n" for name, value in headers)
     return b"".join(
@@ -85,11 +96,144 @@ def build(
             f"--{b}\r\n".encode("ascii"),
             b'Content-Type: text/plain; charset="utf-8"\r\n',
             b"Content-Transfer-Encoding: quoted-printable\r\n\r\n",
-            qp_body(text),
+            text_part,
             f"--{b}\r\n".encode("ascii"),
             b'Content-Type: text/html; charset="utf-8"\r\n',
             b"Content-Transfer-Encoding: base64\r\n\r\n",
-            base64_body(html),
+            html_part,
             f"--{b}--\r\n".encode("ascii"),
         )
     )
+
+
+# Characters quoted-printable writes as themselves wherever they stand (not "=", space or tab,
+# nothing over 126): a link made of these fills its hole without moving a soft line break.
+_QP_LITERAL = frozenset(
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~:/?#[]@!$&'()*+,;%"
+)
+_B64_LINE = 57  # input bytes per 76-character base64 line
+
+
+class Holes:
+    """A body rendered once with holes where each recipient's links go, and encoded once; a
+    recipient's part is then the cached encoding with their links spliced in, byte for byte
+    what qp_body/base64_body write for the filled-in text (tests/test_render_once.py).
+
+    `fill` answers None when a link does not fit (another length than the holes were made
+    for, a character the encoding would escape): the caller then encodes the whole body."""
+
+    def __init__(self, text: str, placeholders: list[str], lengths: list[int]) -> None:
+        self.lengths = lengths
+        self.order: list[int] = []  # which link goes in each hole, in the text's order
+        self.pieces: list[str] = []  # the text around the holes
+        rest = text
+        while found := [(rest.find(p), i) for i, p in enumerate(placeholders) if p in rest]:
+            at, i = min(found)
+            self.pieces.append(rest[:at])
+            self.order.append(i)
+            rest = rest[at + len(placeholders[i]) :]
+        self.pieces.append(rest)
+
+    def filled(self, filler: str) -> str:
+        """The text with every hole full of `filler`."""
+        out = [self.pieces[0]]
+        for piece, i in zip(self.pieces[1:], self.order, strict=True):
+            out.append(filler * self.lengths[i])
+            out.append(piece)
+        return "".join(out)
+
+    def fits(self, links: list[bytes]) -> bool:
+        return [len(link) for link in links] == self.lengths and all(
+            link.isascii() for link in links
+        )
+
+    def fill(self, links: list[bytes]) -> bytes | None:
+        raise NotImplementedError
+
+
+class QuotedPrintableHoles(Holes):
+    """Quoted-printable writes link characters as themselves, so with links of the lengths it
+    was made for, every soft line break stays where it is and the links' bytes land at fixed
+    offsets: found by encoding the body filled with "a"s and with "b"s and comparing."""
+
+    def __init__(self, text: str, placeholders: list[str], lengths: list[int]) -> None:
+        super().__init__(text, placeholders, lengths)
+        a, b = qp_body(self.filled("a")), qp_body(self.filled("b"))
+        self.encoded = a
+        self.spans = _runs([i for i in range(len(a)) if a[i] != b[i]])
+        self.ok = len(a) == len(b) and sum(e - s for s, e in self.spans) == sum(
+            lengths[i] for i in self.order
+        )
+
+    def fill(self, links: list[bytes]) -> bytes | None:
+        if not self.ok or not self.fits(links):
+            return None
+        # Quoted-printable escapes a "." that starts a line and ends it: no link ends so.
+        if any(not _QP_LITERAL.issuperset(link) or link.endswith(b".") for link in links):
+            return None
+        flat = b"".join(links[i] for i in self.order)
+        out: list[bytes] = []
+        last = used = 0
+        for start, end in self.spans:
+            out += (self.encoded[last:start], flat[used : used + end - start])
+            used += end - start
+            last = end
+        out.append(self.encoded[last:])
+        return b"".join(out)
+
+
+class Base64Holes(Holes):
+    """Base64 re-encodes only the 57-byte input lines (one 76-character line each) that a
+    link touches; every other line is the cached encoding's."""
+
+    def __init__(self, text: str, placeholders: list[str], lengths: list[int]) -> None:
+        super().__init__(text, placeholders, lengths)
+        self.raw = _lf(self.filled("a")).encode()
+        self.encoded = base64_body(self.filled("a"))
+        # Where each link's bytes go, by input line: (line, offset in the line, link, first
+        # byte, end byte), in line order; a link across lines is cut in pieces.
+        self.cuts: list[tuple[int, int, int, int, int]] = []
+        at = 0
+        for piece, i in zip(self.pieces, self.order, strict=False):
+            at += len(_lf(piece).encode())
+            done = 0
+            while done < lengths[i]:
+                line, offset = divmod(at + done, _B64_LINE)
+                take = min(lengths[i] - done, _B64_LINE - offset)
+                self.cuts.append((line, offset, i, done, done + take))
+                done += take
+            at += lengths[i]
+
+    def fill(self, links: list[bytes]) -> bytes | None:
+        if not self.fits(links):
+            return None
+        lines: dict[int, bytearray] = {}
+        for line, offset, i, first, end in self.cuts:
+            chunk = lines.get(line)
+            if chunk is None:
+                chunk = lines[line] = bytearray(self.raw[line * _B64_LINE : (line + 1) * _B64_LINE])
+            chunk[offset : offset + end - first] = links[i][first:end]
+        out: list[bytes] = []
+        last = 0
+        for line, chunk in lines.items():  # in line order: cuts are
+            start = line * (_B64_LINE // 3 * 4 + 2)  # 76 characters and CRLF
+            encoded = binascii.b2a_base64(chunk)
+            out += (self.encoded[last:start], encoded[:-1], CRLF)
+            last = start + len(encoded) + 1
+        out.append(self.encoded[last:])
+        return b"".join(out)
+
+
+def _lf(text: str) -> str:
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def _runs(positions: list[int]) -> list[tuple[int, int]]:
+    """Consecutive positions as (start, end) spans."""
+    spans: list[tuple[int, int]] = []
+    for pos in positions:
+        if spans and spans[-1][1] == pos:
+            spans[-1] = (spans[-1][0], pos + 1)
+        else:
+            spans.append((pos, pos + 1))
+    return spans
