@@ -126,7 +126,10 @@ class PipeliningProtocol(SMTPProtocol):
                 return
             if response is None:
                 return
-            group.popleft().set_result(response)
+            waiter = group.popleft()
+            if not waiter.done():
+                waiter.set_result(response)
+        self._group = None  # every reply expected is in: aiosmtplib's own commands may run
 
     def _fail_group(self, exc: BaseException) -> None:
         group, self._group = self._group, None
@@ -145,30 +148,39 @@ class PipeliningProtocol(SMTPProtocol):
         self._fail_group(aiosmtplib.SMTPServerDisconnected("Unexpected EOF received"))
         return super().eof_received()
 
+    def expect(self, data: bytes, replies: int) -> list[asyncio.Future[aiosmtplib.SMTPResponse]]:
+        """Write `data` (whole commands, or message content and its terminator, or both) in
+        one go; the next `replies` replies, after any still expected, go to the waiters
+        returned, in order."""
+        if self.transport is None or self.transport.is_closing():
+            raise aiosmtplib.SMTPServerDisconnected("Connection lost")
+        waiters = [self._loop.create_future() for _ in range(replies)]
+        if self._group is None:
+            self._group = deque()
+        self._group.extend(waiters)
+        self.write(data)
+        return waiters
+
+    async def replies(
+        self, waiters: list[asyncio.Future[aiosmtplib.SMTPResponse]], seconds: float | None
+    ) -> list[aiosmtplib.SMTPResponse]:
+        """The replies `expect` promised; raises as aiosmtplib's commands do. The caller
+        closes the session on a timeout (as aiosmtplib does): the replies are out of step."""
+        try:
+            async with asyncio.timeout(seconds):
+                return [await waiter for waiter in waiters]
+        except TimeoutError as exc:
+            raise aiosmtplib.SMTPReadTimeoutError("Timed out waiting for server response") from exc
+
     async def group(
         self, data: bytes, replies: int, seconds: float | None
     ) -> list[aiosmtplib.SMTPResponse]:
-        """Write `data` (whole commands, or message content and its terminator) in one go and
-        read `replies` replies in order. Raises as aiosmtplib's commands do."""
+        """expect() and replies() under aiosmtplib's command lock."""
         lock = self._command_lock
         if lock is None:
             raise aiosmtplib.SMTPServerDisconnected("Server not connected")
         async with lock:
-            waiters = [self._loop.create_future() for _ in range(replies)]
-            self._group = deque(waiters)
-            try:
-                self.write(data)
-                async with asyncio.timeout(seconds):
-                    return [await waiter for waiter in waiters]
-            except TimeoutError as exc:
-                raise aiosmtplib.SMTPReadTimeoutError(
-                    "Timed out waiting for server response"
-                ) from exc
-            finally:
-                self._group = None
-                for waiter in waiters:
-                    if not waiter.done():
-                        waiter.cancel()
+            return await self.replies(self.expect(data, replies), seconds)
 
 
 def _pipelining_protocol(client: aiosmtplib.SMTP) -> None:
@@ -189,19 +201,64 @@ def pipelining(client: aiosmtplib.SMTP) -> PipeliningProtocol | None:
     return None
 
 
+@dataclass(frozen=True)
+class _Ahead:
+    """The next message's envelope, written with this message's content: its replies wait."""
+
+    sender: str
+    recipient: str
+    replies: list[asyncio.Future[aiosmtplib.SMTPResponse]]
+
+
+def _envelope(sender: str, recipient: str) -> bytes:
+    return b"MAIL FROM:<%b>\r\nRCPT TO:<%b>\r\nDATA\r\n" % (_address(sender), _address(recipient))
+
+
+def _envelope_or_none(sender: str, recipient: str | None) -> bytes | None:
+    """The envelope to write ahead for `recipient`, or None when there is none or it cannot
+    go on the wire as ASCII (that message then takes send()'s other paths)."""
+    if recipient is None or not recipient.isascii():
+        return None
+    try:
+        return _envelope(sender, recipient)
+    except ValueError:
+        return None
+
+
 class Connection:
-    """One open SMTP session; send() runs one transaction per recipient: pipelined (two writes
-    and two round trips) when the server offers PIPELINING, else one command at a time."""
+    """One open SMTP session; send() runs one transaction per recipient: pipelined when the
+    server offers PIPELINING, else one command at a time.
+
+    Pipelined, a message costs one write and one round trip when the caller names the next
+    recipient (`then`): its content, its terminator and the next message's MAIL, RCPT and DATA
+    go together, and its final reply comes back with the next envelope's three. The next
+    send() must then be for that recipient (else the session is dropped: the server waits in
+    DATA, and a dropped session delivers nothing)."""
 
     def __init__(self, client: aiosmtplib.SMTP) -> None:
         self._client = client
         self._pipelined = pipelining(client)
+        self._ahead: _Ahead | None = None
 
-    async def send(self, sender: str, recipient: str, message: bytes) -> None:
+    @property
+    def in_data(self) -> bool:
+        """An envelope was written ahead: the server may be waiting for content, so the
+        session can only be dropped, never QUIT (QUIT would become message text)."""
+        return self._ahead is not None
+
+    async def send(
+        self, sender: str, recipient: str, message: bytes, *, then: str | None = None
+    ) -> None:
+        ahead = self._ahead
+        if ahead is not None and (ahead.sender, ahead.recipient) != (sender, recipient):
+            self._client.close()
+            raise ConnectionLost("the envelope written ahead was for another message")
         try:
             if sender.isascii() and recipient.isascii():
                 if self._pipelined is not None:
-                    await self._pipelined_transaction(self._pipelined, sender, recipient, message)
+                    await self._pipelined_transaction(
+                        self._pipelined, sender, recipient, message, then
+                    )
                 else:
                     await self._transaction(sender, recipient, message)
                 errors: dict[str, aiosmtplib.SMTPResponse] = {}
@@ -275,23 +332,29 @@ class Connection:
             raise
 
     async def _pipelined_transaction(
-        self, protocol: PipeliningProtocol, sender: str, recipient: str, message: bytes
+        self,
+        protocol: PipeliningProtocol,
+        sender: str,
+        recipient: str,
+        message: bytes,
+        then: str | None,
     ) -> None:
-        """RFC 2920: MAIL, RCPT and DATA in one write and their three replies read in order;
-        then, after 354, the content and its terminator in one write and the final reply.
-        Same exceptions as _transaction, so a failure is mapped exactly as before."""
+        """RFC 2920: MAIL, RCPT and DATA in one write (or already written with the previous
+        message) and their three replies read in order; then, after 354, the content and its
+        terminator (and the next envelope) in one write and the final reply. Same exceptions
+        as _transaction, so a failure is mapped exactly as before."""
         client = self._client
-        envelope = b"MAIL FROM:<%b>\r\nRCPT TO:<%b>\r\nDATA\r\n" % (
-            _address(sender),
-            _address(recipient),
-        )
+        ahead, self._ahead = self._ahead, None
         try:
             try:
-                mail, rcpt, data = await protocol.group(envelope, 3, client.timeout)
+                waiters = (
+                    ahead.replies if ahead else protocol.expect(_envelope(sender, recipient), 3)
+                )
+                mail, rcpt, data = await protocol.replies(waiters, client.timeout)
                 if data.code == 354 and (mail.code != 250 or rcpt.code not in (250, 251)):
                     # A server that took DATA although the envelope failed (RFC 2920 3.1
                     # forbids it, some do): end an empty message, and do not count on it.
-                    await protocol.group(b".\r\n", 1, client.timeout)
+                    await protocol.replies(protocol.expect(b".\r\n", 1), client.timeout)
                 if mail.code != 250:
                     raise aiosmtplib.SMTPSenderRefused(mail.code, mail.message, sender)
                 if rcpt.code not in (250, 251):
@@ -299,16 +362,24 @@ class Connection:
                     raise aiosmtplib.SMTPRecipientsRefused([refused])
                 if data.code != 354:
                     raise aiosmtplib.SMTPDataError(data.code, data.message)
-                (done,) = await protocol.group(data_payload(message), 1, client.timeout)
+                following = _envelope_or_none(sender, then)
+                waiters = protocol.expect(
+                    data_payload(message) + (following or b""), 4 if following else 1
+                )
+                if following and then is not None:
+                    self._ahead = _Ahead(sender, then, waiters[1:])
+                (done,) = await protocol.replies(waiters[:1], client.timeout)
             except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError):
+                self._ahead = None
                 client.close()  # as data() does: a lost or timed-out session is closed
                 raise
             if done.code != 250:
                 raise aiosmtplib.SMTPDataError(done.code, done.message)
         except (aiosmtplib.SMTPResponseException, aiosmtplib.SMTPRecipientsRefused):
             # As sendmail does: clear the envelope so the session can take the next message
-            # (RFC 2920: after a refused RCPT the server answered DATA with 503/554).
-            if client.is_connected:
+            # (RFC 2920: after a refused RCPT the server answered DATA with 503/554). Not when
+            # the next envelope is on its way: DATA's final reply ended this transaction.
+            if client.is_connected and self._ahead is None:
                 with suppress(aiosmtplib.SMTPException, OSError, TimeoutError):
                     await client.rset()
             raise
@@ -377,10 +448,13 @@ class Mailer:
                     await client.helo()
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
             raise ConnectionLost(f"cannot reach SMTP server {self.config!r}: {exc}") from exc
+        conn = Connection(client)
         try:
-            yield Connection(client)
+            yield conn
         finally:
-            if client.is_connected:
+            if conn.in_data:  # an envelope written ahead was never used: drop the session
+                client.close()
+            elif client.is_connected:
                 try:
                     await asyncio.wait_for(client.quit(), timeout=5)
                 except (aiosmtplib.SMTPException, OSError, TimeoutError):

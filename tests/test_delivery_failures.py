@@ -134,7 +134,7 @@ async def test_a_mail_that_cannot_be_rendered_fails_alone(
     failed with the reason, and the messages before and after it in the batch still go out."""
     from notifier.mail.alerts import AlertRenderer
 
-    original = AlertRenderer.render
+    original = AlertRenderer.render_bytes
 
     def render(self: AlertRenderer, **kwargs: Any) -> Any:
         if kwargs["email"] == "b@example.org":
@@ -142,7 +142,7 @@ async def test_a_mail_that_cannot_be_rendered_fails_alone(
             raise ValueError("template blew up" + "!" * 600)
         return original(self, **kwargs)
 
-    monkeypatch.setattr(AlertRenderer, "render", render)
+    monkeypatch.setattr(AlertRenderer, "render_bytes", render)
     for email in ("a@example.org", "b@example.org", "c@example.org"):
         await subscribe(resources, email, study="NCT05879978")
     await post_events(client, [new_study("NCT05879978")])

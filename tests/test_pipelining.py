@@ -169,3 +169,130 @@ def test_the_private_names_the_subclass_reads_are_still_there() -> None:
         aiosmtplib.SMTPResponse(354, "go"),
     )
     protocol._loop.close()
+
+
+# ---- the next envelope with this message's content (Connection.send's `then`) ---------------
+
+
+async def send_all(conn: Connection, recipients: list[str]) -> list[SendError | None]:
+    """As the send job does: each message names the next one's recipient."""
+    out: list[SendError | None] = []
+    for i, recipient in enumerate(recipients):
+        following = recipients[i + 1] if i + 1 < len(recipients) else None
+        try:
+            await conn.send(SENDER, recipient, MESSAGE, then=following)
+        except ConnectionLost as exc:
+            out.append(exc)
+            break
+        except SendError as exc:
+            out.append(exc)
+        else:
+            out.append(None)
+    return out
+
+
+def count_writes(conn: Connection) -> list[int]:
+    protocol = conn._client.protocol
+    assert protocol is not None
+    writes: list[int] = []
+    real = protocol.write
+
+    def write(data: bytes) -> None:
+        writes.append(len(data))
+        real(data)
+
+    protocol.write = write  # type: ignore[method-assign]
+    return writes
+
+
+async def test_naming_the_next_recipient_makes_each_message_one_write(
+    server: RecordingSMTP,
+) -> None:
+    recipients = [f"r{i}@example.org" for i in range(20)]
+    async with Mailer(server.url, timeout=5).connect() as conn:
+        writes = count_writes(conn)
+        assert await send_all(conn, recipients) == [None] * 20
+    assert [m.rcpt_to for m in server.messages] == recipients
+    assert {m.data for m in server.messages} == {MESSAGE}
+    if server.pipelining:  # the first envelope alone, then content + next envelope; QUIT
+        assert len(writes) == 1 + 20 + 1
+        assert writes[-1] == len(b"QUIT\r\n")
+    else:
+        assert len(writes) >= 20 * 4
+
+
+async def test_failures_with_the_next_envelope_in_flight_map_as_before(
+    server: RecordingSMTP,
+) -> None:
+    server.reject["busy@example.org"] = "452 4.2.2 mailbox full"
+    server.reject["gone@example.org"] = "550 5.1.1 no such user"
+    server.reject_data["spam@example.org"] = "554 5.7.1 message refused"
+    order = [
+        "a@example.org",
+        "busy@example.org",
+        "spam@example.org",
+        "gone@example.org",
+        "b@example.org",
+    ]
+    async with Mailer(server.url, timeout=5).connect() as conn:
+        a, busy, spam, gone, b = await send_all(conn, order)
+    assert a is None
+    assert b is None
+    assert busy is not None
+    assert (busy.code, busy.permanent) == (452, False)
+    assert spam is not None
+    assert (spam.code, spam.permanent, spam.suppresses) == (554, True, False)
+    assert gone is not None
+    assert gone.suppresses
+    assert [m.rcpt_to for m in server.messages] == ["a@example.org", "b@example.org"]
+    assert server.connections == 1
+
+
+async def test_a_421_to_the_content_with_the_next_envelope_out_ends_the_session(
+    server: RecordingSMTP,
+) -> None:
+    server.reject_data["a@example.org"] = "421 4.3.2 shutting down"
+    async with Mailer(server.url, timeout=5).connect() as conn:
+        (lost,) = await send_all(conn, ["a@example.org", "b@example.org"])
+    assert isinstance(lost, ConnectionLost)
+    assert lost.code == 421
+    assert server.messages == []
+
+
+async def test_a_drop_after_the_content_leaves_the_next_message_unsent(
+    server: RecordingSMTP,
+) -> None:
+    server.drop_after_data.add("a@example.org")
+    async with Mailer(server.url, timeout=5).connect() as conn:
+        (lost,) = await send_all(conn, ["a@example.org", "b@example.org"])
+        assert not conn.is_connected
+    assert isinstance(lost, ConnectionLost)
+    assert [m.rcpt_to for m in server.messages] == ["a@example.org"]  # the known duplicate case
+
+
+async def test_an_envelope_written_ahead_and_never_used_delivers_nothing(
+    server: RecordingSMTP,
+) -> None:
+    """A batch that stops early (its claim lapsed, a crash) leaves the server in DATA for a
+    message it never sends: the session is dropped, not QUIT (QUIT would be message text), and
+    no empty or partial message is stored. It ends at once, not after a timeout."""
+    started = asyncio.get_running_loop().time()
+    async with Mailer(server.url, timeout=5).connect() as conn:
+        await conn.send(SENDER, "a@example.org", MESSAGE, then="b@example.org")
+        assert conn.in_data is server.pipelining
+    assert asyncio.get_running_loop().time() - started < 2
+    await asyncio.sleep(0.1)
+    assert [m.rcpt_to for m in server.messages] == ["a@example.org"]
+
+
+async def test_a_message_for_another_recipient_than_the_one_announced_is_refused(
+    server: RecordingSMTP,
+) -> None:
+    async with Mailer(server.url, timeout=5).connect() as conn:
+        await conn.send(SENDER, "a@example.org", MESSAGE, then="b@example.org")
+        wrong = await send(conn, "c@example.org")
+    if server.pipelining:
+        assert isinstance(wrong, ConnectionLost)
+        assert [m.rcpt_to for m in server.messages] == ["a@example.org"]
+    else:  # nothing was written ahead: any next message is fine
+        assert wrong is None

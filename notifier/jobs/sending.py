@@ -150,16 +150,16 @@ class Batch:
             await record(self.r, self.owned(self.done), self.hashes, [])
 
     async def _session(self) -> None:
-        """Send the queue's messages over one SMTP connection until it is empty or drops."""
+        """Send the queue's messages over one SMTP connection until it is empty or drops.
+
+        Without a send rate, the next message is rendered before this one goes, so that its
+        envelope can travel with this one's content (Connection.send's `then`); with a rate,
+        each message waits for its slot first and the server never waits in DATA for it."""
         r, queue = self.r, self.queue
         async with r.mailer.connect() as conn:
-            while queue:
-                item = queue[0]
-                sent, data = render(r, self.renderers, item)
-                if data is None:
-                    self.done.append(sent)
-                    queue.popleft()
-                    continue
+            current = self._rendered(0)
+            while current is not None:
+                item, (sent, data) = queue[0], current
                 await self.rate.acquire(
                     heartbeat=self.flush, every=r.settings.sweep_stale_after / 3
                 )
@@ -167,9 +167,11 @@ class Batch:
                     raise ClaimLapsed(
                         f"claim of {len(queue)} unsent message(s) not renewed in time"
                     )
+                following = None if self.rate.enabled else self._rendered(1)
+                then = queue[1].email if following is not None else None
                 started = time.perf_counter()
                 try:
-                    await conn.send(self.sender, item.email, data)
+                    await conn.send(self.sender, item.email, data, then=then)
                 except ConnectionLost as exc:
                     self.done.append(failure(r, item.delivery, exc, utcnow()))
                     queue.popleft()
@@ -191,8 +193,21 @@ class Batch:
                 finally:
                     SEND_SECONDS.observe(time.perf_counter() - started)
                 queue.popleft()
+                current = following if following is not None else self._rendered(0)
                 if time.monotonic() - self.last_flush >= FLUSH_SECONDS:
                     await self.flush()
+
+    def _rendered(self, index: int) -> tuple[Outcome, bytes] | None:
+        """The message for queue[index], or None when the queue ends before it. An item that
+        cannot render is recorded as failed and leaves the queue (one unrenderable event must
+        not wedge a batch); the item after it takes its place."""
+        while len(self.queue) > index:
+            sent, data = render(self.r, self.renderers, self.queue[index])
+            if data is not None:
+                return sent, data
+            self.done.append(sent)
+            del self.queue[index]
+        return None
 
 
 async def send_batch(r: Resources, delivery_ids: list[int]) -> dict[str, int]:
