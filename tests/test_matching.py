@@ -261,7 +261,7 @@ async def test_the_send_time_recheck_never_falls_to_a_generic_plan(resources: Re
                 await session.execute(
                     text(
                         "SELECT sum(generic_plans), sum(custom_plans) FROM pg_prepared_statements"
-                        " WHERE statement LIKE 'SELECT subscriptions.id, %subscriber_id IN%'"
+                        " WHERE statement LIKE 'SELECT subscriptions.id, %subscriber_id = ANY%'"
                     )
                 )
             ).one()

@@ -34,6 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from notifier.core.concepts import study_terms
 from notifier.core.normalize import condition_keys, normalize_nct
 from notifier.data.models import Subscription
+from notifier.data.queries import one_of
 
 # Written exactly as the partial indexes' predicates, so both planners can prove they apply
 # (a bound parameter in place of 'confirmed' would hide the implication from PostgreSQL).
@@ -243,7 +244,7 @@ async def active_matches(
         conditions.append(Subscription.mesh_id.in_(mk.mesh_ids))
     rows = await session.scalars(
         select(Subscription)
-        .where(Subscription.subscriber_id.in_(ids), text(ACTIVE_SQL), or_(*conditions))
+        .where(one_of(session, Subscription.subscriber_id, ids), text(ACTIVE_SQL), or_(*conditions))
         .order_by(Subscription.subscriber_id, Subscription.id)
     )
     found: dict[int, list[Subscription]] = {}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import ColumnElement, func, select, update
+from sqlalchemy import ColumnElement, any_, bindparam, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -21,6 +21,20 @@ def delivery_status_is(status: str) -> ColumnElement[bool]:
     500-id claim and walked every pending entry, live or dead: 35 ms instead of ~2 ms a claim,
     and a second 100k fan-out ran at two thirds of the first one's rate (measured)."""
     return func.coalesce(Delivery.status, "") == status
+
+
+def one_of(session: AsyncSession, column: Any, values: Iterable[Any]) -> ColumnElement[bool]:
+    """`column IN values`. On PostgreSQL as `= ANY(array)`: one parameter however many values,
+    so a send batch's 500 ids are neither rendered one bind at a time by SQLAlchemy (a few
+    percent of a sending worker's CPU, measured) nor a new statement for asyncpg to prepare
+    for every list length."""
+    wanted = list(values)
+    condition: ColumnElement[bool]
+    if dialect_name(session) == "postgresql":
+        condition = column == any_(bindparam(None, wanted, type_=postgresql.ARRAY(column.type)))
+    else:
+        condition = column.in_(wanted)
+    return condition
 
 
 def dialect_name(session: AsyncSession) -> str:
@@ -50,7 +64,7 @@ async def suppressed_hashes(session: AsyncSession, hashes: Iterable[str]) -> set
     if not wanted:
         return set()
     rows = await session.scalars(
-        select(Suppression.email_hash).where(Suppression.email_hash.in_(wanted))
+        select(Suppression.email_hash).where(one_of(session, Suppression.email_hash, wanted))
     )
     return set(rows)
 

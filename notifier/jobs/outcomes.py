@@ -72,7 +72,7 @@ async def claim(r: Resources, ids: list[int]) -> list[Claimed]:
         rows = await session.execute(
             update(Delivery)
             .where(
-                Delivery.id.in_(ids),
+                queries.one_of(session, Delivery.id, ids),
                 queries.delivery_status_is(DeliveryStatus.PENDING),
                 Delivery.next_attempt_at <= now,
             )
@@ -113,7 +113,7 @@ async def prepare(
             row.id: row
             for row in await session.execute(
                 select(Subscriber.id, Subscriber.email, Subscriber.email_hash).where(
-                    Subscriber.id.in_({c.subscriber_id for c in claimed})
+                    queries.one_of(session, Subscriber.id, {c.subscriber_id for c in claimed})
                 )
             )
         }
@@ -237,7 +237,7 @@ async def _write(
             await session.execute(
                 update(Delivery)
                 .where(
-                    Delivery.id.in_(still_sending),
+                    queries.one_of(session, Delivery.id, still_sending),
                     queries.delivery_status_is(DeliveryStatus.SENDING),
                 )
                 .values(next_attempt_at=utcnow())
