@@ -89,19 +89,32 @@ async def ours(r: Resources, event: dict[str, Any], n: int) -> tuple[float, floa
     per = n // CONNECTIONS
 
     async def one_connection(offset: int) -> None:
+        # As the send job: each message rendered before the previous one goes, so its envelope
+        # travels with that one's content (Connection.send's `then`).
         renderer = AlertRenderer(r.mail, event)
         async with r.mailer.connect() as conn:
+            ahead = None
             for i in range(offset, offset + per):
                 if i % 100 == 0:
                     renderer = AlertRenderer(r.mail, event)
                 to = f"user{i}@example.org"
-                data = renderer.render_bytes(
+                data = ahead or renderer.render_bytes(
                     subscriber_id=i,
                     email=to,
                     subscriptions=[subscription(i)],
                     msgid=message_id(r.settings),
                 )
-                await conn.send(sender, to, data)
+                last = i + 1 == offset + per
+                then = None if last else f"user{i + 1}@example.org"
+                ahead = None
+                if then is not None:
+                    ahead = renderer.render_bytes(
+                        subscriber_id=i + 1,
+                        email=then,
+                        subscriptions=[subscription(i + 1)],
+                        msgid=message_id(r.settings),
+                    )
+                await conn.send(sender, to, data, then=then)
 
     start = time.perf_counter()
     await asyncio.gather(*(one_connection(k * per) for k in range(CONNECTIONS)))
