@@ -157,3 +157,22 @@ def test_the_cache_stays_bounded() -> None:
             subscriptions=[subscription(1, "study", "NCT01")],
         ).text
     )
+
+
+@time_machine.travel("2026-12-06 12:00:00Z", tick=False)
+def test_many_one_off_variants_keep_few_encodings_and_the_same_bytes() -> None:
+    """Followers who each typed another condition: every variant renders, only the first
+    ENCODED_VARIANTS seen twice keep encoded parts (memory), and every mail is still the same."""
+    event = next(e for e in EVENTS if e["change_kind"] == "new_study")
+    renderer, alone = AlertRenderer(R, event), AlertRenderer(R, event)
+    for round_ in range(3):
+        for i in range(alerts.ENCODED_VARIANTS + 10):
+            sid = 100 * i + round_
+            sub = subscription(sid, "condition", f"Condition number {i}")
+            fast = renderer.render_bytes(
+                subscriber_id=sid, email="a@example.org", subscriptions=[sub], msgid="<m@x>"
+            )
+            slow = one_by_one(alone, sid, "a@example.org", [sub], "<m@x>")
+            assert same_boundary(fast) == same_boundary(slow)
+    encoded = sum(len(v.encoded) for v in renderer._cache.values())
+    assert encoded == alerts.ENCODED_VARIANTS

@@ -54,24 +54,36 @@ def _subject(
     return f"{headline} · {event.get('nct_id', '')}: {title}", None
 
 
+# Variants of one renderer that keep their parts encoded with holes (~60 KB each): an audience
+# of many one-off variants (each follower typed another condition) stays on the whole path.
+ENCODED_VARIANTS = 32
+
+
 @dataclass
 class _Rendered:
-    """One variant's templates, rendered with placeholders for the links; and, per set of link
-    lengths (in practice one: tokens have a fixed length), both parts encoded with holes."""
+    """One variant's templates, rendered with placeholders for the links; from its second
+    recipient on (and per set of link lengths: in practice one, tokens have a fixed length),
+    both parts encoded with holes."""
 
     subject: str
     text: str
     html: str
     placeholders: list[str]
+    uses: int = 0
     encoded: dict[tuple[int, ...], tuple[QuotedPrintableHoles, Base64Holes]] = field(
         default_factory=dict
     )
 
-    def parts(self, links: list[str]) -> tuple[bytes, bytes] | None:
+    def parts(self, links: list[str], room: bool) -> tuple[bytes, bytes] | None:
+        """Both parts with these links, or None: encode them whole (a variant's first use,
+        no `room` for another encoded variant, or links the holes do not fit)."""
+        self.uses += 1
         raw = [link.encode() for link in links]
         lengths = tuple(len(link) for link in raw)
         holes = self.encoded.get(lengths)
         if holes is None:
+            if self.uses < 2 or not room:
+                return None
             holes = (
                 QuotedPrintableHoles(self.text, self.placeholders, list(lengths)),
                 Base64Holes(self.html, self.placeholders, list(lengths)),
@@ -103,6 +115,7 @@ class AlertRenderer:
         self.summary = summarize(event)
         self._cache: dict[tuple[Any, ...], _Rendered] = {}
         self._cache_size = cache_size
+        self._encoded = 0  # variants in the cache with encoded parts
 
     def render(
         self, *, subscriber_id: int, email: str, subscriptions: Sequence[Subscription]
@@ -132,7 +145,9 @@ class AlertRenderer:
         variant = self._variant(subscriptions)
         links, one_click = self._links(subscriber_id, subscriptions)
         settings = self.mail_ctx.settings
-        parts = variant.parts(links)
+        before = len(variant.encoded)
+        parts = variant.parts(links, room=self._encoded < ENCODED_VARIANTS)
+        self._encoded += len(variant.encoded) - before
         if parts is not None:
             head = Mail(
                 to=email, subject=variant.subject, text="", html="", unsubscribe_url=one_click
@@ -154,6 +169,7 @@ class AlertRenderer:
             cached = self._render_templates(subscriptions)
             if len(self._cache) >= self._cache_size:
                 self._cache.clear()
+                self._encoded = 0
             self._cache[signature] = cached
         return cached
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+import re
 import time
 from email.header import Header
 from email.utils import formataddr, formatdate, parseaddr
@@ -112,6 +113,7 @@ _QP_LITERAL = frozenset(
     b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~:/?#[]@!$&'()*+,;%"
 )
 _B64_LINE = 57  # input bytes per 76-character base64 line
+_NONZERO = re.compile(rb"[^\x00]+")
 
 
 class Holes:
@@ -160,10 +162,12 @@ class QuotedPrintableHoles(Holes):
         super().__init__(text, placeholders, lengths)
         a, b = qp_body(self.filled("a")), qp_body(self.filled("b"))
         self.encoded = a
-        self.spans = _runs([i for i in range(len(a)) if a[i] != b[i]])
-        self.ok = len(a) == len(b) and sum(e - s for s, e in self.spans) == sum(
-            lengths[i] for i in self.order
-        )
+        self.ok = len(a) == len(b)
+        self.spans: list[tuple[int, int]] = []
+        if self.ok:  # the runs of bytes where the two differ, found in C (a XOR b)
+            xor = (int.from_bytes(a, "big") ^ int.from_bytes(b, "big")).to_bytes(len(a), "big")
+            self.spans = [m.span() for m in _NONZERO.finditer(xor)]
+            self.ok = sum(e - s for s, e in self.spans) == sum(lengths[i] for i in self.order)
 
     def fill(self, links: list[bytes]) -> bytes | None:
         if not self.ok or not self.fits(links):
@@ -226,14 +230,3 @@ class Base64Holes(Holes):
 
 def _lf(text: str) -> str:
     return text.replace("\r\n", "\n").replace("\r", "\n")
-
-
-def _runs(positions: list[int]) -> list[tuple[int, int]]:
-    """Consecutive positions as (start, end) spans."""
-    spans: list[tuple[int, int]] = []
-    for pos in positions:
-        if spans and spans[-1][1] == pos:
-            spans[-1] = (spans[-1][0], pos + 1)
-        else:
-            spans.append((pos, pos + 1))
-    return spans
