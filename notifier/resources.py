@@ -81,9 +81,10 @@ def redis_client(
 
 def redis_missing_message(settings: Settings, exc: BaseException | None = None) -> str:
     why = f" ({type(exc).__name__}: {exc})" if exc is not None and str(exc) else ""
+    tls = " (and NOTIFIER_REDIS_TLS_*)" if settings.redis_tls else ""
     return (
         f"Redis not reachable at {settings.redis_target.safe_url}{why}: start redis-server or "
-        "set NOTIFIER_REDIS_URL"
+        f"set NOTIFIER_REDIS_URL{tls}"
     )
 
 
