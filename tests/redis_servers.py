@@ -119,7 +119,8 @@ class RedisProcess:
     folder: Path
     config: list[str]
     sentinel: bool = False
-    tls: TlsFiles | None = None
+    tls: TlsFiles | None = None  # TLS only (also to the master it replicates or watches)
+    tls_auth_clients: bool = False  # ask every client for a certificate of the CA
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     def start(self) -> RedisProcess:
@@ -134,6 +135,18 @@ class RedisProcess:
         ]
         if not self.sentinel:
             common += ['save ""', "appendonly no"]
+        if self.tls is None:
+            common.append(f"port {self.port}")
+        else:
+            common += [
+                "port 0",
+                f"tls-port {self.port}",
+                f"tls-cert-file {self.tls.server_cert}",
+                f"tls-key-file {self.tls.server_key}",
+                f"tls-ca-cert-file {self.tls.ca}",
+                "tls-replication yes",
+                f"tls-auth-clients {'yes' if self.tls_auth_clients else 'no'}",
+            ]
         conf.write_text("\n".join([*common, *self.config]) + "\n")
         args = [REDIS_SERVER, str(conf), *(["--sentinel"] if self.sentinel else [])]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -189,20 +189,8 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
 @pytest.fixture
 def tls_redis(tls_files: TlsFiles, tmp_path: Path, ports: set[int]) -> Iterator[RedisProcess]:
     """A TLS-only redis-server that also asks every client for a certificate of our CA."""
-    port = free_port(ports)
     server = RedisProcess(
-        "tls",
-        port,
-        tmp_path,
-        [
-            "port 0",
-            f"tls-port {port}",
-            f"tls-cert-file {tls_files.server_cert}",
-            f"tls-key-file {tls_files.server_key}",
-            f"tls-ca-cert-file {tls_files.ca}",
-            "tls-auth-clients yes",
-        ],
-        tls=tls_files,
+        "tls", free_port(ports), tmp_path, [], tls=tls_files, tls_auth_clients=True
     )
     with running(server):
         yield server
@@ -283,20 +271,18 @@ async def test_rediss_without_verification_still_encrypts(
 
 
 class SentinelSet:
-    """A master, one replica and one Sentinel watching them (quorum 1)."""
+    """A master, one replica and one Sentinel watching them (quorum 1); all TLS with `tls`."""
 
-    def __init__(self, folder: Path, ports: set[int]) -> None:
-        need_redis_server()
-        self.master = RedisProcess("master", free_port(ports), folder, [])
-        self.master.config.append(f"port {self.master.port}")
-        self.replica = RedisProcess("replica", free_port(ports), folder, [])
-        self.replica.config += [
-            f"port {self.replica.port}",
-            f"replicaof 127.0.0.1 {self.master.port}",
-        ]
-        self.sentinel = RedisProcess("sentinel", free_port(ports), folder, [], sentinel=True)
+    def __init__(self, folder: Path, ports: set[int], tls: TlsFiles | None = None) -> None:
+        need_redis_server(tls=tls is not None)
+        self.tls = tls
+        self.master = RedisProcess("master", free_port(ports), folder, [], tls=tls)
+        self.replica = RedisProcess("replica", free_port(ports), folder, [], tls=tls)
+        self.replica.config.append(f"replicaof 127.0.0.1 {self.master.port}")
+        self.sentinel = RedisProcess(
+            "sentinel", free_port(ports), folder, [], sentinel=True, tls=tls
+        )
         self.sentinel.config += [
-            f"port {self.sentinel.port}",
             f"sentinel monitor {MASTER} 127.0.0.1 {self.master.port} 1",
             f"sentinel down-after-milliseconds {MASTER} 1000",
             f"sentinel failover-timeout {MASTER} 10000",
@@ -304,7 +290,12 @@ class SentinelSet:
 
     @property
     def url(self) -> str:
-        return f"redis+sentinel://127.0.0.1:{self.sentinel.port}/{MASTER}/0"
+        scheme = "rediss" if self.tls else "redis"
+        return f"{scheme}+sentinel://localhost:{self.sentinel.port}/{MASTER}/0"
+
+    def settings(self, db_url: str, smtp_url: str, **overrides: Any) -> Settings:
+        tls = {"redis_tls_ca_file": str(self.tls.ca)} if self.tls else {}
+        return make_settings(db_url, smtp_url, redis_url=self.url, **tls, **overrides)
 
     def master_port(self) -> int:
         _, port = self.sentinel.call("SENTINEL GET-MASTER-ADDR-BY-NAME", MASTER)
@@ -324,8 +315,12 @@ class SentinelSet:
 
 
 @pytest.fixture
-def sentinels(tmp_path: Path, ports: set[int]) -> Iterator[SentinelSet]:
-    cluster = SentinelSet(tmp_path, ports)
+def sentinels(
+    request: pytest.FixtureRequest, tmp_path: Path, ports: set[int]
+) -> Iterator[SentinelSet]:
+    """Plain, or with the parameter "tls" TLS everywhere (rediss+sentinel://)."""
+    tls = request.getfixturevalue("tls_files") if getattr(request, "param", "") == "tls" else None
+    cluster = SentinelSet(tmp_path, ports, tls)
     with running(cluster.master, cluster.replica, cluster.sentinel):
         cluster.wait_until_ready()
         yield cluster
@@ -336,13 +331,14 @@ async def readyz(client: Client) -> int:
 
 
 @pytest.mark.postgres_only
+@pytest.mark.parametrize("sentinels", ["plain", "tls"], indirect=True)
 async def test_sentinel_failover_on_command(
     db_url: str, smtp: RecordingSMTP, sentinels: SentinelSet
 ) -> None:
     """SENTINEL FAILOVER (a planned switch, e.g. to patch the master's host): the web process
     and a fresh worker follow the new master without a restart; the rate limits' counts moved
     with the data (they are replicated)."""
-    settings = make_settings(db_url, smtp.url, redis_url=sentinels.url)
+    settings = sentinels.settings(db_url, smtp.url)
     async with service(settings) as (r, client):
         assert await readyz(client) == 200
         await signup_and_confirmation(r, client, smtp)
@@ -375,8 +371,8 @@ async def test_sentinel_failover_on_command(
         assert any(k.startswith(b"arq:result:") for k in sentinels.replica.call("KEYS", "*"))
         assert limits_before <= set(sentinels.replica.call("KEYS", limits))  # replicated
     print(  # noqa: T201  # the figures README "Scaling out" reports
-        f"\nSENTINEL FAILOVER: new master after {switched:.2f} s; the web process on it "
-        f"{followed:.2f} s later"
+        f"\n{sentinels.url.split(':')[0]} SENTINEL FAILOVER: new master after "
+        f"{switched:.2f} s; the web process on it {followed:.2f} s later"
     )
 
 
@@ -390,9 +386,7 @@ async def test_the_master_dies_and_the_service_carries_on(
     event is stored (202) but its fan-out cannot be enqueued; the worker rides the outage out
     on its retrying pool and follows the new master; the sweep re-enqueues the stored events
     from PostgreSQL. Every event is mailed, exactly once."""
-    settings = make_settings(
-        db_url, smtp.url, redis_url=sentinels.url, sweep_interval=1.0, sweep_stale_after=2.0
-    )
+    settings = sentinels.settings(db_url, smtp.url, sweep_interval=1.0, sweep_stale_after=2.0)
     caplog.set_level(logging.WARNING, logger="notifier")
     async with service(settings) as (r, client):
         await subscribe(r, ADA, study=NCT)
