@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -27,8 +26,6 @@ from notifier.mail.templates import make_environment
 from notifier.mailer import Mailer, RelayProbe
 from notifier.queue import deserialize, job_id, serialize
 from notifier.settings import Settings
-
-log = logging.getLogger("notifier.resources")
 
 
 class RedisUnavailable(Exception):
