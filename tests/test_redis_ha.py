@@ -112,6 +112,18 @@ def test_a_bad_redis_url_stops_the_cli_with_one_line(
     assert "hunter22" not in err
 
 
+def test_no_sentinel_answering_stops_the_cli_saying_so(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NOTIFIER_ENV", "dev")
+    monkeypatch.setenv("NOTIFIER_REDIS_URL", "redis+sentinel://:hunter22@127.0.0.1:1/mymaster/0")
+    assert main(["worker"]) == 2
+    err = capsys.readouterr().err
+    assert "Redis not reachable at redis+sentinel://:***@127.0.0.1:1/mymaster/0" in err
+    assert "No master found for 'mymaster'" in err
+    assert "hunter22" not in err
+
+
 def test_tls_settings_are_checked_at_start(tmp_path: Path) -> None:
     ca = tmp_path / "ca.crt"
     ca.write_text("not read until a connection is made")
