@@ -112,6 +112,17 @@ def test_a_bad_redis_url_stops_the_cli_with_one_line(
     assert "hunter22" not in err
 
 
+@pytest.fixture
+def root_logging() -> Iterator[None]:
+    """main() points the root logger at this test's captured stderr: give it back after."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+@pytest.mark.usefixtures("root_logging")
 def test_no_sentinel_answering_stops_the_cli_saying_so(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -73,7 +73,10 @@ class SentinelArqRedis(ArqRedis):
                     *address,
                 )
                 pool.master_address = address
-                await pool.disconnect()  # in-flight commands fail, and retry where they may
+                try:
+                    await pool.disconnect()  # in-flight commands fail, and retry where they may
+                except (RedisError, OSError) as exc:  # a socket already broken: gone anyway
+                    log.debug("closing connections to the old master: %s", exc)
 
     async def aclose(self, close_connection_pool: bool | None = None) -> None:
         if self.follower is not None:
