@@ -55,7 +55,7 @@ def mask(text: str, secrets: Iterable[str] = ()) -> str:
 def secrets_of(settings: Settings) -> list[str]:
     """Every configured secret, including passwords inside service URLs, longest first."""
     values = [*settings.secret_keys, *settings.event_secrets, settings.admin_token]
-    values.append(settings.email_hash_key)
+    values += [settings.email_hash_key, settings.redis_sentinel_password]
     for url in (settings.database_url, settings.redis_url, settings.smtp_url):
         password = urlsplit(url).password
         if password:

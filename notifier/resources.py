@@ -4,46 +4,84 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
-from arq import create_pool
-from arq.connections import ArqRedis, RedisSettings
+from arq.connections import ArqRedis
 from jinja2 import Environment
 from limits.aio.storage import RedisStorage
+from redis.asyncio.retry import Retry
 from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from notifier.core.tokens import Tokens
 from notifier.data.db import make_engine, make_sessionmaker
 from notifier.data.outage import DatabaseOutage
+from notifier.data.sentinel import follow_master, sentinel_master
 from notifier.mail.context import MailContext
 from notifier.mail.templates import make_environment
 from notifier.mailer import Mailer, RelayProbe
 from notifier.queue import deserialize, job_id, serialize
 from notifier.settings import Settings
 
-log = logging.getLogger("notifier.resources")
-
 
 class RedisUnavailable(Exception):
     pass
 
 
-def redis_settings(settings: Settings, *, retries: int = 0) -> RedisSettings:
-    rs = RedisSettings.from_dsn(settings.redis_url)
-    rs.conn_timeout = 2
-    rs.conn_retries = retries
-    return rs
+CONNECT_TIMEOUT = 2.0
 
 
-def redis_missing_message(settings: Settings) -> str:
+def redis_client(
+    settings: Settings,
+    *,
+    retry: Retry | None = None,
+    retry_on_error: Sequence[type[Exception]] = (),
+) -> ArqRedis:
+    """An arq pool on NOTIFIER_REDIS_URL: one server, or the master a Sentinel set names.
+
+    Nothing connects yet. Through Sentinel, each connection attempt asks the Sentinels where
+    the master is, and follow_master (once a loop runs) moves the pool after a failover."""
+    target, tls = settings.redis_target, settings.redis_tls
+    options: dict[str, Any] = {
+        "db": target.db,
+        "username": target.username,
+        "password": target.password,
+        "socket_connect_timeout": CONNECT_TIMEOUT,
+        "retry": retry,
+        "retry_on_error": list(retry_on_error),
+        "encoding": "utf8",  # as arq's create_pool; replies stay bytes
+        **(tls.kwargs() if tls else {}),
+    }
+    if target.sentinels:
+        sentinel_options = {
+            "socket_connect_timeout": CONNECT_TIMEOUT,
+            "socket_timeout": CONNECT_TIMEOUT,  # a hung Sentinel is skipped for the next
+            "password": settings.redis_sentinel_password or None,
+            **(tls.kwargs() if tls else {}),
+        }
+        client: ArqRedis = sentinel_master(
+            list(target.sentinels), target.master, sentinel_options, options
+        )
+    elif target.unix_path:
+        client = ArqRedis(unix_socket_path=target.unix_path, **options)
+    else:
+        client = ArqRedis(host=target.host, port=target.port, **options)
+    client.job_serializer = serialize
+    client.job_deserializer = deserialize
+    client.default_queue_name = settings.queue_name
+    return client
+
+
+def redis_missing_message(settings: Settings, exc: BaseException | None = None) -> str:
+    why = f" ({type(exc).__name__}: {exc})" if exc is not None and str(exc) else ""
+    tls = " (and NOTIFIER_REDIS_TLS_*)" if settings.redis_tls else ""
     return (
-        f"Redis not reachable at {settings.redis_url}: start redis-server or set NOTIFIER_REDIS_URL"
+        f"Redis not reachable at {settings.redis_target.safe_url}{why}: start redis-server or "
+        f"set NOTIFIER_REDIS_URL{tls}"
     )
 
 
@@ -80,23 +118,29 @@ class Resources:
 
 
 async def connect_redis(settings: Settings) -> ArqRedis:
+    """redis_client(settings), once it answers a PING; RedisUnavailable saying why if not."""
+    client = redis_client(settings)
     try:
-        return await create_pool(
-            redis_settings(settings),
-            default_queue_name=settings.queue_name,
-            job_serializer=serialize,
-            job_deserializer=deserialize,
-        )
+        await client.ping()
     except (TimeoutError, RedisError, OSError) as exc:
-        raise RedisUnavailable(redis_missing_message(settings)) from exc
+        await client.aclose()
+        raise RedisUnavailable(redis_missing_message(settings, exc)) from exc
+    follow_master(client)
+    return client
 
 
 @asynccontextmanager
 async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
     redis = await connect_redis(settings)
     engine = make_engine(settings.database_url)
+    # The rate limits share the arq pool: one place that knows TLS and Sentinel (the limits
+    # library would read a Sentinel URL's "/master/db" as a master named "masterdb").
     limits_storage = RedisStorage(
-        settings.redis_url, implementation="redispy", key_prefix=f"{settings.queue_name}:limits"
+        "async+redis://",
+        implementation="redispy",
+        key_prefix=f"{settings.queue_name}:limits",
+        # limits types its options as scalars; redis-py's own Redis(connection_pool=) takes it
+        connection_pool=redis.connection_pool,  # type: ignore[arg-type]
     )
     try:
         yield Resources(
@@ -120,15 +164,4 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
         )
     finally:
         await engine.dispose()
-        await redis.aclose()
-        await close_limits(limits_storage)
-
-
-async def close_limits(storage: RedisStorage) -> None:
-    """The limits library opens its own redis-py client (lazily) and has no close of its own."""
-    bridge: Any = getattr(storage, "bridge", None)  # the redis-py bridge, typed as its base
-    if bridge is not None:
-        try:
-            await bridge.get_connection().aclose()
-        except (RedisError, OSError, AttributeError):
-            log.debug("rate-limit Redis client already closed")
+        await redis.aclose()  # and the pool the rate limits share

@@ -9,8 +9,10 @@ from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from notifier.data.redis_url import RedisTarget, RedisTLS, TlsVerify, parse_redis_url
 
 MIN_SECRET_BYTES = 32
 
@@ -51,6 +53,12 @@ class Settings(BaseSettings):
     env: Literal["production", "dev"] = "production"
     database_url: str = "sqlite+aiosqlite:///./notifier.db"
     redis_url: str = "redis://localhost:6379/0"
+    # TLS to Redis (rediss://, rediss+sentinel://): notifier.data.redis_url.RedisTLS.
+    redis_tls_ca_file: str = ""
+    redis_tls_cert_file: str = ""
+    redis_tls_key_file: str = ""
+    redis_tls_verify: TlsVerify = "full"
+    redis_sentinel_password: str = ""  # the Sentinels' own requirepass, if they have one
     smtp_url: str = "smtp://localhost:1025"
     smtp_timeout: float = 30.0
     public_url: str = "http://localhost:8080"
@@ -155,8 +163,31 @@ class Settings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _known_redis(cls, value: str) -> str:
-        if urlsplit(value).scheme not in ("redis", "rediss", "unix"):
-            raise ValueError("use redis://host:port/db")
+        parse_redis_url(value)  # raises ValueError with the forms it takes
+        return value
+
+    @field_validator("redis_tls_ca_file", "redis_tls_cert_file", "redis_tls_key_file")
+    @classmethod
+    def _tls_file(cls, value: str, info: ValidationInfo) -> str:
+        if not value:
+            return value
+        url = info.data.get("redis_url")
+        if url is not None and not parse_redis_url(url).tls:
+            raise ValueError("is for TLS: NOTIFIER_REDIS_URL must then be rediss://…")
+        try:
+            Path(value).open("rb").close()
+        except OSError as exc:
+            raise ValueError(f"cannot read {value}: {exc.strerror}") from None
+        if info.field_name == "redis_tls_key_file" and not info.data.get("redis_tls_cert_file"):
+            raise ValueError("needs NOTIFIER_REDIS_TLS_CERT_FILE (the client certificate)")
+        return value
+
+    @field_validator("redis_sentinel_password")
+    @classmethod
+    def _sentinel_only(cls, value: str, info: ValidationInfo) -> str:
+        url = info.data.get("redis_url")
+        if value and url is not None and not parse_redis_url(url).sentinels:
+            raise ValueError("is for redis+sentinel:// URLs only")
         return value
 
     @field_validator("sync_base_url")
@@ -193,6 +224,22 @@ class Settings(BaseSettings):
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ValueError("NOTIFIER_PUBLIC_URL must be an absolute http(s) URL")
         return self
+
+    @property
+    def redis_target(self) -> RedisTarget:
+        return parse_redis_url(self.redis_url)
+
+    @property
+    def redis_tls(self) -> RedisTLS | None:
+        """TLS options when the URL asks for TLS, else None."""
+        if not self.redis_target.tls:
+            return None
+        return RedisTLS(
+            self.redis_tls_ca_file,
+            self.redis_tls_cert_file,
+            self.redis_tls_key_file,
+            self.redis_tls_verify,
+        )
 
     @property
     def is_production(self) -> bool:

@@ -9,7 +9,7 @@ import time
 from typing import Any, cast
 
 from arq import cron
-from arq.connections import RedisSettings
+from arq.connections import ArqRedis
 from arq.cron import CronJob
 from arq.worker import Function, Worker, func
 from prometheus_client import start_http_server
@@ -21,10 +21,11 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from notifier.data.heartbeat import WorkerBeat
+from notifier.data.sentinel import follow_master
 from notifier.jobs import digests, fanout, ingest, maintenance, notices, sending, sweep, sync
 from notifier.metrics import REGISTRY
 from notifier.queue import JOB_TIMEOUT, Cron, Job, deserialize, serialize
-from notifier.resources import Resources, open_resources, redis_settings
+from notifier.resources import Resources, open_resources, redis_client
 from notifier.settings import Settings, parse_bind
 
 log = logging.getLogger("notifier.worker")
@@ -78,12 +79,24 @@ def cron_jobs(settings: Settings) -> list[CronJob]:
 
 
 class NotifierWorker(Worker):
-    """arq's Worker, surviving a Redis connection dropped while it starts a job.
+    """arq's Worker on our own Redis pool (TLS, Sentinel: worker_redis), surviving a Redis
+    connection dropped while it starts a job.
 
     arq starts a job inside WATCH/MULTI; redis-py does not retry a connection lost there and
     raises WatchError (or ConnectionError), which ended arq's poll loop and the worker process
     (found by the fault suite's Redis restart). The job was not started: its slot is given
     back and the next poll tries again."""
+
+    def __init__(self, settings: Settings, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.settings = settings
+
+    async def main(self) -> None:
+        # Where arq would build its pool from RedisSettings, which knows no Sentinel URL.
+        if self._pool is None:
+            self._pool = worker_redis(self.settings)
+            follow_master(self._pool)
+        await super().main()
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
         for job_id in job_ids:
@@ -184,11 +197,12 @@ def build_worker(
             await cm.__aexit__(None, None, None)
 
     return NotifierWorker(
+        settings,
         functions=list(FUNCTIONS),
         cron_jobs=[] if burst else cron_jobs(settings),
         queue_name=settings.queue_name,
-        redis_settings=worker_redis_settings(settings),
-        # The worker opens (and on close, closes) its own pool; jobs enqueue through resources.
+        # The worker opens (main) and on close closes its own pool; jobs enqueue through
+        # resources.
         on_startup=on_startup,
         on_shutdown=on_shutdown,
         on_job_start=heart.job_started if heart is not None else None,
@@ -209,9 +223,11 @@ def build_worker(
     )
 
 
-def worker_redis_settings(settings: Settings) -> RedisSettings:
-    rs = redis_settings(settings, retries=0)
-    rs.retry = Retry(ExponentialBackoff(cap=1.0, base=0.05), REDIS_OUTAGE_RETRIES)
-    # Refused connections (OSError) too: that is what a restarting Redis looks like.
-    rs.retry_on_error = [RedisConnectionError, RedisTimeoutError, OSError]
-    return rs
+def worker_redis(settings: Settings) -> ArqRedis:
+    """The worker's polling pool, retrying through a Redis restart or a Sentinel failover."""
+    return redis_client(
+        settings,
+        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), REDIS_OUTAGE_RETRIES),
+        # Refused connections (OSError) too: that is what a restarting Redis looks like.
+        retry_on_error=[RedisConnectionError, RedisTimeoutError, OSError],
+    )

@@ -88,11 +88,14 @@ def test_secrets_of_settings_include_passwords_in_urls(settings: Settings) -> No
         update={
             "smtp_url": "smtp://relay:p%40ss-word-smtp@mail.example.org:587",
             "email_hash_key": "hash-key-" + "h" * 30,
+            "redis_url": "redis+sentinel://:redis-data-pass@s1:26379,s2:26379/mymaster/0",
+            "redis_sentinel_password": "sentinel-pass-word",
         }
     )
     found = secrets_of(with_passwords)
     assert {*SECRET_KEYS, *EVENT_SECRETS, ADMIN_TOKEN, "hash-key-" + "h" * 30} <= set(found)
     assert {"p%40ss-word-smtp", "p@ss-word-smtp"} <= set(found)
+    assert {"redis-data-pass", "sentinel-pass-word"} <= set(found)
 
 
 def test_lines_are_json_with_extras_and_the_current_request_id(captured: Captured) -> None:
