@@ -33,7 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from notifier.core.concepts import study_terms
 from notifier.core.normalize import condition_keys, normalize_nct
-from notifier.data.models import Subscription
+from notifier.data.models import Subscription, SubscriptionView
 from notifier.data.queries import one_of
 
 # Written exactly as the partial indexes' predicates, so both planners can prove they apply
@@ -59,7 +59,7 @@ class MatchKeys:
     mesh_ids: tuple[str, ...] = ()  # 9-digit descriptors a condition subscription may hold
     facts: tuple[str, ...] = ()  # what a subscription's `requires` may name (ids and w:words)
 
-    def admits(self, sub: Subscription) -> bool:
+    def admits(self, sub: SubscriptionView) -> bool:
         """The same rule as the SQL, for one loaded subscription, plus its event-kind choice."""
         if sub.status != "confirmed" or sub.paused:
             return False
@@ -225,7 +225,7 @@ async def iter_matching(
 
 async def active_matches(
     session: AsyncSession, mk: MatchKeys, subscriber_ids: Iterable[int]
-) -> dict[int, list[Subscription]]:
+) -> dict[int, list[Matched]]:
     """Each subscriber's currently active subscriptions that match: read fresh before sending."""
     ids = sorted(set(subscriber_ids))
     if not ids or mk.empty:
@@ -242,13 +242,36 @@ async def active_matches(
         conditions.append(Subscription.match_key.in_(mk.text_keys))
     if mk.mesh_ids:
         conditions.append(Subscription.mesh_id.in_(mk.mesh_ids))
-    rows = await session.scalars(
-        select(Subscription)
+    rows = await session.execute(
+        select(*(getattr(Subscription, name) for name in _MATCHED_FIELDS))
         .where(one_of(session, Subscription.subscriber_id, ids), text(ACTIVE_SQL), or_(*conditions))
         .order_by(Subscription.subscriber_id, Subscription.id)
     )
-    found: dict[int, list[Subscription]] = {}
-    for sub in rows:
+    found: dict[int, list[Matched]] = {}
+    for row in rows:
+        sub = Matched(*row)
         if mk.admits(sub):
             found.setdefault(sub.subscriber_id, []).append(sub)
     return found
+
+
+@dataclass(frozen=True, slots=True)
+class Matched:
+    """A subscription as the send path reads it: plain columns, not an ORM object (loading
+    500 of those a batch was ~4% of a sending worker's CPU)."""
+
+    id: int
+    subscriber_id: int
+    kind: str
+    match_key: str
+    label: str
+    mesh_id: str | None
+    requires: str | None
+    status: str
+    paused: bool
+    frequency: str
+    discreet: bool
+    event_kinds: list[Any] | None
+
+
+_MATCHED_FIELDS = tuple(Matched.__dataclass_fields__)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import (
     JSON,
@@ -248,3 +248,33 @@ class Bounce(Base):
     kind: Mapped[str] = mapped_column(String(16))  # hard | soft | complaint
     detail: Mapped[str | None] = mapped_column(String(500))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class SubscriptionView(Protocol):
+    """What matching and rendering read of a subscription: a Subscription, or the plain row
+    the send path loads (core.matching.Matched)."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def subscriber_id(self) -> int: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def match_key(self) -> str: ...
+    @property
+    def label(self) -> str: ...
+    @property
+    def mesh_id(self) -> str | None: ...
+    @property
+    def requires(self) -> str | None: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def paused(self) -> bool: ...
+    @property
+    def frequency(self) -> str: ...
+    @property
+    def discreet(self) -> bool: ...
+    @property
+    def event_kinds(self) -> list[Any] | None: ...

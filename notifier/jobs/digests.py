@@ -15,7 +15,7 @@ from sqlalchemy import and_, exists, func, not_, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from notifier.clock import utcnow
-from notifier.core.matching import active_matches, match_keys
+from notifier.core.matching import Matched, active_matches, match_keys
 from notifier.data import queries
 from notifier.data.models import Delivery, Event, Subscriber, Subscription
 from notifier.data.states import DeliveryStatus
@@ -212,7 +212,7 @@ async def claim_digest(
         await _skip(session, [d.id for d, _ in rows], "suppressed")
         DELIVERIES.labels(outcome="suppressed").inc(len(rows))
         return digest
-    due: list[tuple[Delivery, Event, list[Subscription]]] = []
+    due: list[tuple[Delivery, Event, list[Matched]]] = []
     dropped: list[int] = []
     pages = 1
     # Items of a weekly subscription that are not due yet must not hold back due daily ones:

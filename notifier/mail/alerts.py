@@ -8,7 +8,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from notifier.core.names import subscription_name
-from notifier.data.models import Subscription
+from notifier.data.models import SubscriptionView
 from notifier.mail.context import MailContext
 from notifier.mail.labels import NAME_MAX, change_date, shorten, status_label, status_meaning
 from notifier.mail.message import Mail, encoded_to_bytes, to_bytes
@@ -21,7 +21,7 @@ NEUTRAL_PREHEADER = "Open this message to read what changed."
 SHORT_TITLE_MAX = 40
 
 
-def _titles(event: dict[str, Any], sub: Subscription, title: str | None) -> dict[str, str]:
+def _titles(event: dict[str, Any], sub: SubscriptionView, title: str | None) -> dict[str, str]:
     """The event's title for the followed study (also when followed under an older NCT id)."""
     return {sub.label: title} if title and sub.kind == "study" else {}
 
@@ -41,7 +41,7 @@ def short_title(study: dict[str, Any]) -> str | None:
 
 
 def _subject(
-    event: dict[str, Any], headline: str, subscriptions: Sequence[Subscription]
+    event: dict[str, Any], headline: str, subscriptions: Sequence[SubscriptionView]
 ) -> tuple[str, str | None]:
     """(subject, preheader or None for the default); neutral when any subscription is discreet."""
     if any(sub.discreet for sub in subscriptions):
@@ -118,7 +118,7 @@ class AlertRenderer:
         self._encoded = 0  # variants in the cache with encoded parts
 
     def render(
-        self, *, subscriber_id: int, email: str, subscriptions: Sequence[Subscription]
+        self, *, subscriber_id: int, email: str, subscriptions: Sequence[SubscriptionView]
     ) -> Mail:
         """Text and HTML parts with the same facts; List-Unsubscribe ends every subscription
         the mail names, the links in the body one each."""
@@ -137,7 +137,7 @@ class AlertRenderer:
         *,
         subscriber_id: int,
         email: str,
-        subscriptions: Sequence[Subscription],
+        subscriptions: Sequence[SubscriptionView],
         msgid: str,
     ) -> bytes:
         """to_bytes(render(...)) byte for byte, with only the links and headers made per
@@ -158,7 +158,7 @@ class AlertRenderer:
         mail = self.render(subscriber_id=subscriber_id, email=email, subscriptions=subscriptions)
         return to_bytes(settings, mail, msgid=msgid)
 
-    def _variant(self, subscriptions: Sequence[Subscription]) -> _Rendered:
+    def _variant(self, subscriptions: Sequence[SubscriptionView]) -> _Rendered:
         if not subscriptions:
             raise ValueError("an alert needs at least one matching subscription")
         signature = tuple(
@@ -174,7 +174,7 @@ class AlertRenderer:
         return cached
 
     def _links(
-        self, subscriber_id: int, subscriptions: Sequence[Subscription]
+        self, subscriber_id: int, subscriptions: Sequence[SubscriptionView]
     ) -> tuple[list[str], str]:
         """The body's links in placeholder order (one unsubscribe per subscription, then
         manage) and the one-click URL: each signed once (a single subscription's one-click is
@@ -187,7 +187,7 @@ class AlertRenderer:
         links.append(ctx.manage_url(subscriber_id))
         return links, one_click
 
-    def _render_templates(self, subscriptions: Sequence[Subscription]) -> _Rendered:
+    def _render_templates(self, subscriptions: Sequence[SubscriptionView]) -> _Rendered:
         event, summary, mail_ctx = self.event, self.summary, self.mail_ctx
         study = event.get("study") or {}
         # Shortened: the full title heads the mail; the reasons only need to recognise it.
@@ -251,7 +251,7 @@ def render_alert(
     *,
     subscriber_id: int,
     email: str,
-    subscriptions: Sequence[Subscription],
+    subscriptions: Sequence[SubscriptionView],
 ) -> Mail:
     """One alert on its own (previews, tests); the send job keeps one AlertRenderer per event."""
     return AlertRenderer(mail_ctx, event).render(

@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from notifier.core.names import subscription_name
-from notifier.data.models import Event, Subscriber, Subscription
+from notifier.data.models import Event, Subscriber, SubscriptionView
 from notifier.mail.alerts import NEUTRAL_PREHEADER, study_url
 from notifier.mail.context import MailContext
 from notifier.mail.labels import NAME_MAX, change_date, shorten, status_label, status_meaning
@@ -18,7 +18,7 @@ PERIOD_WORDS = {"daily": "once a day", "weekly": "once a week"}
 
 
 def digest_item(
-    mail_ctx: MailContext, event: dict[str, Any], subs: Sequence[Subscription]
+    mail_ctx: MailContext, event: dict[str, Any], subs: Sequence[SubscriptionView]
 ) -> dict[str, Any]:
     """One event as a digest item: headline, study, changes, and each subscription's reason."""
     summary = summarize(event)
@@ -54,7 +54,7 @@ def digest_item(
 def render_digest(
     mail_ctx: MailContext,
     subscriber: Subscriber,
-    entries: Sequence[tuple[Event, Sequence[Subscription]]],
+    entries: Sequence[tuple[Event, Sequence[SubscriptionView]]],
     *,
     frequency: str,
     now: datetime,
