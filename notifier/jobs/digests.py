@@ -22,6 +22,7 @@ from notifier.data.states import DeliveryStatus
 from notifier.jobs.context import resources_of
 from notifier.jobs.outcomes import ERROR_MAX
 from notifier.jobs.retry import until_written
+from notifier.logs import mask
 from notifier.mail.digest import render_digest
 from notifier.mail.message import Mail, message_id, sender_address, to_bytes
 from notifier.mail.summaries import summarize
@@ -298,7 +299,7 @@ async def _failed(ctx: dict[str, Any], r: Resources, digest: Digest, exc: SendEr
                     session, subscriber.email_hash, "hard_bounce", str(exc)[:ERROR_MAX]
                 )
     if permanent:
-        log.warning("digest for subscriber %s refused: %s", digest.subscriber_id, exc)
+        log.warning("digest for subscriber %s refused: %s", digest.subscriber_id, mask(str(exc)))
         DELIVERIES.labels(outcome="failed").inc(len(digest.claimed))
         return "failed"
     DELIVERIES.labels(outcome="retry").inc(len(digest.claimed))

@@ -21,6 +21,7 @@ from notifier.clock import utcnow
 from notifier.data.states import DeliveryStatus
 from notifier.jobs.context import resources_of
 from notifier.jobs.outcomes import Outcome, Outgoing, claim, failure, prepare, record, render
+from notifier.logs import mask
 from notifier.mail.alerts import AlertRenderer
 from notifier.mail.message import sender_address
 from notifier.mailer import ConnectionLost, SendError
@@ -176,17 +177,22 @@ class Batch:
                     raise
                 except SendError as exc:
                     self.done.append(failure(r, item.delivery, exc, utcnow()))
+                    # Ids, never the address (and a relay's reply may quote it: masked).
                     log.warning(
-                        "mail to %s %s: %s",
-                        item.email,
+                        "mail of delivery %d (subscriber %d) %s: %s",
+                        item.delivery.id,
+                        item.delivery.subscriber_id,
                         "refused" if exc.permanent else "deferred, will retry",
-                        exc,
+                        mask(str(exc)),
                     )
                 else:
                     self.done.append(sent)
                     MAILS.labels("alert").inc()
                     log.info(
-                        "mail sent: alert for event %d to %s", item.delivery.event_pk, item.email
+                        "mail sent: alert for event %d, delivery %d (subscriber %d)",
+                        item.delivery.event_pk,
+                        item.delivery.id,
+                        item.delivery.subscriber_id,
                     )
                 finally:
                     SEND_SECONDS.observe(time.perf_counter() - started)
