@@ -39,6 +39,7 @@ class Cron(StrEnum):
     SWEEP = "sweep_cron"
     DIGEST_TICK = "digest_tick"
     PURGE_PENDING = "purge_pending_cron"
+    RETENTION = "retention_cron"
     CTGOV_SYNC = "ctgov_sync_cron"  # only when NOTIFIER_SYNC_INTERVAL is set
 
 

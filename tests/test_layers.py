@@ -191,6 +191,7 @@ def test_job_and_cron_names_are_the_ones_already_queued_in_redis() -> None:
         "ctgov_sync_cron",
         "digest_tick",
         "purge_pending_cron",
+        "retention_cron",
         "sweep_cron",
     ]
 

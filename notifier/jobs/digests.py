@@ -38,7 +38,7 @@ MAX_PAGES = 20  # held items read per subscriber and tick: MAX_ITEMS x MAX_PAGES
 TICK_PAGE = 1000
 # A claim older than this was left by a worker that died mid-send: the items go back to held.
 STALE_CLAIM = timedelta(minutes=30)
-CLAIMED = "digesting"
+CLAIMED = DeliveryStatus.DIGESTING
 
 
 def zone(name: str | None) -> ZoneInfo:
