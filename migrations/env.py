@@ -7,8 +7,8 @@ import asyncio
 from alembic import context
 from sqlalchemy.engine import Connection
 
-from notifier.data.db import make_engine
 from notifier.data import partitions
+from notifier.data.db import make_engine
 from notifier.data.models import Base
 
 config = context.config

@@ -81,7 +81,9 @@ def _partition_postgres() -> None:
     for statement in _KEYS:
         op.execute(statement)
     # A valid CHECK that implies the bound: ATTACH then skips its own scan of the rows.
-    op.execute(f"ALTER TABLE deliveries_e0 ADD CONSTRAINT deliveries_e0_bound CHECK (event_pk < {first})")
+    op.execute(
+        f"ALTER TABLE deliveries_e0 ADD CONSTRAINT deliveries_e0_bound CHECK (event_pk < {first})"
+    )
     op.execute(
         f"ALTER TABLE deliveries ATTACH PARTITION deliveries_e0 FOR VALUES FROM (MINVALUE) TO ({first})"
     )
