@@ -85,7 +85,8 @@ def _partition_postgres() -> None:
         f"ALTER TABLE deliveries_e0 ADD CONSTRAINT deliveries_e0_bound CHECK (event_pk < {first})"
     )
     op.execute(
-        f"ALTER TABLE deliveries ATTACH PARTITION deliveries_e0 FOR VALUES FROM (MINVALUE) TO ({first})"
+        "ALTER TABLE deliveries ATTACH PARTITION deliveries_e0"
+        f" FOR VALUES FROM (MINVALUE) TO ({first})"
     )
     op.execute("ALTER TABLE deliveries_e0 DROP CONSTRAINT deliveries_e0_bound")
     op.execute(
