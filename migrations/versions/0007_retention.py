@@ -130,7 +130,8 @@ def upgrade() -> None:
 def downgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
         _unpartition_postgres()
-    with op.batch_alter_table("events", schema=None) as batch_op:
-        batch_op.drop_column("payload_purged_at")
-        batch_op.drop_column("compacted_at")
+    # Not batch mode: on SQLite it rebuilds `events`, and dropping the old table with foreign
+    # keys on deletes every delivery row (ON DELETE CASCADE). SQLite >= 3.35 drops a column.
+    op.execute("ALTER TABLE events DROP COLUMN payload_purged_at")
+    op.execute("ALTER TABLE events DROP COLUMN compacted_at")
     op.drop_table("event_delivery_counts")

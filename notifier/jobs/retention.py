@@ -9,7 +9,7 @@ import logging
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, exists, func, select, text, update
+from sqlalchemy import bindparam, delete, exists, func, select, text, update
 from sqlalchemy.exc import DBAPIError
 
 from notifier.clock import utcnow
@@ -33,7 +33,7 @@ _COUNT_ROWS = text(
     " SELECT event_pk, status, count(*) FROM deliveries WHERE id IN :ids"
     " GROUP BY event_pk, status ON CONFLICT (event_pk, status)"
     " DO UPDATE SET count = event_delivery_counts.count + excluded.count"
-).bindparams(ids=[])
+).bindparams(bindparam("ids", expanding=True))
 
 
 async def retention(ctx: dict[str, Any]) -> dict[str, int]:
