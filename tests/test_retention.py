@@ -5,15 +5,16 @@ touched. On PostgreSQL through partitions (rolled daily, dropped whole), on SQLi
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 import time_machine
 from aiohttp.test_utils import TestClient
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select, text, update
 
-from notifier.data import partitions
+from notifier.data import partitions, queries
 from notifier.data.models import Delivery, Event, EventDeliveryCount, Subscriber
 from notifier.data.study_tables import Study, StudyVersion
 from notifier.jobs import retention
@@ -214,3 +215,53 @@ async def test_a_partition_with_a_live_row_stays_whatever_its_age(resources: Res
             await session.execute(text("UPDATE deliveries SET status = 'sent'"))
         assert (await run_retention(r))["events_compacted"] == 1
         assert await _partitions(r) == ["deliveries_e1000000001"]
+
+
+@pytest.mark.postgres_only
+async def test_the_send_path_looks_in_its_events_partition_only(resources: Resources) -> None:
+    """With a month of partitions, claiming and recording a batch by id touches the partition
+    of the batch's event only (EXPLAIN): by id alone it would probe every one."""
+    from notifier.jobs.outcomes import _PG_OUTCOMES
+
+    r = resources
+    async with r.sessions.begin() as session:
+        for day in range(1, 31):
+            lower = 1 + day * partitions.SPAN
+            await session.execute(
+                text(
+                    f"CREATE TABLE deliveries_e{lower} PARTITION OF deliveries"
+                    f" FOR VALUES FROM ({lower}) TO ({lower + partitions.SPAN})"
+                )
+            )
+        event = await make_event(session)
+        subscriber = Subscriber(email="s@example.org", email_hash="h")
+        session.add(subscriber)
+        await session.flush()
+        row = await make_delivery(session, event=event, subscriber_id=subscriber.id)
+
+    def scanned(plan: list[str]) -> set[str]:
+        return {name for line in plan for name in re.findall(r"on (deliveries_e\d+)", line)}
+
+    async with r.sessions.begin() as session:
+        await session.execute(text("SET LOCAL plan_cache_mode = force_custom_plan"))
+        claim = (
+            update(Delivery)
+            .where(Delivery.id.in_([row.id]), *queries.in_partitions([event.id]))
+            .values(status="sending")
+        )
+        compiled = claim.compile(session.bind, compile_kwargs={"literal_binds": True})
+        plan = list(await session.scalars(text(f"EXPLAIN {compiled}")))
+        assert scanned(plan) == {"deliveries_e1"}, plan
+        outcomes = text(f"EXPLAIN {_PG_OUTCOMES.text}")
+        now = START
+        params = {
+            "id": [row.id],
+            "status": ["sent"],
+            "last_error": [None],
+            "message_id": ["<m@x>"],
+            "sent_at": [now],
+            "next_attempt_at": [now],
+            "event_pks": [event.id],
+        }
+        plan = list(await session.scalars(outcomes, params))
+        assert scanned(plan) == {"deliveries_e1"}, plan

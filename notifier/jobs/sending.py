@@ -112,7 +112,7 @@ class Batch:
         send rate: a slow but live batch must never look dead to the sweep)."""
         outcomes, self.done = self.owned(self.done), []
         started = time.monotonic()
-        await record(self.r, outcomes, self.hashes, [i.delivery.id for i in self.queue])
+        await record(self.r, outcomes, self.hashes, [i.delivery for i in self.queue])
         self.last_flush = time.monotonic()
         if not self.lapsed():
             self.renewed = started  # the refresh was written at or after `started`
@@ -201,10 +201,13 @@ class Batch:
                     await self.flush()
 
 
-async def send_batch(r: Resources, delivery_ids: list[int]) -> dict[str, int]:
-    """Claim, re-check and send these delivery rows: the work of send_deliveries and send_slice."""
+async def send_batch(
+    r: Resources, delivery_ids: list[int], event_pks: list[int] | None = None
+) -> dict[str, int]:
+    """Claim, re-check and send these delivery rows (of `event_pks`, when known): the work of
+    send_deliveries and send_slice."""
     claimed_at = time.monotonic()
-    claimed = await claim(r, delivery_ids)
+    claimed = await claim(r, delivery_ids, event_pks)
     if not claimed:
         return {"claimed": 0}
     outgoing, outcomes, hashes, renderers = await prepare(r, claimed)
@@ -214,5 +217,9 @@ async def send_batch(r: Resources, delivery_ids: list[int]) -> dict[str, int]:
     return {"claimed": len(claimed), "sent_or_tried": len(outgoing)}
 
 
-async def send_deliveries(ctx: dict[str, Any], delivery_ids: list[int]) -> dict[str, int]:
-    return await send_batch(resources_of(ctx), [int(i) for i in delivery_ids])
+async def send_deliveries(
+    ctx: dict[str, Any], delivery_ids: list[int], event_pks: list[int] | None = None
+) -> dict[str, int]:
+    """A batch by id; `event_pks` (their events) is absent from jobs queued before 0007."""
+    pks = [int(pk) for pk in event_pks] if event_pks else None
+    return await send_batch(resources_of(ctx), [int(i) for i in delivery_ids], pks)

@@ -258,7 +258,7 @@ async def replay(
         )
     stamp = f"{utcnow().timestamp():.6f}"
     await enqueue_fanout(r, event.id, "replay", stamp)
-    await enqueue_sends(r, due, f"replay:{event.id}:{stamp}")
+    await enqueue_sends(r, due, f"replay:{event.id}:{stamp}", [event.id] * len(due))
     con.say(
         f"event {event_id} ({event.nct_id}, {event.change_kind}): was {before}, fan-out "
         f"enqueued from the start; {len(due)} due pending deliveries re-enqueued"
