@@ -15,7 +15,7 @@ from aiohttp.test_utils import TestClient
 from sqlalchemy import func, select, text, update
 
 from notifier.data import partitions, queries
-from notifier.data.models import Delivery, Event, EventDeliveryCount, Subscriber
+from notifier.data.models import Delivery, Event, EventDeliveryCount, FanoutSlice, Subscriber
 from notifier.data.study_tables import Study, StudyVersion
 from notifier.jobs import retention
 from notifier.jobs.retention import run_retention
@@ -38,6 +38,14 @@ async def _rows(r: Resources, event_pk: int) -> list[str]:
             select(Delivery.status).where(Delivery.event_pk == event_pk).order_by(Delivery.id)
         )
         return [str(s) for s in statuses]
+
+
+async def _slices(r: Resources, event_pk: int) -> int:
+    async with r.sessions() as session:
+        found = await session.scalar(
+            select(func.count()).select_from(FanoutSlice).where(FanoutSlice.event_pk == event_pk)
+        )
+        return int(found or 0)
 
 
 async def _event(r: Resources, event_id: str) -> Event:
@@ -110,6 +118,8 @@ async def test_a_finished_event_is_compacted_and_nothing_live_is_touched(
         assert await _progress(client, event_a["event_id"]) == progress_a
         assert json.loads((await cli("stats", "--json")).out)["deliveries"] == stats_before
         assert (await _event(r, event_a["event_id"])).compacted_at is not None
+        assert await _slices(r, a.id) == 0  # its fan-out slices went too; B's stay
+        assert await _slices(r, b.id) == 1
         if postgres:  # A's partition went whole; B and C's stays (and a new one was rolled)
             assert await _partitions(r) == ["deliveries_e1000000001", "deliveries_e2000000001"]
         # Nothing live was touched: B's held item (its digest is not mailed yet) and C's row.

@@ -8,8 +8,8 @@ No partition is ever detached or re-bounded, so a roll takes no scan and locks f
 
 A partition is dropped once every event in its range is finished (not received or fanning out)
 since before the cutoff and none of its rows is still live (pending, sending, held for a digest,
-or being mailed in one): its rows' counts by event and status go to event_delivery_counts and
-the events are marked compacted in the same transaction as the DROP.
+or being mailed in one): its rows' counts by event and status go to event_delivery_counts, the
+events are marked compacted and their (done) fan-out slices deleted in the DROP's transaction.
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, bindparam, or_, select, text, update
+from sqlalchemy import ColumnElement, Select, bindparam, delete, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from notifier.data.models import Event
+from notifier.data.models import Event, FanoutSlice
 from notifier.data.states import LIVE_DELIVERY, OPEN_EVENT
 
 SPAN = 10**9  # event ids a partition spans: far more than any day's events
@@ -173,4 +173,11 @@ async def drop(session: AsyncSession, part: Partition, cutoff: datetime, now: da
         .execution_options(synchronize_session=False)
     )
     await session.execute(text(f"DROP TABLE {part.name}"))
+    # The events' fan-out slices are all done (the events are finished): they go too.
+    await session.execute(
+        delete(FanoutSlice).where(
+            FanoutSlice.event_pk < part.upper,
+            *([FanoutSlice.event_pk >= part.lower] if part.lower is not None else []),
+        )
+    )
     return True

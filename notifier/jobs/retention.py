@@ -14,7 +14,7 @@ from sqlalchemy.exc import DBAPIError
 
 from notifier.clock import utcnow
 from notifier.data import partitions
-from notifier.data.models import Delivery, Event
+from notifier.data.models import Delivery, Event, FanoutSlice
 from notifier.data.states import LIVE_DELIVERY, OPEN_EVENT
 from notifier.data.study_tables import Study, StudyVersion
 from notifier.jobs.context import resources_of
@@ -40,9 +40,10 @@ async def retention(ctx: dict[str, Any]) -> dict[str, int]:
     return await run_retention(resources_of(ctx))
 
 
-async def run_retention(r: Resources) -> dict[str, int]:
-    """One pass of everything; each part in short transactions of its own."""
-    now = utcnow()
+async def run_retention(r: Resources, now: datetime | None = None) -> dict[str, int]:
+    """One pass of everything; each part in short transactions of its own (`now`: the
+    simulated time of bench/retention.py)."""
+    now = now or utcnow()
     settings = r.settings
     done: dict[str, int] = {}
     postgres = r.engine.dialect.name == "postgresql"
@@ -105,7 +106,7 @@ async def _drop_partitions(r: Resources, cutoff: datetime, now: datetime) -> int
 
 async def _delete_rows(r: Resources, cutoff: datetime, now: datetime) -> int:
     """SQLite: mark the finished events compacted, then delete their rows DELETE_BATCH at a
-    time, each batch's counts added in the transaction that deletes it."""
+    time, each batch's counts added in the transaction that deletes it; then their slices."""
     live = exists().where(Delivery.event_pk == Event.id, Delivery.status.in_(LIVE_DELIVERY))
     due = (
         select(Event.id)
@@ -142,6 +143,20 @@ async def _delete_rows(r: Resources, cutoff: datetime, now: datetime) -> int:
             if ids:
                 await session.execute(_COUNT_ROWS, {"ids": ids})
                 await session.execute(delete(Delivery).where(Delivery.id.in_(ids)))
+        if len(ids) < DELETE_BATCH:
+            break
+    # Their fan-out slices (all done: the events are finished), a few at a time as well.
+    slices = (
+        select(FanoutSlice.id)
+        .join(Event, Event.id == FanoutSlice.event_pk)
+        .where(Event.compacted_at.is_not(None))
+        .limit(DELETE_BATCH)
+    )
+    while True:
+        async with r.sessions.begin() as session:
+            ids = list(await session.scalars(slices))
+            if ids:
+                await session.execute(delete(FanoutSlice).where(FanoutSlice.id.in_(ids)))
         if len(ids) < DELETE_BATCH:
             return compacted
 
