@@ -248,8 +248,9 @@ async def test_a_fan_out_logs_ids_never_addresses(
     smtp: RecordingSMTP,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """The records themselves, before any formatter masks them (a log shipper may read those):
-    sent mail is logged by delivery and subscriber id, a refusal by ids and the masked reply."""
+    """No log record of a fan-out holds an address, checked on the records themselves, before
+    any formatter masks them (a log shipper may read those): sent mail is logged by delivery
+    and subscriber id, a refusal by ids and the masked reply. Nor do the metrics."""
     from tests.factories import make_subscription
 
     addresses = [f"reader{i}@example.org" for i in range(3)]
@@ -266,3 +267,9 @@ async def test_a_fan_out_logs_ids_never_addresses(
     assert any("refused" in m for m in ours), ours
     for message in ours:
         assert not re.search(r"[\w.+-]+@[\w-]+\.\w", message), message
+    # Nor do the metrics (labels are outcomes, kinds and route templates).
+    from prometheus_client import generate_latest
+
+    from notifier.metrics import REGISTRY
+
+    assert "@" not in generate_latest(REGISTRY).decode()
