@@ -6,11 +6,13 @@ event that is fanning out, not a row pending, sending or held for a digest."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, delete, exists, func, select, text, update
+from sqlalchemy import Select, bindparam, delete, exists, func, select, text, update
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from notifier.clock import utcnow
 from notifier.data import partitions
@@ -104,106 +106,90 @@ async def _drop_partitions(r: Resources, cutoff: datetime, now: datetime) -> int
     return compacted
 
 
+async def in_batches(
+    r: Resources,
+    due: Select[int],
+    batch: int,
+    act: Callable[[AsyncSession, list[int]], Awaitable[Any]],
+) -> int:
+    """Until `due` (ids) finds none: `act` on `batch` of them at a time, one transaction each
+    (short write locks); how many in all."""
+    done = 0
+    while True:
+        async with r.sessions.begin() as session:
+            ids = list(await session.scalars(due.limit(batch)))
+            if ids:
+                await act(session, ids)
+        done += len(ids)
+        if len(ids) < batch:
+            return done
+
+
 async def _delete_rows(r: Resources, cutoff: datetime, now: datetime) -> int:
     """SQLite: mark the finished events compacted, then delete their rows DELETE_BATCH at a
     time, each batch's counts added in the transaction that deletes it; then their slices."""
     live = exists().where(Delivery.event_pk == Event.id, Delivery.status.in_(LIVE_DELIVERY))
-    due = (
-        select(Event.id)
-        .where(
-            Event.compacted_at.is_(None),
-            Event.status.not_in(OPEN_EVENT),
-            Event.fanned_out_at < cutoff,
-            ~live,
+    due = select(Event.id).where(
+        Event.compacted_at.is_(None),
+        Event.status.not_in(OPEN_EVENT),
+        Event.fanned_out_at < cutoff,
+        ~live,
+    )
+
+    async def mark(session: AsyncSession, ids: list[int]) -> None:
+        await session.execute(
+            update(Event)
+            .where(Event.id.in_(ids), Event.compacted_at.is_(None))
+            .values(compacted_at=now)
+            .execution_options(synchronize_session=False)
         )
-        .limit(EVENT_BATCH)
-    )
-    compacted = 0
-    while True:
-        async with r.sessions.begin() as session:
-            result = await session.execute(
-                update(Event)
-                .where(Event.id.in_(due.scalar_subquery()))
-                .values(compacted_at=now)
-                .execution_options(synchronize_session=False)
-            )
-        marked = int(getattr(result, "rowcount", 0) or 0)
-        compacted += marked
-        if marked < EVENT_BATCH:
-            break
-    rows = (
-        select(Delivery.id)
-        .join(Event, Event.id == Delivery.event_pk)
-        .where(Event.compacted_at.is_not(None))
-        .limit(DELETE_BATCH)
-    )
-    while True:
-        async with r.sessions.begin() as session:
-            ids = list(await session.scalars(rows))
-            if ids:
-                await session.execute(_COUNT_ROWS, {"ids": ids})
-                await session.execute(delete(Delivery).where(Delivery.id.in_(ids)))
-        if len(ids) < DELETE_BATCH:
-            break
-    # Their fan-out slices (all done: the events are finished), a few at a time as well.
-    slices = (
-        select(FanoutSlice.id)
-        .join(Event, Event.id == FanoutSlice.event_pk)
-        .where(Event.compacted_at.is_not(None))
-        .limit(DELETE_BATCH)
-    )
-    while True:
-        async with r.sessions.begin() as session:
-            ids = list(await session.scalars(slices))
-            if ids:
-                await session.execute(delete(FanoutSlice).where(FanoutSlice.id.in_(ids)))
-        if len(ids) < DELETE_BATCH:
-            return compacted
+
+    async def count_and_delete(session: AsyncSession, ids: list[int]) -> None:
+        await session.execute(_COUNT_ROWS, {"ids": ids})
+        await session.execute(delete(Delivery).where(Delivery.id.in_(ids)))
+
+    async def delete_slices(session: AsyncSession, ids: list[int]) -> None:
+        await session.execute(delete(FanoutSlice).where(FanoutSlice.id.in_(ids)))
+
+    compacted = await in_batches(r, due, EVENT_BATCH, mark)
+    for model, act in ((Delivery, count_and_delete), (FanoutSlice, delete_slices)):
+        # The rows, then the fan-out slices (all done: the events are finished).
+        of_compacted = (
+            select(model.id)
+            .join(Event, Event.id == model.event_pk)
+            .where(Event.compacted_at.is_not(None))
+        )
+        await in_batches(r, of_compacted, DELETE_BATCH, act)
+    return compacted
 
 
 async def _purge_payloads(r: Resources, cutoff: datetime, now: datetime) -> int:
     """Payloads of compacted events finished before `cutoff`, cut to {} (the event row stays:
     its event_id keeps a re-sent event from being fanned out again)."""
-    due = (
-        select(Event.id)
-        .where(
-            Event.compacted_at.is_not(None),
-            Event.payload_purged_at.is_(None),
-            Event.fanned_out_at < cutoff,
-        )
-        .limit(EVENT_BATCH)
+    due = select(Event.id).where(
+        Event.compacted_at.is_not(None),
+        Event.payload_purged_at.is_(None),
+        Event.fanned_out_at < cutoff,
     )
-    purged = 0
-    while True:
-        async with r.sessions.begin() as session:
-            ids = list(await session.scalars(due))
-            if ids:
-                await session.execute(
-                    update(Event)
-                    .where(Event.id.in_(ids))
-                    .values(payload={}, payload_purged_at=now)
-                    .execution_options(synchronize_session=False)
-                )
-        purged += len(ids)
-        if len(ids) < EVENT_BATCH:
-            return purged
+
+    async def cut(session: AsyncSession, ids: list[int]) -> None:
+        await session.execute(
+            update(Event)
+            .where(Event.id.in_(ids))
+            .values(payload={}, payload_purged_at=now)
+            .execution_options(synchronize_session=False)
+        )
+
+    return await in_batches(r, due, EVENT_BATCH, cut)
 
 
 async def _purge_study_versions(r: Resources, cutoff: datetime) -> int:
     """Record versions stored before `cutoff`, except each study's latest (the next record is
     diffed against it)."""
     latest = select(Study.versions).where(Study.nct_id == StudyVersion.nct_id).scalar_subquery()
-    due = (
-        select(StudyVersion.id)
-        .where(StudyVersion.stored_at < cutoff, StudyVersion.seq < latest)
-        .limit(DELETE_BATCH)
-    )
-    deleted = 0
-    while True:
-        async with r.sessions.begin() as session:
-            ids = list(await session.scalars(due))
-            if ids:
-                await session.execute(delete(StudyVersion).where(StudyVersion.id.in_(ids)))
-        deleted += len(ids)
-        if len(ids) < DELETE_BATCH:
-            return deleted
+    due = select(StudyVersion.id).where(StudyVersion.stored_at < cutoff, StudyVersion.seq < latest)
+
+    async def remove(session: AsyncSession, ids: list[int]) -> None:
+        await session.execute(delete(StudyVersion).where(StudyVersion.id.in_(ids)))
+
+    return await in_batches(r, due, DELETE_BATCH, remove)
