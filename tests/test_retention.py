@@ -116,7 +116,9 @@ async def test_a_finished_event_is_compacted_and_nothing_live_is_touched(
         assert done["events_compacted"] == 1
         assert await _rows(r, a.id) == []
         assert await _progress(client, event_a["event_id"]) == progress_a
-        assert json.loads((await cli("stats", "--json")).out)["deliveries"] == stats_before
+        stats = json.loads((await cli("stats", "--json")).out)
+        assert stats["deliveries"] == stats_before
+        assert stats["events_compacted"] == 1
         assert (await _event(r, event_a["event_id"])).compacted_at is not None
         assert await _slices(r, a.id) == 0  # its fan-out slices went too; B's stay
         assert await _slices(r, b.id) == 1

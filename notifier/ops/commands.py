@@ -360,6 +360,7 @@ async def collect_stats(r: Resources, con: Console) -> dict[str, Any]:
         con.progress("counting events …")
         out["events"] = await _by_status(session, Event, "events")
         out["events_rejected"] = await _count(session, RejectedEvent.id)
+        out["events_compacted"] = await _count(session, Event.id, Event.compacted_at.is_not(None))
         con.progress("counting deliveries …")
         out["deliveries"] = await _by_status(session, Delivery, "deliveries")
         out["fanout_slices"] = await _by_status(session, FanoutSlice, "fanout_slices")
@@ -390,7 +391,10 @@ async def stats(r: Resources, con: Console, *, as_json: bool = False) -> int:
     con.say(
         f"subscriptions   {_line(data['subscriptions'])} (paused {data['subscriptions_paused']})"
     )
-    con.say(f"events          {_line(data['events'])} (rejected {data['events_rejected']})")
+    con.say(
+        f"events          {_line(data['events'])} (rejected {data['events_rejected']}, "
+        f"rows compacted {data['events_compacted']})"
+    )
     con.say(f"deliveries      {_line(data['deliveries'])}")
     con.say(f"fan-out slices  {_line(data['fanout_slices'])}")
     con.say(f"suppressions    {_line(data['suppressions'])}")
