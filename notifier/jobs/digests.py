@@ -153,6 +153,7 @@ class Digest:
     subscriber_id: int
     msgid: str
     claimed: list[int] = field(default_factory=list)
+    event_pks: list[int] = field(default_factory=list)  # of the claimed rows: their partitions
     period_end: datetime | None = None
     mail: Mail | None = None
 
@@ -175,7 +176,11 @@ async def send_digest(ctx: dict[str, Any], subscriber_id: int) -> str:
         async with r.sessions.begin() as session:
             await session.execute(
                 update(Delivery)
-                .where(Delivery.id.in_(digest.claimed), queries.delivery_status_is(CLAIMED))
+                .where(
+                    Delivery.id.in_(digest.claimed),
+                    *queries.in_partitions(digest.event_pks),
+                    queries.delivery_status_is(CLAIMED),
+                )
                 .values(status=DeliveryStatus.SENT, sent_at=utcnow(), last_error=None)
             )
             subscriber = await session.get(Subscriber, subscriber_id)
@@ -210,11 +215,11 @@ async def claim_digest(
     if not rows:
         return digest
     if await queries.is_suppressed(session, subscriber.email_hash):
-        await _skip(session, [d.id for d, _ in rows], "suppressed")
+        await _skip(session, [d for d, _ in rows], "suppressed")
         DELIVERIES.labels(outcome="suppressed").inc(len(rows))
         return digest
     due: list[tuple[Delivery, Event, list[Subscription]]] = []
-    dropped: list[int] = []
+    dropped: list[Delivery] = []
     pages = 1
     # Items of a weekly subscription that are not due yet must not hold back due daily ones:
     # read further pages (bounded) until a mail's worth is due or the held items run out.
@@ -238,7 +243,7 @@ async def claim_digest(
             subscriber_id, []
         )
         if not subs or not summarize(event.payload).material:
-            dropped.append(delivery.id)
+            dropped.append(delivery)
             continue
         frequency = fastest([s.frequency for s in subs])
         start = period_start(now, subscriber.timezone, frequency)
@@ -252,6 +257,7 @@ async def claim_digest(
         update(Delivery)
         .where(
             Delivery.id.in_([d.id for d, _, _ in due]),
+            *queries.in_partitions(sorted({d.event_pk for d, _, _ in due})),
             queries.delivery_status_is(DeliveryStatus.HELD),
         )
         .values(
@@ -264,6 +270,7 @@ async def claim_digest(
     )
     digest.claimed = sorted(claimed)
     kept = [(e, subs) for d, e, subs in due if d.id in set(digest.claimed)]
+    digest.event_pks = sorted({e.id for e, _ in kept})
     if kept:
         frequency = (
             "daily" if any(s.frequency != "weekly" for _, subs in kept for s in subs) else "weekly"
@@ -272,14 +279,18 @@ async def claim_digest(
     return digest
 
 
-async def _skip(session: AsyncSession, ids: list[int], reason: str) -> None:
-    if ids:
+async def _skip(session: AsyncSession, rows: list[Delivery], reason: str) -> None:
+    if rows:
         await session.execute(
             update(Delivery)
-            .where(Delivery.id.in_(ids), queries.delivery_status_is(DeliveryStatus.HELD))
+            .where(
+                Delivery.id.in_([d.id for d in rows]),
+                *queries.in_partitions(sorted({d.event_pk for d in rows})),
+                queries.delivery_status_is(DeliveryStatus.HELD),
+            )
             .values(status="skipped", last_error=reason)
         )
-        DELIVERIES.labels(outcome="skipped").inc(len(ids))
+        DELIVERIES.labels(outcome="skipped").inc(len(rows))
 
 
 async def _failed(ctx: dict[str, Any], r: Resources, digest: Digest, exc: SendError) -> str:
@@ -289,7 +300,11 @@ async def _failed(ctx: dict[str, Any], r: Resources, digest: Digest, exc: SendEr
         status = "failed" if permanent else "held"
         await session.execute(
             update(Delivery)
-            .where(Delivery.id.in_(digest.claimed), queries.delivery_status_is(CLAIMED))
+            .where(
+                Delivery.id.in_(digest.claimed),
+                *queries.in_partitions(digest.event_pks),
+                queries.delivery_status_is(CLAIMED),
+            )
             .values(status=status, last_error=str(exc)[:ERROR_MAX], message_id=None)
         )
         if exc.suppresses:
