@@ -40,6 +40,7 @@ class Cron(StrEnum):
     DIGEST_TICK = "digest_tick"
     PURGE_PENDING = "purge_pending_cron"
     RETENTION = "retention_cron"
+    STUDY_VERSIONS = "study_versions_cron"
     CTGOV_SYNC = "ctgov_sync_cron"  # only when NOTIFIER_SYNC_INTERVAL is set
 
 

@@ -79,6 +79,11 @@ def cron_jobs(settings: Settings) -> list[CronJob]:
         (Cron.DIGEST_TICK, digests.digest_tick, {"minute": 0}),  # hourly: local midnights
         (Cron.PURGE_PENDING, maintenance.purge_pending, {"minute": {7}, "second": {0}}),
         (Cron.RETENTION, retention.retention, {"minute": {23}, "second": {0}}),
+        (
+            Cron.STUDY_VERSIONS,
+            retention.purge_study_versions,
+            {"hour": {3}, "minute": {41}, "second": {0}},
+        ),
     )
     if settings.sync_interval:
         schedules += ((Cron.CTGOV_SYNC, sync.sync_cron, every(settings.sync_interval)),)

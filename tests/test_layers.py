@@ -192,6 +192,7 @@ def test_job_and_cron_names_are_the_ones_already_queued_in_redis() -> None:
         "digest_tick",
         "purge_pending_cron",
         "retention_cron",
+        "study_versions_cron",
         "sweep_cron",
     ]
 

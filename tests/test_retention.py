@@ -86,11 +86,7 @@ async def test_a_finished_event_is_compacted_and_nothing_live_is_touched(
         # Day 1: a new partition; event B's item held for a daily digest not yet mailed, and
         # event C still fanning out (its row pending).
         clock.move_to(START + DAY)
-        assert await run_retention(r) == {
-            "events_compacted": 0,
-            "payloads_purged": 0,
-            "study_versions_deleted": 0,
-        }
+        assert await run_retention(r) == {"events_compacted": 0, "payloads_purged": 0}
         if postgres:
             assert await _partitions(r) == ["deliveries_e1", "deliveries_e1000000001"]
         await subscribe(r, "daily@example.org", study=study_b, frequency="daily")
@@ -185,24 +181,36 @@ async def test_sqlite_deletes_in_bounded_batches(
     assert counts == {"sent": 7, "failed": 7, "skipped": 6}
 
 
-async def test_study_versions_keep_each_studys_latest(resources: Resources) -> None:
+async def test_study_versions_keep_each_studys_latest(
+    resources: Resources, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The daily pass deletes versions past NOTIFIER_STUDY_VERSION_RETENTION_DAYS, page after
+    page along (stored_at, id), and never a study's latest, however old."""
     r = resources
+    monkeypatch.setattr(retention, "DELETE_BATCH", 2)  # several pages, latest ones among them
     old = START - 400 * DAY
     async with r.sessions.begin() as session:
-        for nct, versions in (("NCT00000001", 3), ("NCT00000002", 1)):
+        for n, versions in enumerate((3, 1, 4, 1), start=1):
+            nct = f"NCT{n:08d}"
             session.add(Study(nct_id=nct, brief_title=nct, versions=versions, updated_at=old))
             await session.flush()
             for seq in range(1, versions + 1):
-                session.add(
-                    StudyVersion(
-                        nct_id=nct, seq=seq, version_key=f"v{seq}", snapshot=b"x", stored_at=old
-                    )
+                stored = old + seq * DAY if n != 3 or seq < 4 else START  # 3's latest is recent
+                version = StudyVersion(
+                    nct_id=nct, seq=seq, version_key=f"v{seq}", snapshot=b"x", stored_at=stored
                 )
+                session.add(version)
     with time_machine.travel(START, tick=True):
-        assert (await run_retention(r))["study_versions_deleted"] == 2
+        assert await retention.purge_study_versions({"resources": r}) == 5
+        assert await retention.purge_study_versions({"resources": r}) == 0
     async with r.sessions() as session:
         kept = (await session.execute(select(StudyVersion.nct_id, StudyVersion.seq))).all()
-    assert sorted(kept) == [("NCT00000001", 3), ("NCT00000002", 1)]
+    assert sorted(kept) == [
+        ("NCT00000001", 3),
+        ("NCT00000002", 1),
+        ("NCT00000003", 4),
+        ("NCT00000004", 1),
+    ]
 
 
 @pytest.mark.postgres_only

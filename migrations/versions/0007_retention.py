@@ -26,6 +26,7 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 BIG_ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+_PAYLOAD_DUE = sa.text("compacted_at IS NOT NULL AND payload_purged_at IS NULL")
 # Event ids a partition spans (notifier.data.partitions.SPAN, repeated: a migration is frozen).
 SPAN = 10**9
 
@@ -123,6 +124,16 @@ def upgrade() -> None:
     with op.batch_alter_table("events", schema=None) as batch_op:
         batch_op.add_column(sa.Column("compacted_at", sa.DateTime(timezone=True)))
         batch_op.add_column(sa.Column("payload_purged_at", sa.DateTime(timezone=True)))
+    with op.batch_alter_table("events", schema=None) as batch_op:
+        batch_op.create_index(
+            "ix_events_payload_due",
+            ["fanned_out_at"],
+            unique=False,
+            postgresql_where=_PAYLOAD_DUE,
+            sqlite_where=_PAYLOAD_DUE,
+        )
+    with op.batch_alter_table("study_versions", schema=None) as batch_op:
+        batch_op.create_index("ix_study_versions_stored_at_id", ["stored_at", "id"], unique=False)
     if op.get_bind().dialect.name == "postgresql":
         _partition_postgres()
 
@@ -130,6 +141,8 @@ def upgrade() -> None:
 def downgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
         _unpartition_postgres()
+    op.execute("DROP INDEX ix_study_versions_stored_at_id")
+    op.execute("DROP INDEX ix_events_payload_due")
     # Not batch mode: on SQLite it rebuilds `events`, and dropping the old table with foreign
     # keys on deletes every delivery row (ON DELETE CASCADE). SQLite >= 3.35 drops a column.
     op.execute("ALTER TABLE events DROP COLUMN payload_purged_at")

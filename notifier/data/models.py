@@ -153,6 +153,16 @@ class Event(Base):
     """A trial-change event as received; event_id is the pipeline's idempotency key."""
 
     __tablename__ = "events"
+    __table_args__ = (
+        # Retention's payload purge: compacted events whose payload is still stored (a month or
+        # two of events, not the whole history the hourly run would otherwise read).
+        Index(
+            "ix_events_payload_due",
+            "fanned_out_at",
+            postgresql_where=text("compacted_at IS NOT NULL AND payload_purged_at IS NULL"),
+            sqlite_where=text("compacted_at IS NOT NULL AND payload_purged_at IS NULL"),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     event_id: Mapped[str] = mapped_column(String(200), unique=True)

@@ -1,7 +1,8 @@
 """Retention (the worker's hourly retention_cron): delivery rows of events finished longer than
-NOTIFIER_DELIVERY_RETENTION_DAYS become per-event counts, then event payloads and old study
-versions go after their own periods. Nothing an event still needs is touched: not a row of an
-event that is fanning out, not a row pending, sending or held for a digest."""
+NOTIFIER_DELIVERY_RETENTION_DAYS become per-event counts, then event payloads go after their
+own period; old study record versions go daily (study_versions_cron). Nothing an event still
+needs is touched: not a row of an event that is fanning out, not a row pending, sending or held
+for a digest."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, bindparam, delete, exists, func, select, text, update
+from sqlalchemy import Select, bindparam, delete, exists, func, select, text, tuple_, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -63,9 +64,6 @@ async def run_retention(r: Resources, now: datetime | None = None) -> dict[str, 
     if settings.event_payload_retention_days:
         cutoff = now - timedelta(days=settings.event_payload_retention_days)
         done["payloads_purged"] = await _purge_payloads(r, cutoff, now)
-    if settings.study_version_retention_days:
-        cutoff = now - timedelta(days=settings.study_version_retention_days)
-        done["study_versions_deleted"] = await _purge_study_versions(r, cutoff)
     if any(done.values()):
         log.info("retention: %s", ", ".join(f"{k} {v}" for k, v in done.items()))
     return done
@@ -183,13 +181,44 @@ async def _purge_payloads(r: Resources, cutoff: datetime, now: datetime) -> int:
     return await in_batches(r, due, EVENT_BATCH, cut)
 
 
-async def _purge_study_versions(r: Resources, cutoff: datetime) -> int:
-    """Record versions stored before `cutoff`, except each study's latest (the next record is
-    diffed against it)."""
+async def purge_study_versions(ctx: dict[str, Any]) -> int:
+    """The daily study_versions_cron: record versions stored more than
+    NOTIFIER_STUDY_VERSION_RETENTION_DAYS ago, except each study's latest (the next record is
+    diffed against it); how many went."""
+    r = resources_of(ctx)
+    days = r.settings.study_version_retention_days
+    if not days:
+        return 0
+    deleted = await old_study_versions(r, utcnow() - timedelta(days=days))
+    if deleted:
+        log.info("retention: %d study record versions deleted", deleted)
+    return deleted
+
+
+async def old_study_versions(r: Resources, cutoff: datetime) -> int:
+    """One pass along (stored_at, id) over the versions stored before `cutoff`, DELETE_BATCH at
+    a time: a study's latest version stays in that range for good (most of the registry, once
+    it is older than the cutoff), so each batch starts where the last one ended rather than
+    reading those again."""
     latest = select(Study.versions).where(Study.nct_id == StudyVersion.nct_id).scalar_subquery()
-    due = select(StudyVersion.id).where(StudyVersion.stored_at < cutoff, StudyVersion.seq < latest)
-
-    async def remove(session: AsyncSession, ids: list[int]) -> None:
-        await session.execute(delete(StudyVersion).where(StudyVersion.id.in_(ids)))
-
-    return await in_batches(r, due, DELETE_BATCH, remove)
+    after: tuple[datetime, int] | None = None
+    deleted = 0
+    while True:
+        page = select(StudyVersion.stored_at, StudyVersion.id, StudyVersion.seq < latest).where(
+            StudyVersion.stored_at < cutoff
+        )
+        if after is not None:
+            page = page.where(tuple_(StudyVersion.stored_at, StudyVersion.id) > after)
+        async with r.sessions.begin() as session:
+            rows = (
+                await session.execute(
+                    page.order_by(StudyVersion.stored_at, StudyVersion.id).limit(DELETE_BATCH)
+                )
+            ).all()
+            superseded = [row[1] for row in rows if row[2]]
+            if superseded:
+                await session.execute(delete(StudyVersion).where(StudyVersion.id.in_(superseded)))
+        deleted += len(superseded)
+        if len(rows) < DELETE_BATCH:
+            return deleted
+        after = (rows[-1][0], rows[-1][1])
