@@ -133,7 +133,9 @@ class Batch:
                     reconnects += 1
                     if reconnects > MAX_RECONNECTS or not self.queue:
                         raise
-                    log.warning("SMTP session lost, reconnecting (%d): %s", reconnects, exc)
+                    log.warning(
+                        "SMTP session lost, reconnecting (%d): %s", reconnects, mask(str(exc))
+                    )
         except ClaimLapsed as exc:
             # Unsent rows stay as they are: claimed by this batch (the sweep hands them out once
             # stale) or already handed to another job. Either way, not sent from here.
@@ -143,7 +145,9 @@ class Batch:
             now = utcnow()
             self.done.extend(failure(self.r, item.delivery, exc, now) for item in self.queue)
             log.warning(
-                "SMTP connection lost, %d message(s) will be retried: %s", len(self.queue), exc
+                "SMTP connection lost, %d message(s) will be retried: %s",
+                len(self.queue),
+                mask(str(exc)),
             )
         finally:
             # Also on any other error: what was sent is recorded; the rest stays claimed for
