@@ -24,6 +24,7 @@ BENCHES = [
     "rate_limit",
     "vocabulary",
     "studies_ingest",
+    "retention",
 ]
 RESULTS = Path(__file__).parent / "results"
 

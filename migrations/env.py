@@ -7,6 +7,7 @@ import asyncio
 from alembic import context
 from sqlalchemy.engine import Connection
 
+from notifier.data import partitions
 from notifier.data.db import make_engine
 from notifier.data.models import Base
 
@@ -29,6 +30,7 @@ def _run(connection: Connection) -> None:
         target_metadata=target_metadata,
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
+        include_name=partitions.compared,
     )
     with context.begin_transaction():
         context.run_migrations()

@@ -39,6 +39,8 @@ class Cron(StrEnum):
     SWEEP = "sweep_cron"
     DIGEST_TICK = "digest_tick"
     PURGE_PENDING = "purge_pending_cron"
+    RETENTION = "retention_cron"
+    STUDY_VERSIONS = "study_versions_cron"
     CTGOV_SYNC = "ctgov_sync_cron"  # only when NOTIFIER_SYNC_INTERVAL is set
 
 
@@ -103,21 +105,30 @@ async def enqueue_fanout(r: Resources, event_pk: int, *stamp: object) -> None:
     )
 
 
-async def enqueue_sends(r: Resources, delivery_ids: list[int], job_prefix: str) -> None:
-    """One send job per batch_size() ids, with ids that make a re-run enqueue nothing new."""
+async def enqueue_sends(
+    r: Resources, delivery_ids: list[int], job_prefix: str, event_pks: list[int] | None = None
+) -> None:
+    """One send job per batch_size() ids, with ids that make a re-run enqueue nothing new.
+    `event_pks[i]` is the event of `delivery_ids[i]`: each job gets its rows' events, so that
+    it looks for them in their partitions only (data.partitions)."""
     size = batch_size(r.settings)
     for start in range(0, len(delivery_ids), size):
         chunk = delivery_ids[start : start + size]
+        pks = sorted(set(event_pks[start : start + size])) if event_pks else None
         await r.redis.enqueue_job(
-            Job.SEND_DELIVERIES.value, chunk, _job_id=r.job_id(job_prefix, chunk[0])
+            Job.SEND_DELIVERIES.value, chunk, pks, _job_id=r.job_id(job_prefix, chunk[0])
         )
 
 
-async def enqueue_retry(r: Resources, delivery_ids: list[int], defer: float, stamp: str) -> None:
-    """The send job of rows whose attempt failed transiently, `defer` seconds from now."""
+async def enqueue_retry(
+    r: Resources, delivery_ids: list[int], defer: float, stamp: str, event_pks: list[int]
+) -> None:
+    """The send job of rows (of `event_pks`) whose attempt failed transiently, `defer` seconds
+    from now."""
     await r.redis.enqueue_job(
         Job.SEND_DELIVERIES.value,
         delivery_ids,
+        event_pks,
         _defer_by=defer,
         _job_id=r.job_id("retry", delivery_ids[0], stamp),
     )

@@ -118,6 +118,13 @@ class Settings(BaseSettings):
     soft_bounce_limit: int = Field(default=3, gt=0)
     soft_bounce_window_days: int = Field(default=14, gt=0)
 
+    # Retention (jobs.retention, the worker's hourly retention_cron; 0 = keep forever).
+    delivery_retention_days: int = Field(
+        default=30, ge=0, description="days after an event finished before its rows go"
+    )
+    event_payload_retention_days: int = Field(default=90, ge=0)
+    study_version_retention_days: int = Field(default=365, ge=0)
+
     # Study records (POST /v1/studies, `notifier sync`).
     max_study_batch: int = Field(default=100, gt=0, description="records per POST /v1/studies")
     max_study_body_bytes: int = Field(default=32 * 1024 * 1024, gt=0)

@@ -22,7 +22,17 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from notifier.data.heartbeat import WorkerBeat
 from notifier.data.sentinel import follow_master
-from notifier.jobs import digests, fanout, ingest, maintenance, notices, sending, sweep, sync
+from notifier.jobs import (
+    digests,
+    fanout,
+    ingest,
+    maintenance,
+    notices,
+    retention,
+    sending,
+    sweep,
+    sync,
+)
 from notifier.metrics import REGISTRY
 from notifier.queue import JOB_TIMEOUT, Cron, Job, deserialize, serialize
 from notifier.resources import Resources, open_resources, redis_client
@@ -69,6 +79,12 @@ def cron_jobs(settings: Settings) -> list[CronJob]:
         (Cron.SWEEP, sweep.sweep, every(settings.sweep_interval)),
         (Cron.DIGEST_TICK, digests.digest_tick, {"minute": 0}),  # hourly: local midnights
         (Cron.PURGE_PENDING, maintenance.purge_pending, {"minute": {7}, "second": {0}}),
+        (Cron.RETENTION, retention.retention, {"minute": {23}, "second": {0}}),
+        (
+            Cron.STUDY_VERSIONS,
+            retention.purge_study_versions,
+            {"hour": {3}, "minute": {41}, "second": {0}},
+        ),
     )
     if settings.sync_interval:
         schedules += ((Cron.CTGOV_SYNC, sync.sync_cron, every(settings.sync_interval)),)

@@ -139,7 +139,7 @@ async def test_make_run_then_stats_and_send_test_in_a_second_shell(
             async with http.post(f"{first.base}/v1/subscriptions", json=form) as r:
                 assert r.status == 202
         line = await first.wait_for(
-            r"\d\d:\d\d:\d\d INFO +mail sent: confirmation link to b\*\*\*@example\.org"
+            r"\d\d:\d\d:\d\d INFO +mail sent: confirmation link to subscriber \d+ "
         )
         assert line
         assert '{"ts"' not in first.console  # no JSON lines in dev

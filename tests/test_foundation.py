@@ -12,6 +12,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import Connection
 
 from notifier.__main__ import main
+from notifier.data import partitions
 from notifier.data.models import Base
 from notifier.mailer import SMTPConfig
 from notifier.resources import Resources
@@ -46,7 +47,8 @@ async def test_unknown_route_is_json_404(client: TestClient[Any, Any]) -> None:
 @pytest.mark.postgres_only
 async def test_migrations_match_models(resources: Resources) -> None:
     def diff(conn: Connection) -> list[Any]:
-        ctx = MigrationContext.configure(conn, opts={"compare_type": True})
+        opts = {"compare_type": True, "include_name": partitions.compared}
+        ctx = MigrationContext.configure(conn, opts=opts)
         return list(compare_metadata(ctx, Base.metadata))
 
     async with resources.engine.connect() as conn:

@@ -191,6 +191,8 @@ def test_job_and_cron_names_are_the_ones_already_queued_in_redis() -> None:
         "ctgov_sync_cron",
         "digest_tick",
         "purge_pending_cron",
+        "retention_cron",
+        "study_versions_cron",
         "sweep_cron",
     ]
 

@@ -243,3 +243,36 @@ def test_internationalised_addresses_are_masked_too() -> None:
         mask("550 5.1.1 <josé.garcía@example.es> unknown") == "550 5.1.1 <j***@example.es> unknown"
     )
     assert "jörg" not in mask("to jörg@example.de")
+
+
+async def test_a_fan_out_logs_ids_never_addresses(
+    client: TestClient[Any, Any],
+    resources: Resources,
+    smtp: RecordingSMTP,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """No log record of a fan-out holds an address, checked on the records themselves, before
+    any formatter masks them (a log shipper may read those): sent mail is logged by delivery
+    and subscriber id, a refusal by ids and the masked reply. Nor do the metrics."""
+    from tests.factories import make_subscription
+
+    addresses = [f"reader{i}@example.org" for i in range(3)]
+    async with resources.sessions.begin() as session:
+        for address in addresses:
+            await make_subscription(session, resources, email=address, label=NCT)
+    smtp.reject[addresses[0]] = f"550 5.1.1 <{addresses[0]}>: Recipient address rejected"
+    caplog.set_level(logging.DEBUG, logger="notifier")
+    await post_events(client, [status_change(NCT, "RECRUITING", "COMPLETED")])
+    await run_worker(resources)
+    assert len(smtp.to(addresses[1])) == 1
+    ours = [r.getMessage() for r in caplog.records if r.name.startswith("notifier")]
+    assert any(m.startswith("mail sent: alert for event") for m in ours), ours
+    assert any("refused" in m for m in ours), ours
+    for message in ours:
+        assert not re.search(r"[\w.+-]+@[\w-]+\.\w", message), message
+    # Nor do the metrics (labels are outcomes, kinds and route templates).
+    from prometheus_client import generate_latest
+
+    from notifier.metrics import REGISTRY
+
+    assert "@" not in generate_latest(REGISTRY).decode()

@@ -280,6 +280,7 @@ async def test_stats_counts_everything_and_the_queue(cli: CLI, resources: Resour
         "subscriptions_paused": 1,
         "events": {"received": 1, "fanning_out": 0, "fanned_out": 1, "immaterial": 1},
         "events_rejected": 1,
+        "events_compacted": 0,
         "deliveries": {
             "pending": 1,
             "sending": 0,

@@ -103,7 +103,9 @@ class TestClaimLapse:
                 return
             await real_write(*args)
 
-        async def hold_sweep_jobs(res: Resources, ids: list[int], prefix: str) -> None:
+        async def hold_sweep_jobs(
+            res: Resources, ids: list[int], prefix: str, event_pks: Any = None
+        ) -> None:
             swept.extend(ids)
 
         monkeypatch.setattr(notifier.jobs.outcomes, "_write", held_up_write)

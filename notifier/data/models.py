@@ -153,6 +153,16 @@ class Event(Base):
     """A trial-change event as received; event_id is the pipeline's idempotency key."""
 
     __tablename__ = "events"
+    __table_args__ = (
+        # Retention's payload purge: compacted events whose payload is still stored (a month or
+        # two of events, not the whole history the hourly run would otherwise read).
+        Index(
+            "ix_events_payload_due",
+            "fanned_out_at",
+            postgresql_where=text("compacted_at IS NOT NULL AND payload_purged_at IS NULL"),
+            sqlite_where=text("compacted_at IS NOT NULL AND payload_purged_at IS NULL"),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     event_id: Mapped[str] = mapped_column(String(200), unique=True)
@@ -166,6 +176,10 @@ class Event(Base):
     fanout_cursor: Mapped[int] = mapped_column(BigId, default=0)
     matched: Mapped[int] = mapped_column(Integer, default=0)
     fanned_out_at: Mapped[datetime | None]
+    # Retention (jobs.retention): when its delivery rows were folded into event_delivery_counts
+    # (a replay is refused from then on), and when its payload was cut to a stub.
+    compacted_at: Mapped[datetime | None]
+    payload_purged_at: Mapped[datetime | None]
 
 
 class RejectedEvent(Base):
@@ -181,13 +195,20 @@ class RejectedEvent(Base):
 
 
 class Delivery(Base):
-    """One mail (or digest item) for one subscriber about one event; written before sending."""
+    """One mail (or digest item) for one subscriber about one event; written before sending.
+
+    On PostgreSQL the table is partitioned by RANGE (event_pk) (migration 0007; data.partitions):
+    event ids grow with time, so a partition holds the rows of about a day's events and
+    retention drops whole partitions. Its keys must include the partition key, so the table's
+    primary key there is (id, event_pk); ids still come from one sequence and stay unique, which
+    is what the mapper's `id` identity relies on. SQLite keeps a plain table."""
 
     __tablename__ = "deliveries"
     __table_args__ = (
         UniqueConstraint("event_pk", "subscriber_id"),
         Index("ix_deliveries_status_next_attempt_at", "status", "next_attempt_at"),
         Index("ix_deliveries_subscriber_id_status", "subscriber_id", "status"),
+        {"postgresql_partition_by": "RANGE (event_pk)"},
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
@@ -201,6 +222,20 @@ class Delivery(Base):
     message_id: Mapped[str | None] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     sent_at: Mapped[datetime | None]
+
+
+class EventDeliveryCount(Base):
+    """Delivery rows of an event by status, once retention removed them: the progress endpoint
+    and `notifier stats` add these to the rows still stored (written in the transaction that
+    deletes the rows, so nothing is counted twice or lost)."""
+
+    __tablename__ = "event_delivery_counts"
+
+    event_pk: Mapped[int] = mapped_column(
+        ForeignKey("events.id", ondelete="CASCADE"), primary_key=True
+    )
+    status: Mapped[str] = mapped_column(String(16), primary_key=True)
+    count: Mapped[int] = mapped_column(BigInteger)
 
 
 class FanoutSlice(Base):

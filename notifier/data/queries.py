@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import ColumnElement, any_, bindparam, func, select, update
+from sqlalchemy import ColumnElement, any_, bindparam, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -35,6 +35,21 @@ def one_of(session: AsyncSession, column: Any, values: Iterable[Any]) -> ColumnE
     else:
         condition = column.in_(wanted)
     return condition
+
+
+def in_partitions(event_pks: list[int] | None) -> list[ColumnElement[bool]]:
+    """`deliveries.event_pk IN (...)` when the events are known: on PostgreSQL the partitions
+    to look in (deliveries are partitioned by event), so a lookup by id probes only those.
+    Nothing when they are not known (a job queued before they were passed along)."""
+    return [Delivery.event_pk.in_(event_pks)] if event_pks else []
+
+
+async def custom_plans(session: AsyncSession) -> None:
+    """PostgreSQL plans this transaction's statements for their parameters every time: a
+    generic plan of an update by id on partitioned deliveries visits every partition (14 ms
+    for 500 ids over 35 partitions, 3.8 ms with a custom plan that keeps the rows' own)."""
+    if dialect_name(session) == "postgresql":
+        await session.execute(text("SET LOCAL plan_cache_mode = force_custom_plan"))
 
 
 def dialect_name(session: AsyncSession) -> str:

@@ -38,7 +38,17 @@ class DeliveryStatus(StrEnum):
     FAILED = "failed"
     SKIPPED = "skipped"
     HELD = "held"  # for the subscriber's digest
+    DIGESTING = "digesting"  # claimed by a digest being mailed; next_attempt_at holds the claim
     RETRY = "retry"  # an outcome only: written back as pending with a later next_attempt_at
+
+
+# Rows with work still ahead: retention never removes them (nor their event's other rows).
+LIVE_DELIVERY = (
+    DeliveryStatus.PENDING,
+    DeliveryStatus.SENDING,
+    DeliveryStatus.HELD,
+    DeliveryStatus.DIGESTING,
+)
 
 
 class SliceStatus(StrEnum):

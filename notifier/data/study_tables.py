@@ -54,7 +54,11 @@ class StudyVersion(Base):
     concurrent ingestions of one study can never both store "the next" version."""
 
     __tablename__ = "study_versions"
-    __table_args__ = (UniqueConstraint("nct_id", "seq"),)
+    __table_args__ = (
+        UniqueConstraint("nct_id", "seq"),
+        # Retention's daily pass over the versions past NOTIFIER_STUDY_VERSION_RETENTION_DAYS.
+        Index("ix_study_versions_stored_at_id", "stored_at", "id"),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     nct_id: Mapped[str] = mapped_column(ForeignKey("studies.nct_id", ondelete="CASCADE"))

@@ -22,6 +22,7 @@ from notifier.data.states import DeliveryStatus
 from notifier.jobs.context import resources_of
 from notifier.jobs.outcomes import ERROR_MAX
 from notifier.jobs.retry import until_written
+from notifier.logs import mask
 from notifier.mail.digest import render_digest
 from notifier.mail.message import Mail, message_id, sender_address, to_bytes
 from notifier.mail.summaries import summarize
@@ -37,7 +38,7 @@ MAX_PAGES = 20  # held items read per subscriber and tick: MAX_ITEMS x MAX_PAGES
 TICK_PAGE = 1000
 # A claim older than this was left by a worker that died mid-send: the items go back to held.
 STALE_CLAIM = timedelta(minutes=30)
-CLAIMED = "digesting"
+CLAIMED = DeliveryStatus.DIGESTING
 
 
 def zone(name: str | None) -> ZoneInfo:
@@ -152,6 +153,7 @@ class Digest:
     subscriber_id: int
     msgid: str
     claimed: list[int] = field(default_factory=list)
+    event_pks: list[int] = field(default_factory=list)  # of the claimed rows: their partitions
     period_end: datetime | None = None
     mail: Mail | None = None
 
@@ -174,7 +176,11 @@ async def send_digest(ctx: dict[str, Any], subscriber_id: int) -> str:
         async with r.sessions.begin() as session:
             await session.execute(
                 update(Delivery)
-                .where(Delivery.id.in_(digest.claimed), queries.delivery_status_is(CLAIMED))
+                .where(
+                    Delivery.id.in_(digest.claimed),
+                    *queries.in_partitions(digest.event_pks),
+                    queries.delivery_status_is(CLAIMED),
+                )
                 .values(status=DeliveryStatus.SENT, sent_at=utcnow(), last_error=None)
             )
             subscriber = await session.get(Subscriber, subscriber_id)
@@ -209,11 +215,11 @@ async def claim_digest(
     if not rows:
         return digest
     if await queries.is_suppressed(session, subscriber.email_hash):
-        await _skip(session, [d.id for d, _ in rows], "suppressed")
+        await _skip(session, [d for d, _ in rows], "suppressed")
         DELIVERIES.labels(outcome="suppressed").inc(len(rows))
         return digest
     due: list[tuple[Delivery, Event, list[Matched]]] = []
-    dropped: list[int] = []
+    dropped: list[Delivery] = []
     pages = 1
     # Items of a weekly subscription that are not due yet must not hold back due daily ones:
     # read further pages (bounded) until a mail's worth is due or the held items run out.
@@ -237,7 +243,7 @@ async def claim_digest(
             subscriber_id, []
         )
         if not subs or not summarize(event.payload).material:
-            dropped.append(delivery.id)
+            dropped.append(delivery)
             continue
         frequency = fastest([s.frequency for s in subs])
         start = period_start(now, subscriber.timezone, frequency)
@@ -251,6 +257,7 @@ async def claim_digest(
         update(Delivery)
         .where(
             Delivery.id.in_([d.id for d, _, _ in due]),
+            *queries.in_partitions(sorted({d.event_pk for d, _, _ in due})),
             queries.delivery_status_is(DeliveryStatus.HELD),
         )
         .values(
@@ -263,6 +270,7 @@ async def claim_digest(
     )
     digest.claimed = sorted(claimed)
     kept = [(e, subs) for d, e, subs in due if d.id in set(digest.claimed)]
+    digest.event_pks = sorted({e.id for e, _ in kept})
     if kept:
         frequency = (
             "daily" if any(s.frequency != "weekly" for _, subs in kept for s in subs) else "weekly"
@@ -271,14 +279,18 @@ async def claim_digest(
     return digest
 
 
-async def _skip(session: AsyncSession, ids: list[int], reason: str) -> None:
-    if ids:
+async def _skip(session: AsyncSession, rows: list[Delivery], reason: str) -> None:
+    if rows:
         await session.execute(
             update(Delivery)
-            .where(Delivery.id.in_(ids), queries.delivery_status_is(DeliveryStatus.HELD))
+            .where(
+                Delivery.id.in_([d.id for d in rows]),
+                *queries.in_partitions(sorted({d.event_pk for d in rows})),
+                queries.delivery_status_is(DeliveryStatus.HELD),
+            )
             .values(status="skipped", last_error=reason)
         )
-        DELIVERIES.labels(outcome="skipped").inc(len(ids))
+        DELIVERIES.labels(outcome="skipped").inc(len(rows))
 
 
 async def _failed(ctx: dict[str, Any], r: Resources, digest: Digest, exc: SendError) -> str:
@@ -288,7 +300,11 @@ async def _failed(ctx: dict[str, Any], r: Resources, digest: Digest, exc: SendEr
         status = "failed" if permanent else "held"
         await session.execute(
             update(Delivery)
-            .where(Delivery.id.in_(digest.claimed), queries.delivery_status_is(CLAIMED))
+            .where(
+                Delivery.id.in_(digest.claimed),
+                *queries.in_partitions(digest.event_pks),
+                queries.delivery_status_is(CLAIMED),
+            )
             .values(status=status, last_error=str(exc)[:ERROR_MAX], message_id=None)
         )
         if exc.suppresses:
@@ -298,7 +314,7 @@ async def _failed(ctx: dict[str, Any], r: Resources, digest: Digest, exc: SendEr
                     session, subscriber.email_hash, "hard_bounce", str(exc)[:ERROR_MAX]
                 )
     if permanent:
-        log.warning("digest for subscriber %s refused: %s", digest.subscriber_id, exc)
+        log.warning("digest for subscriber %s refused: %s", digest.subscriber_id, mask(str(exc)))
         DELIVERIES.labels(outcome="failed").inc(len(digest.claimed))
         return "failed"
     DELIVERIES.labels(outcome="retry").inc(len(digest.claimed))

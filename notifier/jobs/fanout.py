@@ -123,6 +123,12 @@ async def slice_members(
 async def materialise(r: Resources, slice_id: int) -> list[int] | None:
     """Write a pending slice's delivery rows and mark it done, in one transaction: the new rows'
     ids, or None when another run did it already. Rows that exist (a replay) are left alone."""
+    done = await materialise_slice(r, slice_id)
+    return None if done is None else done[1]
+
+
+async def materialise_slice(r: Resources, slice_id: int) -> tuple[int, list[int]] | None:
+    """materialise, with the slice's event: (event pk, new row ids)."""
     async with r.sessions.begin() as session:
         # The UPDATE locks the slice: a twin job waits, then finds it done.
         taken = (
@@ -147,7 +153,8 @@ async def materialise(r: Resources, slice_id: int) -> list[int] | None:
         ).scalar_one()
         mk = match_keys(payload)
         members = await slice_members(session, mk, taken.after_id, taken.last_id, taken.size)
-        return await insert_deliveries(session, taken.event_pk, members) if members else []
+        ids = await insert_deliveries(session, taken.event_pk, members) if members else []
+        return taken.event_pk, ids
 
 
 async def send_slice(ctx: dict[str, Any], slice_id: int) -> dict[str, int]:
@@ -156,7 +163,7 @@ async def send_slice(ctx: dict[str, Any], slice_id: int) -> dict[str, int]:
     r = resources_of(ctx)
     for attempt in range(1, MATERIALISE_TRIES + 1):
         try:
-            new_ids = await materialise(r, int(slice_id))
+            done = await materialise_slice(r, int(slice_id))
             break
         except IntegrityError:
             # A subscriber erased between the read and the insert (a foreign key violation):
@@ -164,9 +171,10 @@ async def send_slice(ctx: dict[str, Any], slice_id: int) -> dict[str, int]:
             if attempt == MATERIALISE_TRIES:
                 raise
             log.info("slice %s: a subscriber went away while it was written; again", slice_id)
-    if not new_ids:
+    if done is None or not done[1]:
         return {"claimed": 0}
-    return await send_batch(r, new_ids)
+    event_pk, new_ids = done
+    return await send_batch(r, new_ids, [event_pk])
 
 
 def note_unsupported_mesh(event_id: str, payload: dict[str, Any]) -> None:

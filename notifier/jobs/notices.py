@@ -41,9 +41,16 @@ async def send_confirmation(ctx: dict[str, Any], subscriber_id: int) -> str:
     try:
         await r.mailer.send_one(sender_address(r.settings), to, message)
     except SendError as exc:
-        return await retry_or_give_up(r, ctx, email_hash, exc, f"confirmation mail to {to}")
+        return await retry_or_give_up(
+            r, ctx, email_hash, exc, f"confirmation mail to subscriber {subscriber_id}"
+        )
     MAILS.labels(kind="confirm").inc()
-    log.info("mail sent: confirmation link to %s (%d subscription(s))", to, len(items))
+    # By id, never the address: logs are kept and shipped where personal data must not go.
+    log.info(
+        "mail sent: confirmation link to subscriber %d (%d subscription(s))",
+        subscriber_id,
+        len(items),
+    )
     return "sent"
 
 
@@ -62,7 +69,7 @@ async def send_manage_link(ctx: dict[str, Any], subscriber_id: int) -> str:
             r, ctx, subscriber.email_hash, exc, f"manage link to subscriber {subscriber.id}"
         )
     MAILS.labels(kind="manage_link").inc()
-    log.info("mail sent: manage link to %s", mail.to)
+    log.info("mail sent: manage link to subscriber %d", subscriber.id)
     return "sent"
 
 

@@ -4,6 +4,7 @@ suppressions, render it, and record what happened (retries along the ladder)."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -65,14 +66,21 @@ class Outcome:
             object.__setattr__(self, "error", self.error[:ERROR_MAX])
 
 
-async def claim(r: Resources, ids: list[int]) -> list[Claimed]:
-    """pending -> sending, atomically: two workers given the same ids never both get a row."""
+async def claim(r: Resources, ids: list[int], event_pks: list[int] | None = None) -> list[Claimed]:
+    """pending -> sending, atomically: two workers given the same ids never both get a row.
+
+    `event_pks` (the rows' events, when the caller knows them) lets PostgreSQL look in their
+    partitions only: by id alone it probes every partition's index (15.6 ms against 0.5 ms for
+    500 ids over 35 partitions, EXPLAIN ANALYZE)."""
     now = utcnow()
     async with r.sessions.begin() as session:
+        if event_pks:
+            await queries.custom_plans(session)
         rows = await session.execute(
             update(Delivery)
             .where(
                 queries.one_of(session, Delivery.id, ids),
+                *queries.in_partitions(event_pks),
                 queries.delivery_status_is(DeliveryStatus.PENDING),
                 Delivery.next_attempt_at <= now,
             )
@@ -180,13 +188,13 @@ def failure(r: Resources, c: Claimed, exc: SendError, now: datetime) -> Outcome:
 
 
 async def record(
-    r: Resources, outcomes: list[Outcome], hashes: dict[int, str], still_sending: list[int]
+    r: Resources, outcomes: list[Outcome], hashes: dict[int, str], still_sending: list[Claimed]
 ) -> None:
     """Write outcomes in one transaction (and refresh the claim of rows not yet sent)."""
     if not outcomes and not still_sending:
         return
     now = utcnow()
-    retries: dict[float, list[int]] = {}
+    retries: dict[float, list[Claimed]] = {}
     params: list[dict[str, Any]] = []
     for o in outcomes:
         row: dict[str, Any] = {
@@ -202,14 +210,20 @@ async def record(
             row.update(
                 status=DeliveryStatus.PENDING, next_attempt_at=now + timedelta(seconds=delay)
             )
-            retries.setdefault(delay, []).append(o.delivery.id)
+            retries.setdefault(delay, []).append(o.delivery)
         params.append(row)
     await until_written(r, lambda: _write(r, outcomes, params, hashes, still_sending, now))
     for o in outcomes:
         DELIVERIES.labels(o.status).inc()
-    for delay, ids in retries.items():
+    for delay, rows in retries.items():
         try:
-            await enqueue_retry(r, ids, delay + DEFER_MARGIN, f"{now.timestamp():.6f}")
+            await enqueue_retry(
+                r,
+                [c.id for c in rows],
+                delay + DEFER_MARGIN,
+                f"{now.timestamp():.6f}",
+                event_pks_of(rows),
+            )
         except (RedisError, OSError) as exc:
             log.warning("retry not enqueued (the sweep will): %s", exc)
 
@@ -219,25 +233,27 @@ async def _write(
     outcomes: list[Outcome],
     params: list[dict[str, Any]],
     hashes: dict[int, str],
-    still_sending: list[int],
+    still_sending: list[Claimed],
     now: datetime,
 ) -> None:
     """Idempotent (updates by primary key, suppression ON CONFLICT): safe to run again."""
     async with r.sessions.begin() as session:
+        await queries.custom_plans(session)
         for o in outcomes:
             if o.suppress and o.delivery.subscriber_id in hashes:
                 await queries.suppress(
                     session, hashes[o.delivery.subscriber_id], "hard_bounce", o.error
                 )
         if params:
-            await _update_outcomes(session, params)
+            await _update_outcomes(session, params, event_pks_of(o.delivery for o in outcomes))
         if still_sending:
             # The time of this attempt, not `now`: a write retried through a database outage
             # must not renew the claim with a time the sweep already holds for stale.
             await session.execute(
                 update(Delivery)
                 .where(
-                    queries.one_of(session, Delivery.id, still_sending),
+                    queries.one_of(session, Delivery.id, [c.id for c in still_sending]),
+                    *queries.in_partitions(event_pks_of(still_sending)),
                     queries.delivery_status_is(DeliveryStatus.SENDING),
                 )
                 .values(next_attempt_at=utcnow())
@@ -254,13 +270,20 @@ _PG_OUTCOMES = text(
     " CAST(:message_id AS TEXT[]), CAST(:sent_at AS TIMESTAMPTZ[]),"
     " CAST(:next_attempt_at AS TIMESTAMPTZ[]))"
     " AS v(id, status, last_error, message_id, sent_at, next_attempt_at)"
-    " WHERE d.id = v.id"
+    " WHERE d.id = v.id AND d.event_pk = ANY(CAST(:event_pks AS BIGINT[]))"
 )
 
 
-async def _update_outcomes(session: AsyncSession, params: list[dict[str, Any]]) -> None:
+def event_pks_of(rows: Iterable[Claimed]) -> list[int]:
+    """The distinct events of some claimed rows: the partitions they are in."""
+    return sorted({c.event_pk for c in rows})
+
+
+async def _update_outcomes(
+    session: AsyncSession, params: list[dict[str, Any]], event_pks: list[int]
+) -> None:
     if queries.dialect_name(session) == "postgresql":
         columns = {name: [row[name] for row in params] for name in params[0]}
-        await session.execute(_PG_OUTCOMES, columns)
+        await session.execute(_PG_OUTCOMES, {**columns, "event_pks": event_pks})
     else:  # ORM bulk UPDATE by primary key: one executemany for the whole group
         await session.execute(update(Delivery), params)

@@ -20,6 +20,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from notifier.data.db import transient_db_error
 from notifier.data.queries import suppress
+from notifier.logs import mask
 from notifier.mailer import SendError
 from notifier.resources import Resources
 
@@ -45,13 +46,17 @@ async def retry_or_give_up(
     tries = int(ctx.get("job_try", 1))
     if not exc.permanent and tries <= len(ladder):
         log.warning(
-            "%s deferred (try %d), retrying in %g s: %s", what, tries, ladder[tries - 1], exc
+            "%s deferred (try %d), retrying in %g s: %s",
+            what,
+            tries,
+            ladder[tries - 1],
+            mask(str(exc)),
         )
         raise Retry(defer=ladder[tries - 1]) from exc
     if exc.suppresses:
         async with r.sessions.begin() as session:
             await suppress(session, email_hash, "hard_bounce", str(exc)[:500])
-    log.warning("%s not delivered after %d tries: %s", what, tries, exc)
+    log.warning("%s not delivered after %d tries: %s", what, tries, mask(str(exc)))
     return "failed"
 
 

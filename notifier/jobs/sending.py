@@ -21,6 +21,7 @@ from notifier.clock import utcnow
 from notifier.data.states import DeliveryStatus
 from notifier.jobs.context import resources_of
 from notifier.jobs.outcomes import Outcome, Outgoing, claim, failure, prepare, record, render
+from notifier.logs import mask
 from notifier.mail.alerts import AlertRenderer
 from notifier.mail.message import sender_address
 from notifier.mailer import ConnectionLost, SendError
@@ -111,7 +112,7 @@ class Batch:
         send rate: a slow but live batch must never look dead to the sweep)."""
         outcomes, self.done = self.owned(self.done), []
         started = time.monotonic()
-        await record(self.r, outcomes, self.hashes, [i.delivery.id for i in self.queue])
+        await record(self.r, outcomes, self.hashes, [i.delivery for i in self.queue])
         self.last_flush = time.monotonic()
         if not self.lapsed():
             self.renewed = started  # the refresh was written at or after `started`
@@ -132,7 +133,9 @@ class Batch:
                     reconnects += 1
                     if reconnects > MAX_RECONNECTS or not self.queue:
                         raise
-                    log.warning("SMTP session lost, reconnecting (%d): %s", reconnects, exc)
+                    log.warning(
+                        "SMTP session lost, reconnecting (%d): %s", reconnects, mask(str(exc))
+                    )
         except ClaimLapsed as exc:
             # Unsent rows stay as they are: claimed by this batch (the sweep hands them out once
             # stale) or already handed to another job. Either way, not sent from here.
@@ -142,7 +145,9 @@ class Batch:
             now = utcnow()
             self.done.extend(failure(self.r, item.delivery, exc, now) for item in self.queue)
             log.warning(
-                "SMTP connection lost, %d message(s) will be retried: %s", len(self.queue), exc
+                "SMTP connection lost, %d message(s) will be retried: %s",
+                len(self.queue),
+                mask(str(exc)),
             )
         finally:
             # Also on any other error: what was sent is recorded; the rest stays claimed for
@@ -178,17 +183,22 @@ class Batch:
                     raise
                 except SendError as exc:
                     self.done.append(failure(r, item.delivery, exc, utcnow()))
+                    # Ids, never the address (and a relay's reply may quote it: masked).
                     log.warning(
-                        "mail to %s %s: %s",
-                        item.email,
+                        "mail of delivery %d (subscriber %d) %s: %s",
+                        item.delivery.id,
+                        item.delivery.subscriber_id,
                         "refused" if exc.permanent else "deferred, will retry",
-                        exc,
+                        mask(str(exc)),
                     )
                 else:
                     self.done.append(sent)
                     MAILS.labels("alert").inc()
                     log.info(
-                        "mail sent: alert for event %d to %s", item.delivery.event_pk, item.email
+                        "mail sent: alert for event %d, delivery %d (subscriber %d)",
+                        item.delivery.event_pk,
+                        item.delivery.id,
+                        item.delivery.subscriber_id,
                     )
                 finally:
                     SEND_SECONDS.observe(time.perf_counter() - started)
@@ -210,10 +220,13 @@ class Batch:
         return None
 
 
-async def send_batch(r: Resources, delivery_ids: list[int]) -> dict[str, int]:
-    """Claim, re-check and send these delivery rows: the work of send_deliveries and send_slice."""
+async def send_batch(
+    r: Resources, delivery_ids: list[int], event_pks: list[int] | None = None
+) -> dict[str, int]:
+    """Claim, re-check and send these delivery rows (of `event_pks`, when known): the work of
+    send_deliveries and send_slice."""
     claimed_at = time.monotonic()
-    claimed = await claim(r, delivery_ids)
+    claimed = await claim(r, delivery_ids, event_pks)
     if not claimed:
         return {"claimed": 0}
     outgoing, outcomes, hashes, renderers = await prepare(r, claimed)
@@ -223,5 +236,9 @@ async def send_batch(r: Resources, delivery_ids: list[int]) -> dict[str, int]:
     return {"claimed": len(claimed), "sent_or_tried": len(outgoing)}
 
 
-async def send_deliveries(ctx: dict[str, Any], delivery_ids: list[int]) -> dict[str, int]:
-    return await send_batch(resources_of(ctx), [int(i) for i in delivery_ids])
+async def send_deliveries(
+    ctx: dict[str, Any], delivery_ids: list[int], event_pks: list[int] | None = None
+) -> dict[str, int]:
+    """A batch by id; `event_pks` (their events) is absent from jobs queued before 0007."""
+    pks = [int(pk) for pk in event_pks] if event_pks else None
+    return await send_batch(resources_of(ctx), [int(i) for i in delivery_ids], pks)

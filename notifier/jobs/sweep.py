@@ -7,9 +7,10 @@ import logging
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, select, update
+from sqlalchemy import ColumnElement, select, tuple_, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
+from sqlalchemy.orm import InstrumentedAttribute
 
 from notifier.clock import utcnow
 from notifier.data.db import transient_db_error
@@ -58,13 +59,18 @@ async def _sweep(r: Resources) -> dict[str, int]:
     recovered = 0
     while True:
         where = (Delivery.status.in_(statuses), Delivery.next_attempt_at < cutoff)
-        ids = await _take_stale(
-            r, Delivery, where, {"status": DeliveryStatus.PENDING, "next_attempt_at": now}
+        rows = await _take_stale(
+            r,
+            Delivery,
+            where,
+            {"status": DeliveryStatus.PENDING, "next_attempt_at": now},
+            (Delivery.id, Delivery.event_pk),  # the partition key: an update by id finds its row
         )
-        if ids:
-            await enqueue_sends(r, ids, f"sweep:{int(now.timestamp())}")
-        recovered += len(ids)
-        if len(ids) < SWEEP_CHUNK:
+        if rows:
+            ids, event_pks = [row[0] for row in rows], [row[1] for row in rows]
+            await enqueue_sends(r, ids, f"sweep:{int(now.timestamp())}", event_pks)
+        recovered += len(rows)
+        if len(rows) < SWEEP_CHUNK:
             break
     slices = await _sweep_slices(r, now, cutoff)
     async with r.sessions.begin() as session:
@@ -93,7 +99,7 @@ async def _sweep_slices(r: Resources, now: datetime, cutoff: datetime) -> int:
     count = 0
     while True:
         where = (FanoutSlice.status == SliceStatus.PENDING, FanoutSlice.queued_at < cutoff)
-        ids = await _take_stale(r, FanoutSlice, where, {"queued_at": now})
+        ids = [row[0] for row in await _take_stale(r, FanoutSlice, where, {"queued_at": now})]
         await enqueue_slices(r, ids, int(now.timestamp()))
         count += len(ids)
         if len(ids) < SWEEP_CHUNK:
@@ -105,22 +111,25 @@ async def _take_stale(
     model: type[Delivery] | type[FanoutSlice],
     where: tuple[ColumnElement[bool], ...],
     values: dict[str, Any],
-) -> list[int]:
+    keys: tuple[InstrumentedAttribute[int], ...] = (),
+) -> list[tuple[int, ...]]:
     """Up to SWEEP_CHUNK rows of `model` matching `where`, given `values` in one transaction:
-    their ids. Rows a job is writing right now are not stale: skipped, never waited for."""
+    their `keys` (default: the id), in id order. Rows a job is writing right now are not
+    stale: skipped, never waited for."""
+    keys = keys or (model.id,)
     async with r.sessions.begin() as session:
         stale = (
-            select(model.id)
+            select(*keys)
             .where(*where)
             .order_by(model.id)
             .limit(SWEEP_CHUNK)
             .with_for_update(skip_locked=True)
         )
-        taken = await session.scalars(
+        taken = await session.execute(
             update(model)
-            .where(model.id.in_(stale.scalar_subquery()))
+            .where(tuple_(*keys).in_(stale))
             .values(**values)
-            .returning(model.id)
+            .returning(*keys)
             .execution_options(synchronize_session=False)
         )
-        return sorted(taken)
+        return sorted(tuple(row) for row in taken)

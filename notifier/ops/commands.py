@@ -9,13 +9,14 @@ import json
 import sys
 import time
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any, TextIO
 from urllib.parse import quote
 
 from email_validator import EmailNotValidError, validate_email
 from jinja2 import ChoiceLoader, DictLoader
 from redis.exceptions import RedisError
-from sqlalchemy import func, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -26,6 +27,7 @@ from notifier.data import heartbeat
 from notifier.data.models import (
     Delivery,
     Event,
+    EventDeliveryCount,
     FanoutSlice,
     RejectedEvent,
     Subscriber,
@@ -226,11 +228,23 @@ async def replay(
             con.say(f"no stored event with event_id {event_id!r}")
             return 1
         before = event.status
-        await session.execute(
+        refusal = _too_old(r, event)
+        # Guarded as well: retention may compact the event between the read and this update
+        # (it locks the event rows first, so this waits for it and then finds it compacted).
+        reopened = refusal is None and await session.scalar(
             update(Event)
-            .where(Event.id == event.id)
+            .where(Event.id == event.id, *_replayable(r))
             .values(status="received", fanout_cursor=0, matched=0, fanned_out_at=None)
+            .returning(Event.id)
         )
+        if not reopened:
+            con.say(
+                f"refused: event {event_id} {refusal or 'was just compacted by retention'}. "
+                "Its delivery rows are gone (only their counts are kept), so a replay could "
+                "no longer tell who was already mailed and would mail them again. Nothing "
+                "was changed."
+            )
+            return 1
         due = list(
             await session.scalars(
                 select(Delivery.id)
@@ -244,7 +258,7 @@ async def replay(
         )
     stamp = f"{utcnow().timestamp():.6f}"
     await enqueue_fanout(r, event.id, "replay", stamp)
-    await enqueue_sends(r, due, f"replay:{event.id}:{stamp}")
+    await enqueue_sends(r, due, f"replay:{event.id}:{stamp}", [event.id] * len(due))
     con.say(
         f"event {event_id} ({event.nct_id}, {event.change_kind}): was {before}, fan-out "
         f"enqueued from the start; {len(due)} due pending deliveries re-enqueued"
@@ -254,6 +268,33 @@ async def replay(
         con.say(f"the worker does the rest: follow it with --wait or GET {path}")
         return 0
     return await _follow(r, event_id, con, follow_for, interval)
+
+
+def _cutoff(r: Resources) -> datetime | None:
+    days = r.settings.delivery_retention_days
+    return utcnow() - timedelta(days=days) if days else None
+
+
+def _too_old(r: Resources, event: Event) -> str | None:
+    """Why retention forbids replaying `event` (None: it may be replayed)."""
+    if event.compacted_at is not None:
+        return f"was compacted by retention on {event.compacted_at:%Y-%m-%d %H:%M} UTC"
+    cutoff = _cutoff(r)
+    if cutoff is not None and event.fanned_out_at is not None and event.fanned_out_at < cutoff:
+        return (
+            f"finished on {event.fanned_out_at:%Y-%m-%d %H:%M} UTC, more than "
+            f"NOTIFIER_DELIVERY_RETENTION_DAYS={r.settings.delivery_retention_days} days ago"
+        )
+    return None
+
+
+def _replayable(r: Resources) -> list[Any]:
+    """_too_old as WHERE clauses, for the update that re-opens the event."""
+    clauses: list[Any] = [Event.compacted_at.is_(None)]
+    cutoff = _cutoff(r)
+    if cutoff is not None:
+        clauses.append(or_(Event.fanned_out_at.is_(None), Event.fanned_out_at >= cutoff))
+    return clauses
 
 
 async def _follow(
@@ -288,7 +329,16 @@ async def _follow(
 async def _by_status(session: AsyncSession, model: Any, section: str) -> dict[str, int]:
     rows = (await session.execute(select(model.status, func.count()).group_by(model.status))).all()
     counts = dict.fromkeys(KNOWN[section], 0)
-    counts.update({str(status): int(n) for status, n in rows})
+    for status, n in rows:
+        counts[str(status)] = counts.get(str(status), 0) + int(n)
+    if model is Delivery:  # and the rows retention removed, as per-event counts
+        compacted = await session.execute(
+            select(EventDeliveryCount.status, func.sum(EventDeliveryCount.count)).group_by(
+                EventDeliveryCount.status
+            )
+        )
+        for status, n in compacted:
+            counts[str(status)] = counts.get(str(status), 0) + int(n or 0)
     return counts
 
 
@@ -310,6 +360,7 @@ async def collect_stats(r: Resources, con: Console) -> dict[str, Any]:
         con.progress("counting events …")
         out["events"] = await _by_status(session, Event, "events")
         out["events_rejected"] = await _count(session, RejectedEvent.id)
+        out["events_compacted"] = await _count(session, Event.id, Event.compacted_at.is_not(None))
         con.progress("counting deliveries …")
         out["deliveries"] = await _by_status(session, Delivery, "deliveries")
         out["fanout_slices"] = await _by_status(session, FanoutSlice, "fanout_slices")
@@ -340,7 +391,10 @@ async def stats(r: Resources, con: Console, *, as_json: bool = False) -> int:
     con.say(
         f"subscriptions   {_line(data['subscriptions'])} (paused {data['subscriptions_paused']})"
     )
-    con.say(f"events          {_line(data['events'])} (rejected {data['events_rejected']})")
+    con.say(
+        f"events          {_line(data['events'])} (rejected {data['events_rejected']}, "
+        f"rows compacted {data['events_compacted']})"
+    )
     con.say(f"deliveries      {_line(data['deliveries'])}")
     con.say(f"fan-out slices  {_line(data['fanout_slices'])}")
     con.say(f"suppressions    {_line(data['suppressions'])}")
