@@ -114,15 +114,13 @@ class PipeliningProtocol(SMTPProtocol):
         self._buffer.extend(data)
         if len(self._buffer) > MAX_RESPONSE_LENGTH * 4:
             del self._buffer[:]
-            self._fail_group(
-                aiosmtplib.SMTPResponseException(500, "Response too long")  # as aiosmtplib
-            )
+            self._unreadable("response too long")
             return
         while group:
             try:
                 response = self._read_response_from_buffer()
-            except Exception as exc:  # a malformed reply: every waiter gets it, as aiosmtplib
-                self._fail_group(exc)
+            except Exception as exc:  # a malformed reply: the replies are out of step
+                self._unreadable(str(exc))
                 return
             if response is None:
                 return
@@ -130,6 +128,14 @@ class PipeliningProtocol(SMTPProtocol):
             if not waiter.done():
                 waiter.set_result(response)
         self._group = None  # every reply expected is in: aiosmtplib's own commands may run
+
+    def _unreadable(self, why: str) -> None:
+        """A reply that cannot be read inside a group: which waiter it answered, and what the
+        later replies answer, is unknown, so the session ends as if dropped (every message in
+        flight under the one-possible-duplicate rule) rather than go on out of step."""
+        self._fail_group(aiosmtplib.SMTPServerDisconnected(f"unreadable reply: {why}"))
+        if self.transport is not None:
+            self.transport.close()
 
     def _fail_group(self, exc: BaseException) -> None:
         group, self._group = self._group, None
@@ -214,6 +220,12 @@ def _envelope(sender: str, recipient: str) -> bytes:
     return b"MAIL FROM:<%b>\r\nRCPT TO:<%b>\r\nDATA\r\n" % (_address(sender), _address(recipient))
 
 
+def _code_of(exc: aiosmtplib.SMTPResponseException | aiosmtplib.SMTPRecipientsRefused) -> int:
+    if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
+        return exc.recipients[0].code if exc.recipients else 0
+    return exc.code
+
+
 def _envelope_or_none(sender: str, recipient: str | None) -> bytes | None:
     """The envelope to write ahead for `recipient`, or None when there is none or it cannot
     go on the wire as ASCII (that message then takes send()'s other paths)."""
@@ -239,16 +251,27 @@ class Connection:
         self._client = client
         self._pipelined = pipelining(client)
         self._ahead: _Ahead | None = None
+        self._open = False
 
     @property
     def in_data(self) -> bool:
-        """An envelope was written ahead: the server may be waiting for content, so the
-        session can only be dropped, never QUIT (QUIT would become message text)."""
-        return self._ahead is not None
+        """A transaction may be open (an envelope written ahead, or a send that did not finish:
+        cancelled, or failed in a way it does not map): the server may be waiting for content,
+        so the session can only be dropped, never QUIT (QUIT would become message text)."""
+        return self._ahead is not None or self._open
 
     async def send(
         self, sender: str, recipient: str, message: bytes, *, then: str | None = None
     ) -> None:
+        self._open = True
+        try:
+            await self._send(sender, recipient, message, then)
+        except SendError:
+            self._open = False  # mapped: the transaction ended (or the session is gone)
+            raise
+        self._open = False
+
+    async def _send(self, sender: str, recipient: str, message: bytes, then: str | None) -> None:
         ahead = self._ahead
         if ahead is not None and (ahead.sender, ahead.recipient) != (sender, recipient):
             self._client.close()
@@ -375,11 +398,15 @@ class Connection:
                 raise
             if done.code != 250:
                 raise aiosmtplib.SMTPDataError(done.code, done.message)
-        except (aiosmtplib.SMTPResponseException, aiosmtplib.SMTPRecipientsRefused):
+        except (aiosmtplib.SMTPResponseException, aiosmtplib.SMTPRecipientsRefused) as exc:
             # As sendmail does: clear the envelope so the session can take the next message
             # (RFC 2920: after a refused RCPT the server answered DATA with 503/554). Not when
             # the next envelope is on its way: DATA's final reply ended this transaction.
-            if client.is_connected and self._ahead is None:
+            # A 421 closes the session (as aiosmtplib's execute_command does).
+            if _code_of(exc) == 421:
+                self._ahead = None
+                client.close()
+            elif client.is_connected and self._ahead is None:
                 with suppress(aiosmtplib.SMTPException, OSError, TimeoutError):
                     await client.rset()
             raise

@@ -296,3 +296,99 @@ async def test_a_message_for_another_recipient_than_the_one_announced_is_refused
         assert [m.rcpt_to for m in server.messages] == ["a@example.org"]
     else:  # nothing was written ahead: any next message is fine
         assert wrong is None
+
+
+# ---- a scripted server, for replies aiosmtpd never gives ---------------------------------------
+
+
+class ScriptedSMTP:
+    """Answers as an ESMTP server with PIPELINING; `answer(command, recipient)` may return
+    another reply (bytes) or (delay seconds, reply) for a command or b"<END>" (the content)."""
+
+    def __init__(self, answer: Callable[[bytes, bytes | None], object]) -> None:
+        self.answer = answer
+        self.stored: list[bytes | None] = []
+        self.commands: list[bytes] = []
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self._session, "127.0.0.1", 0)
+        return f"smtp://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 scripted\r\n")
+        rcpt: bytes | None = None
+        in_data = False
+        while line := await reader.readline():
+            if in_data:
+                if line != b".\r\n":
+                    continue
+                in_data = False
+                self.stored.append(rcpt)
+                reply = self.answer(b"<END>", rcpt) or b"250 ok\r\n"
+            else:
+                command = line.strip()
+                self.commands.append(command)
+                verb = command[:4].upper()
+                if verb == b"RCPT":
+                    rcpt = command[9:-1]
+                reply = self.answer(command, rcpt) or {
+                    b"EHLO": b"250-scripted\r\n250-PIPELINING\r\n250 8BITMIME\r\n",
+                    b"DATA": b"354 go\r\n",
+                    b"QUIT": b"221 bye\r\n",
+                }.get(verb, b"250 ok\r\n")
+                in_data = verb == b"DATA" and reply == b"354 go\r\n"
+            if isinstance(reply, tuple):
+                await asyncio.sleep(reply[0])
+                reply = reply[1]
+            assert isinstance(reply, bytes)
+            writer.write(reply)
+        writer.close()
+
+    async def stop(self) -> None:
+        self.server.close()
+        await self.server.wait_closed()
+
+
+async def test_a_send_cancelled_mid_transaction_drops_the_session_at_once() -> None:
+    """An arq job timeout or a shutdown cancels a send while the server waits: the session is
+    dropped (QUIT now would be read as message text, and wait out its own timeout)."""
+    server = ScriptedSMTP(
+        lambda command, _: (1.0, b"250 ok\r\n") if command[:4] == b"MAIL" else None
+    )
+    url = await server.start()
+
+    async def job() -> None:
+        async with Mailer(url, timeout=30).connect() as conn:
+            await conn.send(SENDER, "b@example.org", MESSAGE, then="c@example.org")
+
+    task = asyncio.ensure_future(job())
+    await asyncio.sleep(0.3)
+    task.cancel()
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert asyncio.get_running_loop().time() - started < 1
+    await asyncio.sleep(1.2)
+    assert server.stored == []
+    assert b"QUIT" not in server.commands
+    await server.stop()
+
+
+async def test_an_unreadable_reply_ends_the_session_like_a_drop() -> None:
+    """A garbled reply inside a group: nobody knows which command it answered, so the message
+    in flight counts as not sent (retried, the one possible duplicate) and the session ends at
+    once instead of going on out of step."""
+    server = ScriptedSMTP(
+        lambda command, rcpt: (
+            b"25O garbled\r\n" if command == b"<END>" and rcpt == b"b@x.org" else None
+        )
+    )
+    url = await server.start()
+    started = asyncio.get_running_loop().time()
+    async with Mailer(url, timeout=5).connect() as conn:
+        results = await send_all(conn, ["a@x.org", "b@x.org", "c@x.org"])
+    assert asyncio.get_running_loop().time() - started < 2
+    assert results[0] is None
+    assert isinstance(results[1], ConnectionLost)
+    assert len(results) == 2  # the batch reconnects for c
+    await server.stop()

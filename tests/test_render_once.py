@@ -176,3 +176,22 @@ def test_many_one_off_variants_keep_few_encodings_and_the_same_bytes() -> None:
             assert same_boundary(fast) == same_boundary(slow)
     encoded = sum(len(v.encoded) for v in renderer._cache.values())
     assert encoded == alerts.ENCODED_VARIANTS
+
+
+@time_machine.travel("2026-12-06 12:00:00Z", tick=False)
+def test_text_that_looks_like_placeholders_gives_the_same_bytes_both_ways() -> None:
+    """The pipeline's own text may hold placeholder-like fragments; both paths replace the
+    placeholders left to right where they stand, so the bytes still agree (found in review)."""
+    event = dict(EVENTS[0])
+    event["study"] = dict(event["study"])
+    event["study"]["brief_title"] = (
+        "A @@notifier-manage@@notifier-unsubscribe-0@@ trial " + alerts.MANAGE_PLACEHOLDER
+    )
+    subs = subs_for(event)
+    renderer, alone = AlertRenderer(R, event), AlertRenderer(R, event)
+    for sid in range(1, 5):
+        fast = renderer.render_bytes(
+            subscriber_id=sid, email="a@example.org", subscriptions=subs, msgid="<m@x>"
+        )
+        slow = one_by_one(alone, sid, "a@example.org", subs, "<m@x>")
+        assert same_boundary(fast) == same_boundary(slow)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -74,6 +75,23 @@ class _Rendered:
         default_factory=dict
     )
 
+    def mail(self, email: str, links: list[str], one_click: str) -> Mail:
+        """The whole mail with these links: each placeholder replaced where it stands, left to
+        right (as the holes split the text: both paths give the same bytes whatever the text)."""
+        by_placeholder = dict(zip(self.placeholders, links, strict=True))
+        pattern = re.compile("|".join(re.escape(p) for p in self.placeholders))
+
+        def fill(text: str) -> str:
+            return pattern.sub(lambda m: by_placeholder[m.group()], text)
+
+        return Mail(
+            to=email,
+            subject=self.subject,
+            text=fill(self.text),
+            html=fill(self.html),
+            unsubscribe_url=one_click,
+        )
+
     def parts(self, links: list[str], room: bool) -> tuple[bytes, bytes] | None:
         """Both parts with these links, or None: encode them whole (a variant's first use,
         no `room` for another encoded variant, or links the holes do not fit)."""
@@ -123,14 +141,7 @@ class AlertRenderer:
         """Text and HTML parts with the same facts; List-Unsubscribe ends every subscription
         the mail names, the links in the body one each."""
         variant = self._variant(subscriptions)
-        links, one_click = self._links(subscriber_id, subscriptions)
-        text, html = variant.text, variant.html
-        for placeholder, url in zip(variant.placeholders, links, strict=True):
-            text = text.replace(placeholder, url)
-            html = html.replace(placeholder, url)
-        return Mail(
-            to=email, subject=variant.subject, text=text, html=html, unsubscribe_url=one_click
-        )
+        return variant.mail(email, *self._links(subscriber_id, subscriptions))
 
     def render_bytes(
         self,
@@ -155,8 +166,7 @@ class AlertRenderer:
             data = encoded_to_bytes(settings, head, parts, msgid=msgid)
             if data is not None:
                 return data
-        mail = self.render(subscriber_id=subscriber_id, email=email, subscriptions=subscriptions)
-        return to_bytes(settings, mail, msgid=msgid)
+        return to_bytes(settings, variant.mail(email, links, one_click), msgid=msgid)
 
     def _variant(self, subscriptions: Sequence[SubscriptionView]) -> _Rendered:
         if not subscriptions:
