@@ -1,7 +1,8 @@
 """The send job: mail a batch of claimed deliveries over one SMTP connection, at the shared rate.
 
-Outcomes are written at least every FLUSH_SECONDS and at the end of the batch, so a worker killed
-with SIGKILL can at most repeat the messages of its batch in flight that it had not yet recorded.
+Outcomes are written at least every FLUSH_SECONDS and at the end of the batch; in between, each
+accepted message has a receipt in Redis before the next one is sent (receipts.py), so a worker
+killed with SIGKILL repeats at most the message each of its batches had in flight.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from notifier.clock import utcnow
 from notifier.data.states import DeliveryStatus
 from notifier.jobs.context import resources_of
 from notifier.jobs.outcomes import Outcome, Outgoing, claim, failure, prepare, record, render
+from notifier.jobs.receipts import Receipts, unless_already_sent
 from notifier.mail.alerts import AlertRenderer
 from notifier.mail.message import sender_address
 from notifier.mailer import ConnectionLost, SendError
@@ -94,6 +96,7 @@ class Batch:
         self.lapse = r.settings.sweep_stale_after * CLAIM_LAPSE
         self.rate = SendRate(r)
         self.sender = sender_address(r.settings)
+        self.receipts = Receipts(r)
 
     def lapsed(self) -> bool:
         return time.monotonic() - self.renewed >= self.lapse
@@ -112,6 +115,7 @@ class Batch:
         outcomes, self.done = self.owned(self.done), []
         started = time.monotonic()
         await record(self.r, outcomes, self.hashes, [i.delivery.id for i in self.queue])
+        self.receipts.forget(outcomes)
         self.last_flush = time.monotonic()
         if not self.lapsed():
             self.renewed = started  # the refresh was written at or after `started`
@@ -147,7 +151,12 @@ class Batch:
         finally:
             # Also on any other error: what was sent is recorded; the rest stays claimed for
             # the sweep.
-            await record(self.r, self.owned(self.done), self.hashes, [])
+            outcomes = self.owned(self.done)
+            try:
+                await record(self.r, outcomes, self.hashes, [])
+                self.receipts.forget(outcomes)
+            finally:
+                await self.receipts.close()
 
     async def _session(self) -> None:
         """Send the queue's messages over one SMTP connection until it is empty or drops."""
@@ -167,6 +176,7 @@ class Batch:
                     raise ClaimLapsed(
                         f"claim of {len(queue)} unsent message(s) not renewed in time"
                     )
+                await self.receipts.landed()  # the previous message's, before this one goes
                 started = time.perf_counter()
                 try:
                     await conn.send(self.sender, item.email, data)
@@ -184,6 +194,8 @@ class Batch:
                     )
                 else:
                     self.done.append(sent)
+                    if sent.message_id is not None:
+                        await self.receipts.note(item.delivery, sent.message_id)
                     MAILS.labels("alert").inc()
                     log.info(
                         "mail sent: alert for event %d to %s", item.delivery.event_pk, item.email
@@ -201,6 +213,7 @@ async def send_batch(r: Resources, delivery_ids: list[int]) -> dict[str, int]:
     claimed = await claim(r, delivery_ids)
     if not claimed:
         return {"claimed": 0}
+    claimed = await unless_already_sent(r, claimed)  # a dead worker's, accepted: recorded
     outgoing, outcomes, hashes, renderers = await prepare(r, claimed)
     await record(r, outcomes, hashes, [])
     if outgoing:
