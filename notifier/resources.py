@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from notifier.core.tokens import Tokens
 from notifier.data.db import make_engine, make_sessionmaker
 from notifier.data.outage import DatabaseOutage
+from notifier.data.receipts import ReceiptBook
 from notifier.mail.context import MailContext
 from notifier.mail.templates import make_environment
 from notifier.mailer import Mailer, RelayProbe
@@ -69,6 +70,12 @@ class Resources:
         return MailContext(self.settings, self.templates, self.tokens)
 
     @cached_property
+    def receipts(self) -> ReceiptBook:
+        """Accepted messages noted in Redis, so a killed worker's are not sent again."""
+        prefix = job_id(self.settings.queue_name, "accepted")
+        return ReceiptBook(self.redis, prefix, self.settings.sweep_stale_after)
+
+    @cached_property
     def relay(self) -> RelayProbe:
         """Whether the SMTP relay answers a connect (cached): start-up warning, /readyz."""
         return RelayProbe.of(self.settings.smtp_url)
@@ -99,7 +106,7 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
         settings.redis_url, implementation="redispy", key_prefix=f"{settings.queue_name}:limits"
     )
     try:
-        yield Resources(
+        resources = Resources(
             settings=settings,
             engine=engine,
             sessions=make_sessionmaker(engine),
@@ -118,6 +125,11 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
                 settings.sweep_stale_after,
             ),
         )
+        try:
+            yield resources
+        finally:
+            if "receipts" in vars(resources):  # made by the first send batch
+                await resources.receipts.close()
     finally:
         await engine.dispose()
         await redis.aclose()

@@ -1,6 +1,6 @@
-"""Receipts (notifier/jobs/receipts.py): every accepted message is in Redis before the next one is
-sent, a later batch records a dead worker's accepted rows instead of mailing them again, and
-PostgreSQL stays the truth when Redis has nothing to say."""
+"""Receipts (notifier/data/receipts.py, notifier/jobs/receipts.py): every accepted message is in
+Redis before the one after next is sent, a later batch records a dead worker's accepted rows
+instead of mailing them again, and PostgreSQL stays the truth when Redis has nothing to say."""
 
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ from sqlalchemy import select
 
 from notifier.clock import utcnow
 from notifier.data.models import Delivery, Event, Subscriber
-from notifier.jobs.outcomes import claim
-from notifier.jobs.receipts import WRITE_TIMEOUT, Receipts, receipt_key
+from notifier.data.receipts import COOL_DOWN, WRITE_TIMEOUT, ReceiptBook
+from notifier.jobs.outcomes import Claimed, claim
 from notifier.metrics import REGISTRY
 from notifier.resources import Resources
 from tests.conftest import REDIS, REDIS_DB, run_worker
@@ -53,8 +53,17 @@ async def fanned_out(r: Resources, client: TestClient[Any, Any], n: int) -> dict
         return {email: did for email, did in rows.all()}  # noqa: C416  # Rows, not pairs
 
 
+def receipt_key(r: Resources, delivery_id: int) -> str:
+    return r.receipts.key(delivery_id)
+
+
 async def receipts_left(r: Resources) -> list[bytes]:
-    return list(await r.redis.keys(receipt_key(r, "*")))
+    return list(await r.redis.keys(f"{r.receipts.prefix}:*"))
+
+
+async def noted(r: Resources, c: Claimed, message_id: str) -> None:
+    """As a batch notes a message the relay took."""
+    await r.receipts.landed(r.receipts.note(c.id, c.created_at, message_id))
 
 
 @pytest.fixture
@@ -72,7 +81,7 @@ class TestOverASlowRedis:
     def settings_overrides(self, redis_link: TcpProxy) -> dict[str, Any]:
         return {"redis_url": f"redis://127.0.0.1:{redis_link.port}/{REDIS_DB}"}
 
-    async def test_each_accepted_message_is_noted_before_the_next_is_sent(
+    async def test_each_accepted_message_is_noted_before_the_one_after_next_is_sent(
         self,
         client: TestClient[Any, Any],
         resources: Resources,
@@ -80,8 +89,9 @@ class TestOverASlowRedis:
         redis_link: TcpProxy,
     ) -> None:
         """Redis answers 5 ms late, slower than the SMTP server: still, when the relay has a
-        message, the one before it is recorded, in Redis or already in PostgreSQL. So a worker
-        killed at any moment leaves at most that message unrecorded per connection."""
+        message, the one before the previous is recorded, in Redis or already in PostgreSQL.
+        So a worker killed at any moment leaves at most two messages unrecorded per connection:
+        the one the relay is taking and, if its receipt is still on its way, the one before."""
         r = resources
         ids = await fanned_out(r, client, 30)
         before: list[str] = []
@@ -89,8 +99,8 @@ class TestOverASlowRedis:
         direct = Redis.from_url(f"{REDIS}/{REDIS_DB}")  # what Redis holds, not what is on its way
 
         async def check(rcpt: str) -> None:
-            if before:
-                previous = ids[before[-1]]
+            if len(before) >= 2:
+                previous = ids[before[-2]]
                 in_redis = bool(await direct.exists(receipt_key(r, previous)))
                 async with r.sessions() as session:
                     status = await session.scalar(
@@ -106,7 +116,7 @@ class TestOverASlowRedis:
         redis_link.delay = 0
         await direct.aclose()
         assert Counter(m.rcpt_to for m in smtp.messages) == dict.fromkeys(ids, 1)
-        assert recorded == [True] * 29
+        assert recorded == [True] * 28
         assert await receipts_left(r) == []  # deleted once PostgreSQL had the outcomes
 
 
@@ -116,17 +126,15 @@ async def test_a_dead_workers_accepted_rows_are_recorded_not_mailed(
     r = resources
     ids = await fanned_out(r, client, 4)
     claimed = {c.id: c for c in await claim(r, sorted(ids.values()))}  # a worker claims them…
-    receipts = Receipts(r)
     accepted = {"r00@example.org": "<a0@notify.example.org>", "r01@example.org": "<a1@x>"}
     for email, msgid in accepted.items():  # …the relay takes two of them…
-        await receipts.note(claimed[ids[email]], msgid)
-    await receipts.landed()
+        await noted(r, claimed[ids[email]], msgid)
     # A receipt from another database under the same delivery id (its rows were created at
     # another time) proves nothing: that row is mailed.
     stranger = ids["r02@example.org"]
     await r.redis.set(receipt_key(r, stranger), "1.000000 2.000000 <old@x>")
     noted_at = utcnow()
-    await receipts.close()  # …and the worker dies before it writes their outcomes
+    # …and the worker dies before it writes their outcomes.
     avoided = REGISTRY.get_sample_value("notifier_resends_avoided_total") or 0.0
 
     with time_machine.travel(
@@ -157,10 +165,7 @@ async def test_without_receipts_a_dead_workers_rows_are_mailed_again(
     r = resources
     ids = await fanned_out(r, client, 2)
     claimed = await claim(r, sorted(ids.values()))
-    receipts = Receipts(r)
-    await receipts.note(claimed[0], "<gone@x>")
-    await receipts.landed()
-    await receipts.close()
+    await noted(r, claimed[0], "<gone@x>")
     await r.redis.flushdb()
     with time_machine.travel(
         utcnow() + timedelta(seconds=r.settings.sweep_stale_after + 1), tick=True
@@ -176,14 +181,13 @@ async def test_an_unreachable_redis_never_holds_up_sending(
     r = resources
     ids = await fanned_out(r, client, 2)
     claimed = await claim(r, sorted(ids.values()))
-    receipts = Receipts(r)
-    receipts.redis = Redis(host="127.0.0.1", port=free_port())  # nothing listens there
+    nowhere = Redis(host="127.0.0.1", port=free_port())  # nothing listens there
+    book = ReceiptBook(nowhere, r.receipts.prefix, r.settings.sweep_stale_after)
     started = time.monotonic()
-    await receipts.note(claimed[0], "<x@y>")
-    await receipts.landed()
-    await receipts.note(claimed[1], "<y@y>")  # no longer noted: at least once, as before
-    await receipts.landed()
-    await receipts.close()
+    await book.landed(book.note(claimed[0].id, claimed[0].created_at, "<x@y>"))
+    assert not book.on  # for COOL_DOWN: nobody waits for receipts meanwhile
+    assert book.note(claimed[1].id, claimed[1].created_at, "<y@y>") is None
+    await book.close()
     assert time.monotonic() - started < 2 * WRITE_TIMEOUT
-    assert not receipts.enabled
-    await receipts.redis.aclose()
+    assert 0 < book.off_until - time.monotonic() <= COOL_DOWN  # then tried again
+    await nowhere.aclose()

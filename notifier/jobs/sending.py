@@ -1,8 +1,9 @@
 """The send job: mail a batch of claimed deliveries over one SMTP connection, at the shared rate.
 
 Outcomes are written at least every FLUSH_SECONDS and at the end of the batch; in between, each
-accepted message has a receipt in Redis before the next one is sent (receipts.py), so a worker
-killed with SIGKILL repeats at most the message each of its batches had in flight.
+accepted message has a receipt in Redis (data/receipts.py) before the message after next is sent,
+so a worker killed with SIGKILL repeats at most the message each of its batches had in flight
+and, if Redis had not yet answered, the one before it.
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ from limits import RateLimitItemPerSecond
 from limits.aio.strategies import MovingWindowRateLimiter
 
 from notifier.clock import utcnow
+from notifier.data.receipts import Landing
 from notifier.data.states import DeliveryStatus
 from notifier.jobs.context import resources_of
 from notifier.jobs.outcomes import Outcome, Outgoing, claim, failure, prepare, record, render
-from notifier.jobs.receipts import Receipts, unless_already_sent
+from notifier.jobs.receipts import forget_sent, unless_already_sent
 from notifier.mail.alerts import AlertRenderer
 from notifier.mail.message import sender_address
 from notifier.mailer import ConnectionLost, SendError
@@ -96,7 +98,8 @@ class Batch:
         self.lapse = r.settings.sweep_stale_after * CLAIM_LAPSE
         self.rate = SendRate(r)
         self.sender = sender_address(r.settings)
-        self.receipts = Receipts(r)
+        # The receipts of the last two messages sent, landing in Redis (data/receipts.py).
+        self.receipts: tuple[Landing | None, Landing | None] = (None, None)
 
     def lapsed(self) -> bool:
         return time.monotonic() - self.renewed >= self.lapse
@@ -115,7 +118,7 @@ class Batch:
         outcomes, self.done = self.owned(self.done), []
         started = time.monotonic()
         await record(self.r, outcomes, self.hashes, [i.delivery.id for i in self.queue])
-        self.receipts.forget(outcomes)
+        forget_sent(self.r, outcomes)
         self.last_flush = time.monotonic()
         if not self.lapsed():
             self.renewed = started  # the refresh was written at or after `started`
@@ -152,11 +155,8 @@ class Batch:
             # Also on any other error: what was sent is recorded; the rest stays claimed for
             # the sweep.
             outcomes = self.owned(self.done)
-            try:
-                await record(self.r, outcomes, self.hashes, [])
-                self.receipts.forget(outcomes)
-            finally:
-                await self.receipts.close()
+            await record(self.r, outcomes, self.hashes, [])
+            forget_sent(self.r, outcomes)
 
     async def _session(self) -> None:
         """Send the queue's messages over one SMTP connection until it is empty or drops."""
@@ -176,7 +176,9 @@ class Batch:
                     raise ClaimLapsed(
                         f"claim of {len(queue)} unsent message(s) not renewed in time"
                     )
-                await self.receipts.landed()  # the previous message's, before this one goes
+                # The receipt of the message before the last one, in Redis before this one goes:
+                # the last one's is written while this one is sent, never waited for.
+                await r.receipts.landed(self.receipts[0])
                 started = time.perf_counter()
                 try:
                     await conn.send(self.sender, item.email, data)
@@ -195,7 +197,9 @@ class Batch:
                 else:
                     self.done.append(sent)
                     if sent.message_id is not None:
-                        await self.receipts.note(item.delivery, sent.message_id)
+                        c = item.delivery
+                        noted = r.receipts.note(c.id, c.created_at, sent.message_id)
+                        self.receipts = (self.receipts[1], noted)
                     MAILS.labels("alert").inc()
                     log.info(
                         "mail sent: alert for event %d to %s", item.delivery.event_pk, item.email

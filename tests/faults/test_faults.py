@@ -1,7 +1,8 @@
 """Faults survived by the real processes: a killed worker (once, and five times in one fan-out),
 an SMTP outage, a restarted and flushed Redis, a PostgreSQL outage. 2,000 subscribers each time;
-every one gets exactly one mail, but for what a killed worker literally had in flight: at most one
-message per open SMTP connection, so NOTIFIER_WORKER_MAX_JOBS a kill.
+every one gets exactly one mail, but for what a killed worker literally had in flight: per open
+SMTP connection, the message whose 250 was on its way and at most one more, whose receipt was on
+its way to Redis (notifier/data/receipts.py).
 
 Each scenario adds a row to the table printed at the end of the run (see conftest.py).
 """
@@ -120,9 +121,9 @@ async def test_worker_killed_mid_send_then_restarted(
     duplicates = record(
         "worker SIGKILL mid-send, restarted", smtp, intact, since, note=f"killed at {at_kill}"
     )
-    # Only a message whose 250 was on its way when the worker died can repeat: one per
-    # connection (each accepted message has its receipt in Redis before the next is sent).
-    assert duplicates <= MAX_JOBS
+    # Per connection, only the message whose 250 was on its way when the worker died and the
+    # one before it, if its receipt had not reached Redis yet, can repeat.
+    assert duplicates <= 2 * MAX_JOBS
     assert intact
 
 
@@ -176,7 +177,7 @@ async def test_worker_killed_five_times_in_one_fanout(
         note="per kill: " + ", ".join(f"{d} at {k}" for d, k in zip(per_kill, kills, strict=True)),
     )
     assert kills[-1] < AUDIENCE, "the fan-out ended before the last kill"
-    assert max(per_kill) <= MAX_JOBS, per_kill
+    assert max(per_kill) <= 2 * MAX_JOBS, per_kill  # the issue's bar: 8
     assert after_last == 0
     assert intact
 
