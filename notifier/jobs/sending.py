@@ -1,9 +1,9 @@
 """The send job: mail a batch of claimed deliveries over one SMTP connection, at the shared rate.
 
 Outcomes are written at least every FLUSH_SECONDS and at the end of the batch; in between, each
-accepted message has a receipt in Redis (data/receipts.py) before the message after next is sent,
-so a worker killed with SIGKILL repeats at most the message each of its batches had in flight
-and, if Redis had not yet answered, the one before it.
+accepted message has a receipt in Redis (data/receipts.py) soon enough (NOTIFIER_RECEIPT_LAG) that
+a worker killed with SIGKILL repeats at most the message each of its batches had in flight and
+the one before it whose receipt was still on its way.
 """
 
 from __future__ import annotations
@@ -98,8 +98,7 @@ class Batch:
         self.lapse = r.settings.sweep_stale_after * CLAIM_LAPSE
         self.rate = SendRate(r)
         self.sender = sender_address(r.settings)
-        # The receipts of the last two messages sent, landing in Redis (data/receipts.py).
-        self.receipts: tuple[Landing | None, Landing | None] = (None, None)
+        self.receipts: deque[Landing | None] = deque()  # on their way to Redis (data/receipts.py)
 
     def lapsed(self) -> bool:
         return time.monotonic() - self.renewed >= self.lapse
@@ -176,9 +175,10 @@ class Batch:
                     raise ClaimLapsed(
                         f"claim of {len(queue)} unsent message(s) not renewed in time"
                     )
-                # The receipt of the message before the last one, in Redis before this one goes:
-                # the last one's is written while this one is sent, never waited for.
-                await r.receipts.landed(self.receipts[0])
+                # At most NOTIFIER_RECEIPT_LAG accepted messages without their receipt in Redis
+                # while this one goes (the most a SIGKILL re-sends besides this one).
+                while len(self.receipts) > r.settings.receipt_lag:
+                    await r.receipts.landed(self.receipts.popleft())
                 started = time.perf_counter()
                 try:
                     await conn.send(self.sender, item.email, data)
@@ -198,8 +198,7 @@ class Batch:
                     self.done.append(sent)
                     if sent.message_id is not None:
                         c = item.delivery
-                        noted = r.receipts.note(c.id, c.created_at, sent.message_id)
-                        self.receipts = (self.receipts[1], noted)
+                        self.receipts.append(r.receipts.note(c.id, c.created_at, sent.message_id))
                     MAILS.labels("alert").inc()
                     log.info(
                         "mail sent: alert for event %d to %s", item.delivery.event_pk, item.email

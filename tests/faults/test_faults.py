@@ -1,8 +1,8 @@
 """Faults survived by the real processes: a killed worker (once, and five times in one fan-out),
 an SMTP outage, a restarted and flushed Redis, a PostgreSQL outage. 2,000 subscribers each time;
 every one gets exactly one mail, but for what a killed worker literally had in flight: per open
-SMTP connection, the message whose 250 was on its way and at most one more, whose receipt was on
-its way to Redis (notifier/data/receipts.py).
+SMTP connection, the message whose 250 was on its way and at most NOTIFIER_RECEIPT_LAG more,
+whose receipts were on their way to Redis (notifier/data/receipts.py).
 
 Each scenario adds a row to the table printed at the end of the run (see conftest.py).
 """
@@ -151,9 +151,12 @@ def duplicates_per_kill(mails: list[str], kills: list[int]) -> tuple[list[int], 
     return per_kill[:-1], per_kill[-1]
 
 
+@pytest.mark.parametrize("lag", [0, 1], ids=["lag0", "lag1"])
 async def test_worker_killed_five_times_in_one_fanout(
-    stack: Stack, engine: AsyncEngine, smtp: RecordingSMTP, email_hash: Any
+    stack: Stack, engine: AsyncEngine, smtp: RecordingSMTP, email_hash: Any, lag: int
 ) -> None:
+    """NOTIFIER_RECEIPT_LAG 0 (each receipt waited for) and 1 (the default)."""
+    stack.env["NOTIFIER_RECEIPT_LAG"] = str(lag)
     before, since = await started(stack, engine, email_hash)
     async with aiohttp.ClientSession() as http:
         await post_event(http, stack.base_url, new_study(NCT))
@@ -163,6 +166,7 @@ async def test_worker_killed_five_times_in_one_fanout(
         await sending_past(smtp, (kills[-1] if kills else 0) + KILL_EVERY)
         assert stack.worker is not None
         await stack.worker.signal(signal.SIGKILL)
+        await asyncio.sleep(0.1)  # what the server had received before the kill, counted before
         kills.append(len(audience_mails(smtp)))
         await stack.start_worker()
     await wait_all_sent(engine, smtp, AUDIENCE, DONE_WITHIN)
@@ -170,14 +174,15 @@ async def test_worker_killed_five_times_in_one_fanout(
     intact = await consent_snapshot(engine) == before
     per_kill, after_last = duplicates_per_kill(audience_mails(smtp), kills)
     record(
-        f"worker SIGKILL x{KILLS} in one fan-out, restarted each time",
+        f"worker SIGKILL x{KILLS} in one fan-out, restarted each time, receipt lag {lag}",
         smtp,
         intact,
         since,
         note="per kill: " + ", ".join(f"{d} at {k}" for d, k in zip(per_kill, kills, strict=True)),
     )
     assert kills[-1] < AUDIENCE, "the fan-out ended before the last kill"
-    assert max(per_kill) <= 2 * MAX_JOBS, per_kill  # the issue's bar: 8
+    # Per connection: the message the relay was taking, and those whose receipt was on its way.
+    assert max(per_kill) <= (1 + lag) * MAX_JOBS, per_kill  # the issue's bar: 8
     assert after_last == 0
     assert intact
 
