@@ -51,6 +51,12 @@ SEND_SECONDS = Histogram(
 SWEEP_RECOVERED = Counter(
     "notifier_sweep_recovered", "Deliveries re-enqueued by the sweep", registry=REGISTRY
 )
+RESENDS_AVOIDED = Counter(
+    "notifier_resends_avoided",
+    "Deliveries claimed again after their worker died, found accepted in Redis (receipts) and"
+    " recorded as sent instead of mailed again",
+    registry=REGISTRY,
+)
 QUEUE_DEPTH = Gauge("notifier_queue_depth", "Jobs waiting in the arq queue", registry=REGISTRY)
 WORKERS_ALIVE = Gauge(
     "notifier_workers_alive",

@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from notifier.core.tokens import Tokens
 from notifier.data.db import make_engine, make_sessionmaker
 from notifier.data.outage import DatabaseOutage
+from notifier.data.receipts import ReceiptBook
 from notifier.data.sentinel import follow_master, sentinel_master
 from notifier.mail.context import MailContext
 from notifier.mail.templates import make_environment
@@ -107,6 +108,12 @@ class Resources:
         return MailContext(self.settings, self.templates, self.tokens)
 
     @cached_property
+    def receipts(self) -> ReceiptBook:
+        """Accepted messages noted in Redis, so a killed worker's are not sent again."""
+        prefix = job_id(self.settings.queue_name, "accepted")
+        return ReceiptBook(self.redis, prefix, self.settings.sweep_stale_after)
+
+    @cached_property
     def relay(self) -> RelayProbe:
         """Whether the SMTP relay answers a connect (cached): start-up warning, /readyz."""
         return RelayProbe.of(self.settings.smtp_url)
@@ -143,7 +150,7 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
         connection_pool=redis.connection_pool,  # type: ignore[arg-type]
     )
     try:
-        yield Resources(
+        resources = Resources(
             settings=settings,
             engine=engine,
             sessions=make_sessionmaker(engine),
@@ -162,6 +169,11 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
                 settings.sweep_stale_after,
             ),
         )
+        try:
+            yield resources
+        finally:
+            if "receipts" in vars(resources):  # made by the first send batch
+                await resources.receipts.close()
     finally:
         await engine.dispose()
         await redis.aclose()  # and the pool the rate limits share

@@ -106,6 +106,9 @@ class Settings(BaseSettings):
     send_batch_size: int = Field(default=500, gt=0)
     send_rate: float = Field(default=0.0, ge=0, description="messages/s over all workers; 0 = off")
     worker_max_jobs: int = Field(default=8, gt=0)
+    receipt_lag: int = Field(
+        default=1, ge=0, le=100, description="accepted messages a batch sends past without receipt"
+    )
     shutdown_grace: int = Field(default=25, ge=0, description="s for in-flight jobs on SIGTERM")
     retry_ladder: FloatList = Field(
         default_factory=lambda: [30.0, 120.0, 600.0, 1800.0, 3600.0, 3 * 3600.0, 6 * 3600.0]

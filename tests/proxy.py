@@ -1,7 +1,7 @@
 """A TCP proxy in front of a real service, to cut it off and bring it back (an outage).
 
 The client sees exactly what a stopped server looks like: refused connections and dropped
-sessions; the service itself keeps running for other tests.
+sessions; the service itself keeps running for other tests. `delay` makes it a slow link.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ class TcpProxy:
     target_port: int
     host: str = "127.0.0.1"
     port: int = 0
+    delay: float = 0.0  # seconds each chunk waits before it is passed on: a slow link
     _server: asyncio.AbstractServer | None = None
     _writers: set[asyncio.StreamWriter] = field(default_factory=set)
 
@@ -46,6 +47,8 @@ class TcpProxy:
         async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
             with contextlib.suppress(OSError, asyncio.CancelledError):
                 while data := await src.read(65536):
+                    if self.delay:
+                        await asyncio.sleep(self.delay)
                     dst.write(data)
                     await dst.drain()
             dst.transport.abort()

@@ -6,6 +6,7 @@ Knobs, never magic strings:
     smtp.drop_after_data.add("carol@example.org")  # store the message, then drop before 250
     smtp.reject_sender = "553 5.1.8 sender domain does not exist"  # MAIL FROM refused
     smtp.pipelining = False  # EHLO without PIPELINING (RFC 2920), which is offered by default
+    smtp.on_data = check  # awaited with each recipient once its message is in, before the 250
     await smtp.stop(); await smtp.start()          # an outage on the same port
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from typing import Any, cast
@@ -45,6 +47,7 @@ class RecordingSMTP:
     slow: dict[str, float] = field(default_factory=dict)  # seconds before answering RCPT TO
     reject_data: dict[str, str] = field(default_factory=dict)  # answer to a message's data, once
     pipelining: bool = True  # offer PIPELINING in the EHLO answer
+    on_data: Callable[[str], Awaitable[None]] | None = None  # see the module's docstring
     transactions: int = 0  # DATA commands that reached the server
     connections: int = 0
     _server: asyncio.AbstractServer | None = None
@@ -93,6 +96,8 @@ class RecordingSMTP:
                 return self.reject_data.pop(rcpt)  # once
         content = envelope.original_content or b""
         for rcpt in envelope.rcpt_tos:
+            if self.on_data is not None:
+                await self.on_data(rcpt)
             self.messages.append(Received(str(envelope.mail_from), rcpt, content))
             if rcpt in self.drop_after_data and server.transport is not None:
                 cast(

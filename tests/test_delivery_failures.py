@@ -446,8 +446,9 @@ async def test_a_worker_killed_mid_fanout_then_restarted_mails_everyone(
         f" killed at {killed_after:.1f} s, done at {loop.time() - started:.1f} s"
     )
     assert len(counts) == n, f"{n - len(counts)} subscriber(s) never got the mail"
-    # Only messages sent but not yet recorded when the process died can repeat.
-    assert duplicates <= max_jobs * batch
+    # Per open connection, only the message whose 250 was on its way when the process died and
+    # the one before it, if its receipt was still on its way to Redis (notifier/data/receipts.py).
+    assert duplicates <= 2 * max_jobs
 
 
 async def test_redis_down_at_ingestion_still_stores_and_answers_202(

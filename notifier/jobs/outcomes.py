@@ -58,6 +58,7 @@ class Outcome:
     error: str | None = None
     message_id: str | None = None
     suppress: bool = False  # 5.1.x: the address goes on the suppression list
+    sent_at: datetime | None = None  # when accepted, if known before it is recorded (receipts)
 
     def __post_init__(self) -> None:
         # Cut to the columns' width here, once: a longer text would fail the whole batch's
@@ -202,7 +203,7 @@ async def record(
             "status": o.status,
             "last_error": o.error,
             "message_id": o.message_id,
-            "sent_at": now if o.status == DeliveryStatus.SENT else None,
+            "sent_at": (o.sent_at or now) if o.status == DeliveryStatus.SENT else None,
             "next_attempt_at": now,
         }
         if o.status == DeliveryStatus.RETRY:

@@ -1,7 +1,9 @@
 """The send job: mail a batch of claimed deliveries over one SMTP connection, at the shared rate.
 
-Outcomes are written at least every FLUSH_SECONDS and at the end of the batch, so a worker killed
-with SIGKILL can at most repeat the messages of its batch in flight that it had not yet recorded.
+Outcomes are written at least every FLUSH_SECONDS and at the end of the batch; in between, each
+accepted message has a receipt in Redis (data/receipts.py) soon enough (NOTIFIER_RECEIPT_LAG) that
+a worker killed with SIGKILL repeats at most the message each of its batches had in flight and
+the one before it whose receipt was still on its way.
 """
 
 from __future__ import annotations
@@ -18,9 +20,11 @@ from limits import RateLimitItemPerSecond
 from limits.aio.strategies import MovingWindowRateLimiter
 
 from notifier.clock import utcnow
+from notifier.data.receipts import Landing
 from notifier.data.states import DeliveryStatus
 from notifier.jobs.context import resources_of
 from notifier.jobs.outcomes import Outcome, Outgoing, claim, failure, prepare, record, render
+from notifier.jobs.receipts import forget_sent, unless_already_sent
 from notifier.logs import mask
 from notifier.mail.alerts import AlertRenderer
 from notifier.mail.message import sender_address
@@ -95,6 +99,7 @@ class Batch:
         self.lapse = r.settings.sweep_stale_after * CLAIM_LAPSE
         self.rate = SendRate(r)
         self.sender = sender_address(r.settings)
+        self.receipts: deque[Landing | None] = deque()  # on their way to Redis (data/receipts.py)
 
     def lapsed(self) -> bool:
         return time.monotonic() - self.renewed >= self.lapse
@@ -113,6 +118,7 @@ class Batch:
         outcomes, self.done = self.owned(self.done), []
         started = time.monotonic()
         await record(self.r, outcomes, self.hashes, [i.delivery for i in self.queue])
+        forget_sent(self.r, outcomes)
         self.last_flush = time.monotonic()
         if not self.lapsed():
             self.renewed = started  # the refresh was written at or after `started`
@@ -152,7 +158,9 @@ class Batch:
         finally:
             # Also on any other error: what was sent is recorded; the rest stays claimed for
             # the sweep.
-            await record(self.r, self.owned(self.done), self.hashes, [])
+            outcomes = self.owned(self.done)
+            await record(self.r, outcomes, self.hashes, [])
+            forget_sent(self.r, outcomes)
 
     async def _session(self) -> None:
         """Send the queue's messages over one SMTP connection until it is empty or drops.
@@ -172,6 +180,10 @@ class Batch:
                     raise ClaimLapsed(
                         f"claim of {len(queue)} unsent message(s) not renewed in time"
                     )
+                # At most NOTIFIER_RECEIPT_LAG accepted messages without their receipt in Redis
+                # while this one goes (the most a SIGKILL re-sends besides this one).
+                while len(self.receipts) > r.settings.receipt_lag:
+                    await r.receipts.landed(self.receipts.popleft())
                 following = None if self.rate.enabled else self._rendered(1)
                 then = queue[1].email if following is not None else None
                 started = time.perf_counter()
@@ -193,6 +205,9 @@ class Batch:
                     )
                 else:
                     self.done.append(sent)
+                    if sent.message_id is not None:
+                        c = item.delivery
+                        self.receipts.append(r.receipts.note(c.id, c.created_at, sent.message_id))
                     MAILS.labels("alert").inc()
                     log.info(
                         "mail sent: alert for event %d, delivery %d (subscriber %d)",
@@ -229,6 +244,7 @@ async def send_batch(
     claimed = await claim(r, delivery_ids, event_pks)
     if not claimed:
         return {"claimed": 0}
+    claimed = await unless_already_sent(r, claimed)  # a dead worker's, accepted: recorded
     outgoing, outcomes, hashes, renderers = await prepare(r, claimed)
     await record(r, outcomes, hashes, [])
     if outgoing:

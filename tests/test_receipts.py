@@ -1,0 +1,202 @@
+"""Receipts (notifier/data/receipts.py, notifier/jobs/receipts.py): every accepted message is in
+Redis before the one after next is sent, a later batch records a dead worker's accepted rows
+instead of mailing them again, and PostgreSQL stays the truth when Redis has nothing to say."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import time_machine
+from aiohttp.test_utils import TestClient
+from redis.asyncio import Redis
+from sqlalchemy import select
+
+from notifier.clock import utcnow
+from notifier.data.models import Delivery, Event, Subscriber
+from notifier.data.receipts import COOL_DOWN, WRITE_TIMEOUT, ReceiptBook
+from notifier.jobs.outcomes import Claimed, claim
+from notifier.metrics import REGISTRY
+from notifier.resources import Resources
+from tests.conftest import REDIS, REDIS_DB, run_worker
+from tests.events_factory import fan_out_rows, new_study, post_events, subscribe
+from tests.faults.harness import free_port
+from tests.proxy import TcpProxy
+from tests.smtp_server import RecordingSMTP
+
+NCT = "NCT05879978"
+
+
+async def fanned_out(r: Resources, client: TestClient[Any, Any], n: int) -> dict[str, int]:
+    """n subscribers of the study, the event's delivery rows written and no job queued:
+    {address: delivery id}."""
+    for i in range(n):
+        await subscribe(r, f"r{i:02d}@example.org", study=NCT)
+    await post_events(client, [new_study(NCT)])
+    await r.redis.flushdb()
+    async with r.sessions() as session:
+        event_pk = await session.scalar(select(Event.id))
+    assert event_pk is not None
+    await fan_out_rows(r, event_pk)
+    await r.redis.flushdb()  # the send jobs are the test's to run or to lose
+    async with r.sessions() as session:
+        rows = await session.execute(
+            select(Subscriber.email, Delivery.id).join(
+                Subscriber, Subscriber.id == Delivery.subscriber_id
+            )
+        )
+        return {email: did for email, did in rows.all()}  # noqa: C416  # Rows, not pairs
+
+
+def receipt_key(r: Resources, delivery_id: int) -> str:
+    return r.receipts.key(delivery_id)
+
+
+async def receipts_left(r: Resources) -> list[bytes]:
+    return list(await r.redis.keys(f"{r.receipts.prefix}:*"))
+
+
+async def noted(r: Resources, c: Claimed, message_id: str) -> None:
+    """As a batch notes a message the relay took."""
+    await r.receipts.landed(r.receipts.note(c.id, c.created_at, message_id))
+
+
+@pytest.fixture
+async def redis_link() -> AsyncIterator[TcpProxy]:
+    """Redis behind a proxy that can be made a slow link."""
+    target = urlsplit(REDIS)
+    proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 6379)
+    await proxy.start()
+    yield proxy
+    await proxy.stop()
+
+
+@pytest.fixture(params=[0, 1], ids=["lag0", "lag1"])
+def receipt_lag(request: pytest.FixtureRequest) -> int:
+    lag: int = request.param
+    return lag
+
+
+class TestOverASlowRedis:
+    @pytest.fixture
+    def settings_overrides(self, redis_link: TcpProxy, receipt_lag: int) -> dict[str, Any]:
+        url = f"redis://127.0.0.1:{redis_link.port}/{REDIS_DB}"
+        return {"redis_url": url, "receipt_lag": receipt_lag}
+
+    async def test_no_more_than_the_lag_is_unrecorded_when_the_next_message_goes(
+        self,
+        client: TestClient[Any, Any],
+        resources: Resources,
+        smtp: RecordingSMTP,
+        redis_link: TcpProxy,
+        receipt_lag: int,
+    ) -> None:
+        """Redis answers 5 ms late, slower than the SMTP server: still, when the relay has a
+        message, every one before it but the last NOTIFIER_RECEIPT_LAG is recorded, in Redis or
+        already in PostgreSQL. So a worker killed at any moment leaves at most 1 + lag messages
+        unrecorded per connection: the one the relay is taking, and those receipts on their
+        way."""
+        r = resources
+        ids = await fanned_out(r, client, 30)
+        before: list[str] = []
+        recorded: list[bool] = []
+        direct = Redis.from_url(f"{REDIS}/{REDIS_DB}")  # what Redis holds, not what is on its way
+
+        async def check(rcpt: str) -> None:
+            if len(before) > receipt_lag:
+                previous = ids[before[-1 - receipt_lag]]
+                in_redis = bool(await direct.exists(receipt_key(r, previous)))
+                async with r.sessions() as session:
+                    status = await session.scalar(
+                        select(Delivery.status).where(Delivery.id == previous)
+                    )
+                recorded.append(in_redis or status == "sent")
+            before.append(rcpt)
+
+        smtp.on_data = check
+        redis_link.delay = 0.005
+        await r.redis.enqueue_job("send_deliveries", sorted(ids.values()))
+        await run_worker(r)
+        redis_link.delay = 0
+        await direct.aclose()
+        assert Counter(m.rcpt_to for m in smtp.messages) == dict.fromkeys(ids, 1)
+        assert recorded == [True] * (30 - 1 - receipt_lag)
+        assert await receipts_left(r) == []  # deleted once PostgreSQL had the outcomes
+
+
+async def test_a_dead_workers_accepted_rows_are_recorded_not_mailed(
+    client: TestClient[Any, Any], resources: Resources, smtp: RecordingSMTP
+) -> None:
+    r = resources
+    ids = await fanned_out(r, client, 4)
+    claimed = {c.id: c for c in await claim(r, sorted(ids.values()))}  # a worker claims them…
+    accepted = {"r00@example.org": "<a0@notify.example.org>", "r01@example.org": "<a1@x>"}
+    for email, msgid in accepted.items():  # …the relay takes two of them…
+        await noted(r, claimed[ids[email]], msgid)
+    # A receipt from another database under the same delivery id (its rows were created at
+    # another time) proves nothing: that row is mailed.
+    stranger = ids["r02@example.org"]
+    await r.redis.set(receipt_key(r, stranger), "1.000000 2.000000 <old@x>")
+    noted_at = utcnow()
+    # …and the worker dies before it writes their outcomes.
+    avoided = REGISTRY.get_sample_value("notifier_resends_avoided_total") or 0.0
+
+    with time_machine.travel(
+        utcnow() + timedelta(seconds=r.settings.sweep_stale_after + 1), tick=True
+    ):
+        await r.redis.enqueue_job("sweep")
+        await run_worker(r)
+
+    assert sorted(m.rcpt_to for m in smtp.messages) == ["r02@example.org", "r03@example.org"]
+    async with r.sessions() as session:
+        rows = {d.id: d for d in await session.scalars(select(Delivery))}
+    for email, msgid in accepted.items():
+        row = rows[ids[email]]
+        assert (row.status, row.message_id, row.attempts) == ("sent", msgid, 2)
+        assert row.sent_at is not None
+        assert abs((row.sent_at.replace(tzinfo=noted_at.tzinfo) - noted_at).total_seconds()) < 5
+    assert {rows[ids[e]].status for e in ("r02@example.org", "r03@example.org")} == {"sent"}
+    assert REGISTRY.get_sample_value("notifier_resends_avoided_total") == avoided + 2
+    # Every receipt deleted once PostgreSQL has the outcome (the stranger's was replaced by the
+    # row's own when it was mailed).
+    assert await receipts_left(r) == []
+
+
+async def test_without_receipts_a_dead_workers_rows_are_mailed_again(
+    client: TestClient[Any, Any], resources: Resources, smtp: RecordingSMTP
+) -> None:
+    """Redis flushed after the kill: PostgreSQL alone, at least once (nobody is lost)."""
+    r = resources
+    ids = await fanned_out(r, client, 2)
+    claimed = await claim(r, sorted(ids.values()))
+    await noted(r, claimed[0], "<gone@x>")
+    await r.redis.flushdb()
+    with time_machine.travel(
+        utcnow() + timedelta(seconds=r.settings.sweep_stale_after + 1), tick=True
+    ):
+        await r.redis.enqueue_job("sweep")
+        await run_worker(r)
+    assert Counter(m.rcpt_to for m in smtp.messages) == dict.fromkeys(ids, 1)
+
+
+async def test_an_unreachable_redis_never_holds_up_sending(
+    client: TestClient[Any, Any], resources: Resources
+) -> None:
+    r = resources
+    ids = await fanned_out(r, client, 2)
+    claimed = await claim(r, sorted(ids.values()))
+    nowhere = Redis(host="127.0.0.1", port=free_port())  # nothing listens there
+    book = ReceiptBook(nowhere, r.receipts.prefix, r.settings.sweep_stale_after)
+    started = time.monotonic()
+    await book.landed(book.note(claimed[0].id, claimed[0].created_at, "<x@y>"))
+    assert not book.on  # for COOL_DOWN: nobody waits for receipts meanwhile
+    assert book.note(claimed[1].id, claimed[1].created_at, "<y@y>") is None
+    await book.close()
+    assert time.monotonic() - started < 2 * WRITE_TIMEOUT
+    assert 0 < book.off_until - time.monotonic() <= COOL_DOWN  # then tried again
+    await nowhere.aclose()
