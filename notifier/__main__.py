@@ -13,7 +13,6 @@ import sys
 from collections.abc import Sequence
 from datetime import date
 
-from aiohttp import web
 from pydantic import ValidationError
 
 from notifier.logs import secrets_of, setup_logging
@@ -126,6 +125,8 @@ def use_uvloop() -> None:
 
 async def _serve_web(settings: Settings, host: str, port: int) -> None:
     """web.run_app, with the runner that answers unparseable requests like the app does."""
+    from aiohttp import web  # here, not at the top: a worker never loads aiohttp (~5 MB)
+
     from notifier.app import create_app
     from notifier.handlers.protocol import NotifierRunner
 
@@ -161,6 +162,8 @@ def cmd_worker(settings: Settings) -> None:
 
 
 async def _dev(settings: Settings, host: str, port: int) -> None:
+    from aiohttp import web
+
     from notifier.app import create_app
     from notifier.handlers.protocol import NotifierRunner
     from notifier.resources import open_resources
