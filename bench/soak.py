@@ -7,7 +7,8 @@ the documented bound per SIGKILL; RSS of each process alive since warm-up within
 size after warm-up; Redis keys flat (
 keys with no expiry within warm-up + 5 at every sample; no key set to live longer than a day
 (rate-limit windows grow with the distinct addresses seen and expire within a day: bounded by
-their TTL, reported, not failed); arq's keys after the drain within 1.25 x warm-up + 200).
+their TTL, reported, not failed); arq's keys, 65 s after the drain (a result's lifetime),
+within 1.25 x warm-up + 200.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from notifier.pipeline import encode, sign
 from notifier.queue import Cron, deserialize, serialize
 from tests.conftest import ADMIN_TOKEN, EVENT_SECRETS, SITE_ORIGIN
 from tests.faults.harness import RedisServer
+from tests.faults.harness import wait_ready as harness_wait_ready
 
 NCT = "NCT05844332"  # the_event()'s study: KEY's audience and study:NCT… signups both match
 SIGNUPS_PER_S = 2.0
@@ -52,6 +54,7 @@ RSS_GROWTH = 0.10
 KEYS_FACTOR, KEYS_SLACK = 1.25, 200
 PERSISTENT_SLACK = 5  # keys without expiry: the queue, a few markers
 MAX_TTL = 90_000  # the longest window kept: a per-address daily allowance (limits adds ~2000 s)
+RESULT_LIFETIME = 65  # s: arq keeps a job's result 60 s (notifier/worker.py)
 HOSTILE = ("hostile", "slow client")  # requests left out of p50/p99
 OUTAGE_GRACE = 5.0  # s after a fault's recovery still counted in its window
 INTERVALS = 4
@@ -397,25 +400,15 @@ def hostile(soak: Soak) -> list[Any]:
 # --- faults on a schedule ---------------------------------------------------------------
 
 
-async def wait_ready(soak: Soak, within: float = 120) -> None:
-    deadline = time.monotonic() + within
-    async with aiohttp.ClientSession() as http:
-        while time.monotonic() < deadline:
-            try:
-                async with http.get(f"{soak.stack.base_url}/readyz") as resp:
-                    if resp.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.5)
-    raise TimeoutError("the service did not recover")
+async def wait_ready(soak: Soak) -> None:
+    await harness_wait_ready(soak.stack.base_url, within=120)
 
 
 async def at(soak: Soak, fraction: float) -> None:
     await asyncio.sleep(max(0.0, fraction * soak.seconds - soak.now()))
 
 
-async def mid_send(soak: Soak, within: float = 60) -> None:
+async def mid_send(soak: Soak, within: float) -> None:
     """Wait until alerts are flowing (a fan-out in progress), so the kill lands mid-batch."""
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
@@ -440,10 +433,10 @@ async def faults(soak: Soak) -> None:
     stale = float(soak.stack.env["NOTIFIER_SWEEP_STALE_AFTER"])
     window = Window("worker SIGKILL", soak.now())
     soak.windows.append(window)
-    await mid_send(soak)
+    await mid_send(soak, within=soak.interval_s / 2 + 30)  # until the next fan-out at most
     await soak.stack.kill_worker(1)
     soak.kills += 1
-    await soak.stack.start_worker(1)
+    await soak.stack.start_numbered_worker(1)
     await asyncio.sleep(2 * stale)  # the sweep hands the dead worker's rows out again
     window.end = soak.now()
 
@@ -523,7 +516,8 @@ async def unfinished(soak: Soak) -> int:
 
 async def drain(soak: Soak, within: float) -> float:
     """After the load: make the last held items due (a digest job id is kept 60 s, so the tick
-    repeats until none is held), then wait until nothing is open and mail has stopped for 6 s."""
+    repeats until none is held), then wait until nothing is open, every signup has its
+    confirmation and mail has stopped for 6 s."""
     began = time.monotonic()
     quiet, last, ticked = 0, -1, 0.0
     while time.monotonic() - began < within:
@@ -535,7 +529,8 @@ async def drain(soak: Soak, within: float) -> float:
         soak.read_mail()
         quiet = quiet + 1 if soak.log_offset == last else 0
         last = soak.log_offset
-        if quiet >= 6 and await unfinished(soak) == 0:
+        unconfirmed = set(soak.accepted) - soak.confirmation_mails  # a job may still be queued
+        if quiet >= 6 and not unconfirmed and await unfinished(soak) == 0:
             break
     return time.monotonic() - began
 
@@ -621,7 +616,7 @@ async def run(minutes: float, hostile_traffic: bool, audience: int, every: float
     )
     await conn.close()
     env = soak_env(url, redis, sink, f"soak-{uuid.uuid4().hex[:8]}")
-    stack = Stack(env, logs)
+    stack = Stack(env=env, logs=logs)
     soak = Soak(minutes, hostile_traffic, stack, pg, redis, sink, dsn, audience)
     print(f"soak: {minutes:g} min, audience {audience:,}, logs in {logs}", flush=True)
     try:
@@ -647,6 +642,7 @@ async def run(minutes: float, hostile_traffic: bool, audience: int, every: float
         drained = await drain(soak, max(120.0, soak.seconds / 4))
         while len(soak.intervals) <= INTERVALS:
             soak.intervals.append(Interval())
+        await asyncio.sleep(RESULT_LIFETIME)  # the last jobs' results expire: what stays, grew
         soak.intervals[INTERVALS].sample = await sample(soak)
         mails = await account(soak)
     finally:

@@ -12,11 +12,12 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.faults.harness import RedisServer, Service, free_port, service_env, wait_ready
+from bench.baselines import wait_port
+from tests.faults.conftest import Stack as FaultStack
+from tests.faults.harness import RedisServer, Service, free_port, service_env
 
 PG_BIN = Path(os.environ.get("NOTIFIER_SOAK_PG_BIN", "/usr/lib/postgresql/15/bin"))
 
@@ -76,34 +77,18 @@ class PgCluster:
 
 
 @dataclass
-class Stack:
-    """web + workers against the private services; each process logs to a file of its own."""
+class Stack(FaultStack):
+    """The fault suite's web + worker, with as many workers as asked (each logs to a file)."""
 
-    env: dict[str, str]
-    logs: Path
     workers: int = 2
-    web_port: int = field(default_factory=free_port)
-    web: Service | None = None
     worker_services: list[Service] = field(default_factory=list)
-    started: int = 0
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.web_port}"
-
-    def _service(self, name: str, args: list[str]) -> Service:
-        self.started += 1
-        return Service(name, args, self.env, self.logs / f"{self.started:02d}-{name}.log")
 
     async def start(self) -> None:
-        args = ["web", "--host", "127.0.0.1", "--port", str(self.web_port)]
-        self.web = self._service("web", args)
-        await self.web.start()
         for i in range(self.workers):
-            await self.start_worker(i)
-        await wait_ready(self.base_url)
+            await self.start_numbered_worker(i)
+        await self.start_web()
 
-    async def start_worker(self, i: int) -> None:
+    async def start_numbered_worker(self, i: int) -> None:
         worker = self._service(f"worker{i + 1}", ["worker"])
         await worker.start()
         if i < len(self.worker_services):
@@ -147,17 +132,7 @@ class SmtpSink:
         self.process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "bench.soak_sink", str(self.port), str(self.log)
         )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                _, writer = await asyncio.open_connection("127.0.0.1", self.port)
-            except OSError:
-                await asyncio.sleep(0.05)
-                continue
-            writer.close()
-            await writer.wait_closed()
-            return
-        raise RuntimeError("the soak's SMTP sink did not start")
+        await wait_port(self.port, 30)
 
     async def stop(self) -> None:
         if self.process is not None and self.process.returncode is None:
