@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import asyncpg
 import pytest
+from arq import Retry
 from sqlalchemy.exc import DBAPIError
 
-from notifier.data.db import transient_db_error
+from notifier.data.db import make_engine, make_sessionmaker, transient_db_error
+from notifier.jobs.notices import send_confirmation
+from notifier.resources import Resources
 
 
 def wrapped(orig: Exception) -> DBAPIError:
@@ -38,3 +43,18 @@ def test_restart_and_deadlock_are_waited_out(orig: Exception) -> None:
 )
 def test_data_and_schema_errors_are_not(orig: Exception) -> None:
     assert not transient_db_error(wrapped(orig))
+
+
+@pytest.mark.postgres_only
+async def test_a_confirmation_job_waits_out_a_database_outage(resources: Resources) -> None:
+    # The soak's second finding: a signup answered 202 as PostgreSQL restarted; its confirmation
+    # job failed for good on "connection refused" and the mail never came.
+    dead = make_engine("postgresql+asyncpg://postgres@127.0.0.1:1/none")
+    try:
+        down = replace(resources, engine=dead, sessions=make_sessionmaker(dead))
+        with pytest.raises(Retry):
+            await send_confirmation({"resources": down, "job_try": 1}, 1)
+    finally:
+        await dead.dispose()
+    # With the database back, the same job runs (subscriber 1 does not exist here: "gone").
+    assert await send_confirmation({"resources": resources}, 1) == "gone"
