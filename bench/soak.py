@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import contextlib
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -668,9 +669,12 @@ async def run(minutes: float, hostile_traffic: bool, audience: int, every: float
     failed = verdict(soak, mails)
     for line in failed:
         print(f"SOAK FAILED: {line}")
-    if not failed:
-        print("soak passed: 0 lost, no 5xx outside outages, RSS within +10%, Redis keys flat")
-    return 1 if failed else 0
+    if failed:
+        print(f"the processes' logs and the mail log are in {logs}")
+        return 1
+    print("soak passed: 0 lost, no 5xx outside outages, RSS within +10%, Redis keys flat")
+    shutil.rmtree(logs, ignore_errors=True)
+    return 0
 
 
 def main() -> None:
