@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: venv run test lint format bench bench-full bench-tools clean
+.PHONY: venv run test lint format bench bench-full bench-tools soak clean
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -39,6 +39,15 @@ bench: venv bench-tools
 
 bench-full: venv bench-tools
 	$(PY) -m bench
+
+## soak: web + 2 workers on a private PostgreSQL cluster and redis-server under mixed traffic,
+## with a Redis restart, a PostgreSQL restart and a worker SIGKILL (20 minutes; CI: SOAK_MINUTES=2;
+## SOAK_ARGS=--hostile adds the hardening tests' inputs at volume). Needs PostgreSQL's server
+## binaries and redis-server, not a running server: it starts its own.
+SOAK_MINUTES ?= 20
+SOAK_ARGS ?=
+soak: venv
+	$(PY) -m bench.soak --minutes $(SOAK_MINUTES) $(SOAK_ARGS)
 
 bench-tools:
 	@command -v smtp-sink >/dev/null && command -v wrk >/dev/null || \

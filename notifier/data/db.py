@@ -50,7 +50,10 @@ def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False)
 
 
-TRANSIENT_SQLSTATES = frozenset({"40001", "40P01"})  # serialization failure, deadlock
+# Serialization failure, deadlock; and PostgreSQL going down or coming back (class 57: an admin
+# or crash shutdown cut the session, "the database system is starting up" during recovery),
+# which asyncpg reports as a plain database error, not a connection one.
+TRANSIENT_SQLSTATES = frozenset({"40001", "40P01", "57P01", "57P02", "57P03"})
 
 
 def transient_db_error(exc: BaseException) -> bool:

@@ -7,27 +7,16 @@ import json
 import logging
 from typing import Any
 
-from arq import Retry
-
 from notifier.clock import utcnow
 from notifier.core.events import EventsInvalid, ingest, parse_events
-from notifier.data.db import transient_db_error
 from notifier.data.models import RejectedEvent
 from notifier.jobs.context import resources_of
+from notifier.jobs.retry import retry_if_database_unreachable
 from notifier.metrics import EVENTS
 
 log = logging.getLogger("notifier.events")
 
 REJECTED_PAYLOAD_MAX = 100_000  # characters kept of a rejected payload, for the operator
-
-
-def _retry_if_database_unreachable(exc: Exception, ctx: dict[str, Any]) -> None:
-    """arq re-runs a job only when it raises Retry: an event handed to the queue must survive a
-    database outage, so wait for it (1, 2, 4 … 60 s) instead of failing for good."""
-    if transient_db_error(exc):
-        tries = int(ctx.get("job_try", 1))
-        log.warning("database unreachable, queued event retried (try %d)", tries)
-        raise Retry(defer=min(60, 2 ** (tries - 1))) from exc
 
 
 async def ingest_trial_event(ctx: dict[str, Any], event: Any) -> dict[str, Any]:
@@ -55,7 +44,7 @@ async def ingest_trial_event(ctx: dict[str, Any], event: Any) -> dict[str, Any]:
                     )
                 )
         except Exception as db_exc:
-            _retry_if_database_unreachable(db_exc, ctx)
+            retry_if_database_unreachable(db_exc, ctx, "queued event")
             raise
         EVENTS.labels("rejected", "queue").inc()
         log.warning("queued event rejected: %s", error[:500])
@@ -63,7 +52,7 @@ async def ingest_trial_event(ctx: dict[str, Any], event: Any) -> dict[str, Any]:
     try:
         stored = await ingest(r, [valid], "queue")
     except Exception as exc:
-        _retry_if_database_unreachable(exc, ctx)
+        retry_if_database_unreachable(exc, ctx, "queued event")
         raise
     if stored.new_pks:
         return {"result": "accepted", "event_pk": stored.new_pks[0]}

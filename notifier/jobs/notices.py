@@ -5,17 +5,21 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+
 from notifier.core.confirmation import describe, pending_subscriptions
 from notifier.core.preferences import manage_link_to_send
 from notifier.core.signup import new_nonce
 from notifier.data import queries
 from notifier.data.models import Subscriber
 from notifier.jobs.context import resources_of
-from notifier.jobs.retry import retry_or_give_up
+from notifier.jobs.retry import retry_if_database_unreachable, retry_or_give_up
 from notifier.mail.message import sender_address, to_bytes
 from notifier.mail.notices import manage_link_mail, render_confirmation
 from notifier.mailer import SendError
 from notifier.metrics import MAILS
+from notifier.resources import Resources
 
 log = logging.getLogger("notifier.mail")
 
@@ -23,6 +27,16 @@ log = logging.getLogger("notifier.mail")
 async def send_confirmation(ctx: dict[str, Any], subscriber_id: int) -> str:
     """Mail one confirm link listing every pending subscription of the address."""
     r = resources_of(ctx)
+    try:
+        return await _send_confirmation(r, ctx, subscriber_id)
+    except (DBAPIError, PoolTimeout, OSError) as exc:
+        # The signup was answered 202: its confirm link must outlive a database restart (found
+        # by the soak: a signup at the moment PostgreSQL restarted never got its mail).
+        retry_if_database_unreachable(exc, ctx, "confirmation mail")
+        raise
+
+
+async def _send_confirmation(r: Resources, ctx: dict[str, Any], subscriber_id: int) -> str:
     async with r.sessions.begin() as session:
         subscriber = await session.get(Subscriber, subscriber_id)
         if subscriber is None:

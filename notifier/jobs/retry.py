@@ -29,6 +29,18 @@ log = logging.getLogger("notifier.retry")
 # How long a batch waits for an unreachable database to record what it sent. Longer than this
 # (or than NOTIFIER_SWEEP_STALE_AFTER) and the sweep may re-send the batch's unrecorded messages.
 RECORD_RETRY_FOR = 300.0
+
+
+def retry_if_database_unreachable(exc: BaseException, ctx: dict[str, Any], what: str) -> None:
+    """arq re-runs a job only when it raises Retry: a job handed to the queue (a queued event, a
+    confirm link for a signup already answered 202) must survive a database outage, so wait for
+    it (1, 2, 4 … 60 s) instead of failing for good. Returns when the error is not transient."""
+    if transient_db_error(exc):
+        tries = int(ctx.get("job_try", 1))
+        log.warning("database unreachable, %s retried (try %d)", what, tries)
+        raise Retry(defer=min(60, 2 ** (tries - 1))) from exc
+
+
 DEFER_MARGIN = 0.01  # a retry job never wakes before its rows' next_attempt_at
 
 

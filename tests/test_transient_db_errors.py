@@ -1,0 +1,60 @@
+"""Which database errors a job waits out: PostgreSQL restarting is one (the soak's finding)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import asyncpg
+import pytest
+from arq import Retry
+from sqlalchemy.exc import DBAPIError
+
+from notifier.data.db import make_engine, make_sessionmaker, transient_db_error
+from notifier.jobs.notices import send_confirmation
+from notifier.resources import Resources
+
+
+def wrapped(orig: Exception) -> DBAPIError:
+    return DBAPIError("UPDATE deliveries", None, orig)
+
+
+@pytest.mark.parametrize(
+    "orig",
+    [
+        asyncpg.exceptions.CannotConnectNowError("the database system is starting up"),
+        asyncpg.exceptions.AdminShutdownError("terminating connection due to administrator"),
+        asyncpg.exceptions.CrashShutdownError("terminating connection due to a crash"),
+        asyncpg.exceptions.DeadlockDetectedError("deadlock detected"),
+        asyncpg.exceptions.SerializationError("could not serialize access"),
+    ],
+)
+def test_restart_and_deadlock_are_waited_out(orig: Exception) -> None:
+    # Before, "starting up" (57P03) failed a send batch that was waiting to record what it had
+    # sent, and the sweep sent those mails again: 285 duplicates in one soak's PostgreSQL restart.
+    assert transient_db_error(wrapped(orig))
+
+
+@pytest.mark.parametrize(
+    "orig",
+    [
+        asyncpg.exceptions.UniqueViolationError("duplicate key value"),
+        asyncpg.exceptions.UndefinedTableError('relation "deliveries" does not exist'),
+    ],
+)
+def test_data_and_schema_errors_are_not(orig: Exception) -> None:
+    assert not transient_db_error(wrapped(orig))
+
+
+@pytest.mark.postgres_only
+async def test_a_confirmation_job_waits_out_a_database_outage(resources: Resources) -> None:
+    # The soak's second finding: a signup answered 202 as PostgreSQL restarted; its confirmation
+    # job failed for good on "connection refused" and the mail never came.
+    dead = make_engine("postgresql+asyncpg://postgres@127.0.0.1:1/none")
+    try:
+        down = replace(resources, engine=dead, sessions=make_sessionmaker(dead))
+        with pytest.raises(Retry):
+            await send_confirmation({"resources": down, "job_try": 1}, 1)
+    finally:
+        await dead.dispose()
+    # With the database back, the same job runs (subscriber 1 does not exist here: "gone").
+    assert await send_confirmation({"resources": resources}, 1) == "gone"
