@@ -99,7 +99,7 @@ class PipeliningProtocol(SMTPProtocol):
     waiter, in order. Outside a group it is aiosmtplib's protocol unchanged.
 
     Written against aiosmtplib 5.1.3 (pinned in requirements.lock; tests/test_pipelining.py
-    checks the private names it reads: _buffer, _command_lock, _loop,
+    checks the private names it reads: _buffer, _loop,
     _read_response_from_buffer). The client's protocol becomes one of these by a class change
     right after connect (aiosmtplib builds its protocol inside SMTP._create_connection); the
     subclass adds no state of its own but `_group`, which has a class default."""
@@ -177,16 +177,6 @@ class PipeliningProtocol(SMTPProtocol):
                 return [await waiter for waiter in waiters]
         except TimeoutError as exc:
             raise aiosmtplib.SMTPReadTimeoutError("Timed out waiting for server response") from exc
-
-    async def group(
-        self, data: bytes, replies: int, seconds: float | None
-    ) -> list[aiosmtplib.SMTPResponse]:
-        """expect() and replies() under aiosmtplib's command lock."""
-        lock = self._command_lock
-        if lock is None:
-            raise aiosmtplib.SMTPServerDisconnected("Server not connected")
-        async with lock:
-            return await self.replies(self.expect(data, replies), seconds)
 
 
 def _pipelining_protocol(client: aiosmtplib.SMTP) -> None:

@@ -124,10 +124,10 @@ async def test_replies_split_across_packets_and_joined_in_one(server: RecordingS
         protocol = conn._client.protocol
         assert isinstance(protocol, PipeliningProtocol)
         joined = b"250 a\r\n250-b\r\n250 c\r\n354 d\r\n"
-        task = asyncio.ensure_future(protocol.group(b"NOOP\r\n", 1, 5))
+        task = asyncio.ensure_future(protocol.replies(protocol.expect(b"NOOP\r\n", 1), 5))
         await asyncio.sleep(0.05)
         replies.append(await task)  # the server's own reply to NOOP
-        waiting = asyncio.ensure_future(protocol.group(b"", 3, 5))
+        waiting = asyncio.ensure_future(protocol.replies(protocol.expect(b"", 3), 5))
         await asyncio.sleep(0)
         for i in range(0, len(joined), 5):  # in pieces of 5 bytes
             protocol.data_received(joined[i : i + 5])
@@ -158,7 +158,7 @@ def test_the_private_names_the_subclass_reads_are_still_there() -> None:
     """PipeliningProtocol was written against aiosmtplib 5.1.3 (requirements.lock). A newer
     aiosmtplib must still have what it reads, or this fails before any mail is lost."""
     protocol = SMTPProtocol(loop=asyncio.new_event_loop())
-    for name in ("_buffer", "_command_lock", "_loop", "_read_response_from_buffer", "write"):
+    for name in ("_buffer", "_loop", "_read_response_from_buffer", "write"):
         assert hasattr(protocol, name), name
     assert callable(aiosmtplib.SMTP.supports_extension)
     read: Callable[[], object] = protocol._read_response_from_buffer

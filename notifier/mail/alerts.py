@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,7 +12,7 @@ from notifier.data.models import SubscriptionView
 from notifier.mail.context import MailContext
 from notifier.mail.labels import NAME_MAX, change_date, shorten, status_label, status_meaning
 from notifier.mail.message import Mail, encoded_to_bytes, to_bytes
-from notifier.mail.mime import Base64Holes, QuotedPrintableHoles
+from notifier.mail.mime import Base64Holes, QuotedPrintableHoles, Split
 from notifier.mail.summaries import match_reason, summarize
 
 NEUTRAL_STUDY_SUBJECT = "Update on a study you follow"
@@ -71,6 +70,7 @@ class _Rendered:
     html: str
     placeholders: list[str]
     uses: int = 0
+    split: tuple[Split, Split] | None = None  # made on the first whole-path mail
     encoded: dict[tuple[int, ...], tuple[QuotedPrintableHoles, Base64Holes]] = field(
         default_factory=dict
     )
@@ -78,17 +78,14 @@ class _Rendered:
     def mail(self, email: str, links: list[str], one_click: str) -> Mail:
         """The whole mail with these links: each placeholder replaced where it stands, left to
         right (as the holes split the text: both paths give the same bytes whatever the text)."""
-        by_placeholder = dict(zip(self.placeholders, links, strict=True))
-        pattern = re.compile("|".join(re.escape(p) for p in self.placeholders))
-
-        def fill(text: str) -> str:
-            return pattern.sub(lambda m: by_placeholder[m.group()], text)
-
+        if self.split is None:
+            self.split = (Split(self.text, self.placeholders), Split(self.html, self.placeholders))
+        text, html = self.split
         return Mail(
             to=email,
             subject=self.subject,
-            text=fill(self.text),
-            html=fill(self.html),
+            text=text.fill(links),
+            html=html.fill(links),
             unsubscribe_url=one_click,
         )
 

@@ -116,6 +116,30 @@ _B64_LINE = 57  # input bytes per 76-character base64 line
 _NONZERO = re.compile(rb"[^\x00]+")
 
 
+class Split:
+    """A text cut at its placeholders, left to right where each stands: the one rule both the
+    whole path (AlertRenderer's Mail) and the holes follow, so they give the same bytes."""
+
+    def __init__(self, text: str, placeholders: list[str]) -> None:
+        pattern = re.compile("|".join(re.escape(p) for p in placeholders))
+        index = {p: i for i, p in enumerate(placeholders)}
+        self.pieces: list[str] = []  # the text around the placeholders
+        self.order: list[int] = []  # which placeholder stood between each two pieces
+        last = 0
+        for found in pattern.finditer(text) if placeholders else ():
+            self.pieces.append(text[last : found.start()])
+            self.order.append(index[found.group()])
+            last = found.end()
+        self.pieces.append(text[last:])
+
+    def fill(self, values: list[str]) -> str:
+        """The text with placeholder i replaced by values[i] wherever it stood."""
+        out = [self.pieces[0]]
+        for piece, i in zip(self.pieces[1:], self.order, strict=True):
+            out += (values[i], piece)
+        return "".join(out)
+
+
 class Holes:
     """A body rendered once with holes where each recipient's links go, and encoded once; a
     recipient's part is then the cached encoding with their links spliced in, byte for byte
@@ -126,23 +150,12 @@ class Holes:
 
     def __init__(self, text: str, placeholders: list[str], lengths: list[int]) -> None:
         self.lengths = lengths
-        self.order: list[int] = []  # which link goes in each hole, in the text's order
-        self.pieces: list[str] = []  # the text around the holes
-        rest = text
-        while found := [(rest.find(p), i) for i, p in enumerate(placeholders) if p in rest]:
-            at, i = min(found)
-            self.pieces.append(rest[:at])
-            self.order.append(i)
-            rest = rest[at + len(placeholders[i]) :]
-        self.pieces.append(rest)
+        self.split = Split(text, placeholders)
+        self.pieces, self.order = self.split.pieces, self.split.order
 
     def filled(self, filler: str) -> str:
         """The text with every hole full of `filler`."""
-        out = [self.pieces[0]]
-        for piece, i in zip(self.pieces[1:], self.order, strict=True):
-            out.append(filler * self.lengths[i])
-            out.append(piece)
-        return "".join(out)
+        return self.split.fill([filler * n for n in self.lengths])
 
     def fits(self, links: list[bytes]) -> bool:
         return [len(link) for link in links] == self.lengths and all(
