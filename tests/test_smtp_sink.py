@@ -16,18 +16,12 @@ from pathlib import Path
 import pytest
 
 from notifier.mailer import Mailer
+from tests.faults.harness import free_port
 from tests.test_pipelining import SENDER, send_all
 
 pytestmark = pytest.mark.skipif(
     shutil.which("smtp-sink") is None, reason="Postfix's smtp-sink is not installed"
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @pytest.fixture(params=[True, False], ids=["smtp-sink", "smtp-sink -p (no PIPELINING)"])
