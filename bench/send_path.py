@@ -12,8 +12,8 @@ from typing import Any
 
 from bench.baselines import naive_send_rate
 from bench.common import STUDIES, Result, median, sink, smtp_source_rate
+from notifier.core.matching import Matched
 from notifier.core.tokens import Tokens
-from notifier.data.models import Subscription
 from notifier.mail.alerts import AlertRenderer
 from notifier.mail.message import message_id, sender_address
 from notifier.mail.templates import make_environment
@@ -45,19 +45,21 @@ def new_study_event() -> dict[str, Any]:
     return build_event(record, "new_study")
 
 
-def subscription(i: int) -> Subscription:
-    return Subscription(
+def subscription(i: int) -> Matched:
+    """As the send job's re-check reads it (core.matching.Matched, plain columns)."""
+    return Matched(
         id=i,
         subscriber_id=i,
         kind="condition",
         match_key="cond:neuroendocrine tumors",
         label="Neuroendocrine Tumors",
         mesh_id=None,
-        broad=False,
-        discreet=True,
-        frequency="instant",
+        requires=None,
         status="confirmed",
         paused=False,
+        frequency="instant",
+        discreet=True,
+        event_kinds=None,
     )
 
 
@@ -103,6 +105,7 @@ async def ours(r: Resources, event: dict[str, Any], n: int) -> tuple[float, floa
                     email=to,
                     subscriptions=[subscription(i)],
                     msgid=message_id(r.settings),
+                    stuffed=True,
                 )
                 last = i + 1 == offset + per
                 then = None if last else f"user{i + 1}@example.org"
@@ -113,6 +116,7 @@ async def ours(r: Resources, event: dict[str, Any], n: int) -> tuple[float, floa
                         email=then,
                         subscriptions=[subscription(i + 1)],
                         msgid=message_id(r.settings),
+                        stuffed=True,
                     )
                 await conn.send(sender, to, data, then=then)
 

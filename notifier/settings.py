@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 from email.utils import parseaddr
+from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
@@ -265,9 +266,13 @@ class Settings(BaseSettings):
 
     @property
     def mail_domain(self) -> str:
-        if self.message_id_domain:
-            return self.message_id_domain
-        return urlsplit(self.public_url).hostname or "localhost"
+        return _mail_domain(self.public_url, self.message_id_domain)
+
+
+@lru_cache(maxsize=8)
+def _mail_domain(public_url: str, message_id_domain: str | None) -> str:
+    """Parsed once: every mail's Message-ID asks (a URL parse is microseconds a mail)."""
+    return message_id_domain or urlsplit(public_url).hostname or "localhost"
 
 
 def check_secrets(settings: Settings) -> Settings:

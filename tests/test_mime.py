@@ -9,7 +9,7 @@ from email.message import EmailMessage
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from notifier.mail.message import Mail, to_bytes
+from notifier.mail.message import Mail, header_safe, to_bytes
 from notifier.settings import Settings
 
 SETTINGS = Settings(
@@ -117,3 +117,64 @@ def test_a_real_alert_goes_on_the_wire_as_aiosmtplib_would_send_it() -> None:
     )
     data = to_bytes(SETTINGS, mail, msgid="<x@notify.example.org>")
     assert data_payload(data) == aiosmtplib_payload(data)
+
+
+LINE_PIECES = [b"\r\n", b".", b"..", b"a", b"From x", b" ", b"=", b"\r\n.\r\n", "é".encode()]
+
+
+@settings(max_examples=300)
+@given(
+    text=st.lists(st.sampled_from(LINE_PIECES), max_size=40).map(b"".join),
+    html=st.lists(st.sampled_from(LINE_PIECES), max_size=40).map(b"".join),
+    subject=st.text(max_size=120),
+)
+def test_a_stuffed_build_is_the_data_payload_of_the_plain_one(
+    text: bytes, html: bytes, subject: str
+) -> None:
+    """build_encoded(stuffed=True) stuffs only the headers and the quoted-printable part: what
+    it writes must be the DATA payload of the same message, whatever the text (lines that
+    start with dots, a lone dot, a subject folded over lines), and unstuff back to it."""
+    from notifier.mail import mime
+    from notifier.mailer import data_payload
+
+    headers = [
+        ("Subject", mime.encode_header_value("Subject", header_safe(subject))),
+        ("To", "ada@example.org"),
+    ]
+    text_part = mime.qp_body(text.decode())
+    html_part = mime.base64_body(html.decode())
+    plain = mime.build_encoded(headers, text_part, html_part, boundary="=_b")
+    stuffed = mime.build_encoded(headers, text_part, html_part, boundary="=_b", stuffed=True)
+    assert isinstance(stuffed, mime.Stuffed)
+    assert stuffed == data_payload(plain) == aiosmtplib_payload(plain)
+    assert data_payload(stuffed) is stuffed  # the sender takes it as it is
+    assert stuffed.unstuffed() == plain
+
+
+def test_unstuffing_gives_back_the_message_whatever_its_dots() -> None:
+    from notifier.mail import mime
+    from notifier.mailer import data_payload
+
+    for message in (b".\r\n", b"..a\r\n", b"a\r\n.\r\n..\r\n", b"x\r\n", b"...\r\n.b\r\n"):
+        stuffed = mime.Stuffed(data_payload(message))
+        assert stuffed.unstuffed() == message
+
+
+@settings(max_examples=500)
+@given(
+    value=st.text(
+        alphabet=st.sampled_from(list("ab@.:/ \t\r\n\x00\x7f\x85\u2028é<>=?")), max_size=40
+    ),
+    limit=st.integers(5, 60),
+)
+def test_header_safe_takes_a_shortcut_only_where_cleaning_changes_nothing(
+    value: str, limit: int
+) -> None:
+    """header_safe returns an address or a URL as it is (two per mail of a fan-out): the
+    shortcut must give what the whole cleaning gives."""
+    import re
+
+    cleaned = " ".join(re.sub(r"[\x00-\x1f\x7f\x85\u2028\u2029]+", " ", value).split())
+    if len(cleaned) > limit:
+        cleaned = cleaned[: limit - 1].rstrip() + "…"
+    assert header_safe(value, limit) == cleaned

@@ -112,9 +112,29 @@ async def test_a_drop_after_the_content_is_the_one_possible_duplicate(
 async def test_a_server_that_stops_answering_times_out(server: RecordingSMTP) -> None:
     server.slow["slow@example.org"] = 3.0
     async with Mailer(server.url, timeout=0.5).connect() as conn:
+        started = asyncio.get_running_loop().time()
         lost = await send(conn, "slow@example.org")
+        waited = asyncio.get_running_loop().time() - started
         assert not conn.is_connected
     assert isinstance(lost, ConnectionLost)
+    assert 0.45 <= waited < 2.0, waited  # the timeout's, not the server's 3 s
+
+
+async def test_each_wait_has_the_whole_timeout_however_long_the_session(
+    server: RecordingSMTP,
+) -> None:
+    """One watch timer a session bounds the waits (not a timer a wait): each wait still gets
+    the whole timeout from its own start, so slow answers that each come in time, adding up
+    to several timeouts, never time the session out."""
+    recipients = [f"r{i}@example.org" for i in range(6)]
+    for recipient in recipients:
+        server.slow[recipient] = 0.3
+    async with Mailer(server.url, timeout=0.5).connect() as conn:
+        started = asyncio.get_running_loop().time()
+        assert await send_all(conn, recipients) == [None] * 6
+        assert asyncio.get_running_loop().time() - started >= 1.8  # 3.6 timeouts in all
+        assert conn.is_connected
+    assert [m.rcpt_to for m in server.messages] == recipients
 
 
 async def test_replies_split_across_packets_and_joined_in_one(server: RecordingSMTP) -> None:

@@ -195,3 +195,30 @@ def test_text_that_looks_like_placeholders_gives_the_same_bytes_both_ways() -> N
         )
         slow = one_by_one(alone, sid, "a@example.org", subs, "<m@x>")
         assert same_boundary(fast) == same_boundary(slow)
+
+
+@time_machine.travel("2026-12-06 12:00:00Z", tick=False)
+def test_a_stuffed_alert_is_the_data_payload_of_the_plain_one() -> None:
+    """The send job asks for its alerts stuffed (mime.Stuffed): for every sample event, from
+    the cached parts, exactly what DATA would send for the plain bytes (dot-stuffed lines,
+    the terminator), and the whole path's plain bytes where it is taken."""
+    from notifier.mailer import data_payload
+
+    compared = 0
+    for event in EVENTS:
+        stuffed_renderer, plain_renderer = AlertRenderer(R, event), AlertRenderer(R, event)
+        subs = subs_for(event)
+        for sid in (1, 2, 99, 2**31 + 5):
+            for email in (f"reader{sid}@example.org", "zoë@exämple.org"):
+                msgid = f"<{sid:032x}@notify.example.org>"
+                stuffed = stuffed_renderer.render_bytes(
+                    subscriber_id=sid, email=email, subscriptions=subs, msgid=msgid, stuffed=True
+                )
+                plain = plain_renderer.render_bytes(
+                    subscriber_id=sid, email=email, subscriptions=subs, msgid=msgid
+                )
+                cached = email.isascii() and sid != 1  # a variant's first mail goes whole
+                assert isinstance(stuffed, mime.Stuffed) is cached
+                assert same_boundary(data_payload(stuffed)) == same_boundary(data_payload(plain))
+                compared += cached
+    assert compared == len(EVENTS) * 3

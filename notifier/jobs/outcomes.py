@@ -161,6 +161,7 @@ def render(
             email=item.email,
             subscriptions=item.subscriptions,
             msgid=msgid,
+            stuffed=True,
         )
         return Outcome(c, DeliveryStatus.SENT, message_id=msgid), data
     except Exception as exc:

@@ -147,9 +147,13 @@ class AlertRenderer:
         email: str,
         subscriptions: Sequence[SubscriptionView],
         msgid: str,
+        stuffed: bool = False,
     ) -> bytes:
         """to_bytes(render(...)) byte for byte, with only the links and headers made per
-        recipient (the whole path for an address that is not ASCII, or an odd link)."""
+        recipient (the whole path for an address that is not ASCII, or an odd link).
+
+        `stuffed`: when the mail comes from the cached parts, as SMTP's DATA sends it
+        (mime.Stuffed; the sender then skips its own scans of every message)."""
         variant = self._variant(subscriptions)
         links, one_click = self._links(subscriber_id, subscriptions)
         settings = self.mail_ctx.settings
@@ -160,7 +164,7 @@ class AlertRenderer:
             head = Mail(
                 to=email, subject=variant.subject, text="", html="", unsubscribe_url=one_click
             )
-            data = encoded_to_bytes(settings, head, parts, msgid=msgid)
+            data = encoded_to_bytes(settings, head, parts, msgid=msgid, stuffed=stuffed)
             if data is not None:
                 return data
         return to_bytes(settings, variant.mail(email, links, one_click), msgid=msgid)

@@ -43,6 +43,8 @@ SMTPUTF8 = SMTP.clone(utf8=True)
 
 def header_safe(value: str, limit: int = SUBJECT_MAX) -> str:
     """No CR, LF, NUL, Unicode line breaks or other controls can reach a header; bounded length."""
+    if len(value) <= limit and value.isascii() and value.isprintable() and " " not in value:
+        return value  # an address, a URL: nothing to clean (two per mail of a fan-out)
     cleaned = " ".join(_UNSAFE.sub(" ", value).split())
     if len(cleaned) > limit:
         cleaned = cleaned[: limit - 1].rstrip() + "…"
@@ -97,25 +99,31 @@ def to_bytes(settings: Settings, mail: Mail, *, msgid: str | None = None) -> byt
 
 
 def encoded_to_bytes(
-    settings: Settings, mail: Mail, parts: tuple[bytes, bytes], *, msgid: str | None = None
+    settings: Settings,
+    mail: Mail,
+    parts: tuple[bytes, bytes],
+    *,
+    msgid: str | None = None,
+    stuffed: bool = False,
 ) -> bytes | None:
     """to_bytes() for a mail whose text and HTML parts are already encoded (mime.Holes): the
-    same bytes, or None for an address that is not ASCII (to_bytes takes the stdlib path)."""
+    same bytes, or None for an address that is not ASCII (to_bytes takes the stdlib path).
+    `stuffed`: as DATA sends them (mime.Stuffed)."""
     to = header_safe(mail.to, 320)
     if not to.isascii():
         return None
-    return mime.build_encoded(_headers(settings, to, mail, msgid), *parts)
+    return mime.build_encoded(_headers(settings, to, mail, msgid), *parts, stuffed=stuffed)
 
 
 def _headers(settings: Settings, to: str, mail: Mail, msgid: str | None) -> list[tuple[str, str]]:
     headers = [
         ("From", _from_header(settings.mail_from)),
         ("To", to),
-        ("Subject", mime.encode_header_value("Subject", header_safe(mail.subject))),
+        ("Subject", _subject(mail.subject)),
         ("Date", mime.rfc_date()),
         ("Message-ID", msgid or message_id(settings)),
         ("Auto-Submitted", "auto-generated"),
-        ("List-Id", _verbatim_or_encoded("List-Id", header_safe(settings.list_id))),
+        ("List-Id", _list_id(settings.list_id)),
     ]
     if mail.unsubscribe_url:
         headers.append(("List-Unsubscribe", f"<{header_safe(mail.unsubscribe_url, 900)}>"))
@@ -134,8 +142,16 @@ def _from_header(mail_from: str) -> str:
     return mime.encode_address(header_safe(mail_from, 320))
 
 
-def _verbatim_or_encoded(name: str, value: str) -> str:
-    return value if value.isascii() else mime.encode_header_value(name, value)
+@lru_cache(maxsize=256)
+def _subject(subject: str) -> str:
+    """A variant's subject is the same for each of its recipients: cleaned and encoded once."""
+    return mime.encode_header_value("Subject", header_safe(subject))
+
+
+@lru_cache(maxsize=8)
+def _list_id(list_id: str) -> str:
+    value = header_safe(list_id)
+    return value if value.isascii() else mime.encode_header_value("List-Id", value)
 
 
 def sender_address(settings: Settings) -> str:

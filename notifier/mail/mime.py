@@ -20,6 +20,24 @@ from email.utils import formataddr, formatdate, parseaddr
 CRLF = b"\r\n"
 
 
+class Stuffed(bytes):
+    """A message in the form SMTP's DATA sends it (RFC 5321 4.5.2): CRLF line ends, every line
+    that began with "." dot-stuffed, then the terminator CRLF.CRLF. build_encoded(stuffed=True)
+    writes it in the same pass as the message, so the sender need not scan it again."""
+
+    def unstuffed(self) -> bytes:
+        """The message itself (for a path that stuffs for itself, such as aiosmtplib's)."""
+        body = bytes(self[:-3]).replace(b"\r\n..", b"\r\n.")
+        return body[1:] if body.startswith(b"..") else body
+
+
+def stuff(part: bytes) -> bytes:
+    """Dot-stuff a piece of a message that starts a line (RFC 5321 4.5.2)."""
+    if part.startswith(b"."):
+        part = b"." + part
+    return part.replace(b"\r\n.", b"\r\n..")
+
+
 def encode_header_value(name: str, value: str) -> str:
     """ASCII values as they are (if short enough); anything else as folded RFC 2047 words."""
     if value.isascii() and len(name) + len(value) + 2 <= 78:
@@ -85,13 +103,20 @@ def build_encoded(
     html_part: bytes,
     *,
     boundary: str | None = None,
+    stuffed: bool = False,
 ) -> bytes:
-    """build() with both bodies already encoded (qp_body, base64_body or a Holes.fill)."""
+    """build() with both bodies already encoded (qp_body, base64_body or a Holes.fill).
+
+    `stuffed`: the message as DATA sends it (a Stuffed), for the price of stuffing the
+    headers and the quoted-printable part: the base64 part, the boundary lines and the part
+    headers never hold a line that starts with "." (tests/test_mime.py holds it)."""
     b = boundary or f"=_{os.urandom(12).hex()}"
-    head = "".join(f"{name}: {value}\r\n" for name, value in headers)
-    return b"".join(
+    head = "".join(f"{name}: {value}\r\n" for name, value in headers).encode("ascii")
+    if stuffed:
+        head, text_part = stuff(head), stuff(text_part)
+    data = b"".join(
         (
-            head.encode("ascii"),
+            head,
             b"MIME-Version: 1.0\r\n",
             f'Content-Type: multipart/alternative; boundary="{b}"\r\n\r\n'.encode("ascii"),
             f"--{b}\r\n".encode("ascii"),
@@ -103,8 +128,10 @@ def build_encoded(
             b"Content-Transfer-Encoding: base64\r\n\r\n",
             html_part,
             f"--{b}--\r\n".encode("ascii"),
+            b".\r\n" if stuffed else b"",
         )
     )
+    return Stuffed(data) if stuffed else data
 
 
 # Characters quoted-printable writes as themselves wherever they stand (not "=", space or tab,
