@@ -113,6 +113,7 @@ class PipeliningProtocol(SMTPProtocol):
     _group: deque[asyncio.Future[aiosmtplib.SMTPResponse]] | None = None
     _deadline = 0.0  # when the replies now awaited are late (loop time)
     _watch: asyncio.TimerHandle | None = None  # the timer that checks it
+    _waiting = False  # a replies() call is waiting now
 
     def data_received(self, data: bytes) -> None:
         group = self._group
@@ -188,24 +189,33 @@ class PipeliningProtocol(SMTPProtocol):
         are returned without a timer. Otherwise the wait is bounded by one watch timer per
         session, moved on by each wait, rather than a timer and a timeout context a wait
         (asyncio.timeout cost ~8% of a sending worker's CPU in py-spy)."""
-        if seconds is not None and not all(waiter.done() for waiter in waiters):
-            self._deadline = self._loop.time() + seconds
-            if self._watch is None:
-                self._watch = self._loop.call_at(self._deadline, self._check_deadline)
-        return [await waiter for waiter in waiters]
+        if seconds is None or all(waiter.done() for waiter in waiters):
+            return [await waiter for waiter in waiters]
+        self._deadline = self._loop.time() + seconds
+        if self._watch is None:
+            self._watch = self._loop.call_at(self._deadline, self._check_deadline)
+        self._waiting = True
+        try:
+            return [await waiter for waiter in waiters]
+        finally:
+            self._waiting = False
 
     def _check_deadline(self) -> None:
         """The watch timer: when the latest wait's deadline has passed with replies still
-        expected, they all fail with a timeout; if a later wait moved it on, wait for that."""
+        expected, they all fail with a timeout; if a later wait moved it on, wait for that.
+        Replies nobody waits for yet (the next envelope's, between two sends) are left alone:
+        their wait, when it comes, has the whole timeout (found in review)."""
         self._watch = None
-        if self._group is None:  # nothing expected: the next wait starts a new watch
+        if self._group is None or not self._waiting:  # the next wait starts a new watch
             return
-        if self._loop.time() >= self._deadline:
+        now = self._loop.time()
+        if now >= self._deadline:
             self._fail_group(
                 aiosmtplib.SMTPReadTimeoutError("Timed out waiting for server response")
             )
         else:
-            self._watch = self._loop.call_at(self._deadline, self._check_deadline)
+            # uvloop's timers keep milliseconds and may fire just early: not again before 1 ms.
+            self._watch = self._loop.call_at(max(self._deadline, now + 0.001), self._check_deadline)
 
 
 def _pipelining_protocol(client: aiosmtplib.SMTP) -> None:

@@ -412,3 +412,27 @@ async def test_an_unreadable_reply_ends_the_session_like_a_drop() -> None:
     assert isinstance(results[1], ConnectionLost)
     assert len(results) == 2  # the batch reconnects for c
     await server.stop()
+
+
+async def test_the_next_envelope_s_replies_get_the_whole_timeout_after_a_pause() -> None:
+    """The watch timer of one wait must not fail replies nobody waits for yet: a final reply
+    that comes late in its timeout, then a pause in the job (a flush, a receipt), then the next
+    message's envelope replies, slow too, each inside its own timeout (found in review)."""
+    server = ScriptedSMTP(
+        lambda command, rcpt: (
+            (0.42, b"250 ok\r\n")
+            if command == b"<END>" and rcpt == b"a@x.org"
+            else (0.2, b"250 ok\r\n")
+            if command[:4] == b"RCPT" and rcpt == b"b@x.org"
+            else None
+        )
+    )
+    url = await server.start()
+    try:
+        async with Mailer(url, timeout=0.5).connect() as conn:
+            await conn.send(SENDER, "a@x.org", MESSAGE, then="b@x.org")
+            await asyncio.sleep(0.15)
+            await conn.send(SENDER, "b@x.org", MESSAGE)  # no ConnectionLost
+            assert conn.is_connected
+    finally:
+        await server.stop()
