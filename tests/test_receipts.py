@@ -184,6 +184,29 @@ async def test_without_receipts_a_dead_workers_rows_are_mailed_again(
     assert Counter(m.rcpt_to for m in smtp.messages) == dict.fromkeys(ids, 1)
 
 
+async def test_a_writer_connection_closed_by_redis_is_replaced_not_a_cool_down(
+    client: TestClient[Any, Any], resources: Resources
+) -> None:
+    """The writer keeps its own connection (not the pool's): when Redis closes it while idle
+    (a restart, its `timeout`), the next write goes on a new one; receipts are not switched
+    off, and close() leaves no connection behind."""
+    r = resources
+    ids = await fanned_out(r, client, 2)
+    first, second = await claim(r, sorted(ids.values()))
+    book = r.receipts
+    await book.landed(book.note(first.id, first.created_at, "<a@x>"))
+    assert book._conn is not None
+    writer = book._conn._writer
+    assert writer is not None
+    host, port = writer.get_extra_info("sockname")[:2]
+    assert await r.redis.client_kill(f"{host}:{port}")
+    await book.landed(book.note(second.id, second.created_at, "<b@x>"))
+    assert book.on
+    assert await r.redis.exists(receipt_key(r, first.id), receipt_key(r, second.id)) == 2
+    await book.close()
+    assert book._conn is None
+
+
 async def test_an_unreachable_redis_never_holds_up_sending(
     client: TestClient[Any, Any], resources: Resources
 ) -> None:
