@@ -22,8 +22,15 @@ from sqlalchemy import func, insert, select
 
 from notifier.app import create_app
 from notifier.clock import utcnow
-from notifier.data.models import Delivery, Event, Subscriber, Subscription, Suppression
-from notifier.jobs.fanout import fanout_event
+from notifier.data.models import (
+    Delivery,
+    Event,
+    FanoutSlice,
+    Subscriber,
+    Subscription,
+    Suppression,
+)
+from notifier.jobs.fanout import fanout_event, materialise_slice
 from notifier.jobs.outcomes import claim
 from notifier.jobs.sending import send_deliveries
 from notifier.jobs.sweep import sweep
@@ -298,6 +305,40 @@ async def test_the_sweep_recovers_rows_claimed_by_a_dead_worker(
         await r.redis.enqueue_job("sweep")
         await run_worker(r)
     assert per_address(smtp) == {f"d{i}@example.org": 1 for i in range(3)}
+
+
+async def test_a_slice_job_that_dies_after_writing_its_rows_leaves_them_to_the_sweep(
+    client: TestClient[Any, Any], resources: Resources, smtp: RecordingSMTP
+) -> None:
+    """A slice's job writes its delivery rows already claimed for itself (sending, attempt 1):
+    killed before it sends, nobody else may mail them until they are stale; then the sweep
+    hands them out and each is mailed once."""
+    r = resources
+    for i in range(3):
+        await subscribe(r, f"s{i}@example.org", study="NCT05879978")
+    await post_events(client, [new_study("NCT05879978")])
+    await r.redis.flushdb()
+    async with r.sessions() as session:
+        event_pk = await session.scalar(select(Event.id))
+    assert event_pk is not None
+    await fanout_event({"resources": r}, event_pk)
+    await r.redis.flushdb()  # the slice's job is taken by a worker…
+    async with r.sessions() as session:
+        (slice_id,) = (await session.scalars(select(FanoutSlice.id))).all()
+    written = await materialise_slice(r, slice_id, claim=True)  # …which writes its rows, dies
+    assert written is not None
+    assert len(written) == 3
+    assert [(d.status, d.attempts) for d in await rows(r)] == [("sending", 1)] * 3
+    await r.redis.enqueue_job("sweep")
+    await run_worker(r)
+    assert smtp.messages == []  # claimed by the dead job: not yet
+    with time_machine.travel(
+        utcnow() + timedelta(seconds=r.settings.sweep_stale_after + 1), tick=True
+    ):
+        await r.redis.enqueue_job("sweep")
+        await run_worker(r)
+    assert per_address(smtp) == {f"s{i}@example.org": 1 for i in range(3)}
+    assert {d.status for d in await rows(r)} == {"sent"}
 
 
 class TestDroppedAfterData:

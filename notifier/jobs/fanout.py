@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,7 +26,8 @@ from notifier.data.models import Delivery, Event, FanoutSlice, UTCDateTime
 from notifier.data.queries import dialect_name, insert_for
 from notifier.data.states import OPEN_EVENT, DeliveryStatus, EventStatus, SliceStatus
 from notifier.jobs.context import resources_of
-from notifier.jobs.sending import send_batch
+from notifier.jobs.outcomes import Claimed
+from notifier.jobs.sending import send_claimed
 from notifier.mail.summaries import is_material
 from notifier.metrics import UNSUPPORTED_MESH
 from notifier.queue import batch_size, enqueue_slices
@@ -44,40 +46,61 @@ MATERIALISE_TRIES = 3
 _PG_INSERT = text(
     "INSERT INTO deliveries"
     " (event_pk, subscriber_id, status, attempts, next_attempt_at, created_at)"
-    " SELECT :event_pk, sid, 'pending', 0, :now, :now"
+    " SELECT :event_pk, sid, :status, :attempts, :now, :now"
     " FROM unnest(CAST(:ids AS BIGINT[])) AS sid"
-    " ON CONFLICT (event_pk, subscriber_id) DO NOTHING RETURNING id"
+    " ON CONFLICT (event_pk, subscriber_id) DO NOTHING"
+    " RETURNING id, event_pk, subscriber_id, attempts, created_at"
 ).bindparams(bindparam("now", type_=UTCDateTime()))
 
 
 async def insert_deliveries(
-    session: AsyncSession, event_pk: int, subscriber_ids: list[int]
-) -> list[int]:
-    """One pending row per subscriber (none for one that has it already): the new rows' ids."""
+    session: AsyncSession, event_pk: int, subscriber_ids: list[int], *, claim: bool = False
+) -> list[Claimed]:
+    """One row per subscriber (none for one that has it already): the new rows, by id.
+
+    Pending; or with `claim`, claimed by the caller as claim() leaves a row (sending, attempt
+    1, the claim time in next_attempt_at), so the slice's job sends the rows it wrote without
+    a second UPDATE of each: a third of PostgreSQL's work a mail (each UPDATE writes a new
+    version of the row in all four indexes; pg_stat_statements in the fan-out benchmark)."""
     now = utcnow()
+    status, attempts = (DeliveryStatus.SENDING, 1) if claim else (DeliveryStatus.PENDING, 0)
     if dialect_name(session) == "postgresql":
-        params = {"event_pk": event_pk, "ids": subscriber_ids, "now": now}
-        return sorted((await session.scalars(_PG_INSERT, params)).all())
-    rows = [
-        {
+        params = {
             "event_pk": event_pk,
-            "subscriber_id": sid,
-            "status": DeliveryStatus.PENDING,
-            "attempts": 0,
-            "next_attempt_at": now,
-            "created_at": now,
+            "ids": subscriber_ids,
+            "now": now,
+            "status": status.value,
+            "attempts": attempts,
         }
-        for sid in subscriber_ids
-    ]
-    stmt = (
-        insert_for(session, Delivery)
-        .on_conflict_do_nothing(index_elements=["event_pk", "subscriber_id"])
-        .returning(Delivery.id)
-    )
-    # executemany: SQLAlchemy's "insertmanyvalues" sends a few cached multi-row statements
-    # within the driver's parameter limit; a .values(rows) statement is compiled afresh each
-    # page and costs ~5x as much (measured, docs/PERFORMANCE.md).
-    return sorted((await session.scalars(stmt, rows)).all())
+        found = await session.execute(_PG_INSERT, params)
+    else:
+        rows = [
+            {
+                "event_pk": event_pk,
+                "subscriber_id": sid,
+                "status": status,
+                "attempts": attempts,
+                "next_attempt_at": now,
+                "created_at": now,
+            }
+            for sid in subscriber_ids
+        ]
+        stmt = (
+            insert_for(session, Delivery)
+            .on_conflict_do_nothing(index_elements=["event_pk", "subscriber_id"])
+            .returning(
+                Delivery.id,
+                Delivery.event_pk,
+                Delivery.subscriber_id,
+                Delivery.attempts,
+                Delivery.created_at,
+            )
+        )
+        # executemany: SQLAlchemy's "insertmanyvalues" sends a few cached multi-row statements
+        # within the driver's parameter limit; a .values(rows) statement is compiled afresh
+        # each page and costs ~5x as much (measured, docs/PERFORMANCE.md).
+        found = await session.execute(stmt, rows)
+    return sorted((Claimed(*row) for row in found), key=lambda c: c.id)
 
 
 async def write_slices(
@@ -124,11 +147,14 @@ async def materialise(r: Resources, slice_id: int) -> list[int] | None:
     """Write a pending slice's delivery rows and mark it done, in one transaction: the new rows'
     ids, or None when another run did it already. Rows that exist (a replay) are left alone."""
     done = await materialise_slice(r, slice_id)
-    return None if done is None else done[1]
+    return None if done is None else [c.id for c in done]
 
 
-async def materialise_slice(r: Resources, slice_id: int) -> tuple[int, list[int]] | None:
-    """materialise, with the slice's event: (event pk, new row ids)."""
+async def materialise_slice(
+    r: Resources, slice_id: int, *, claim: bool = False
+) -> list[Claimed] | None:
+    """materialise, with the new rows claimed for the caller when `claim` (send_slice, which
+    sends them next; a crash in between leaves them `sending`, for the sweep once stale)."""
     async with r.sessions.begin() as session:
         # The UPDATE locks the slice: a twin job waits, then finds it done.
         taken = (
@@ -153,17 +179,19 @@ async def materialise_slice(r: Resources, slice_id: int) -> tuple[int, list[int]
         ).scalar_one()
         mk = match_keys(payload)
         members = await slice_members(session, mk, taken.after_id, taken.last_id, taken.size)
-        ids = await insert_deliveries(session, taken.event_pk, members) if members else []
-        return taken.event_pk, ids
+        if not members:
+            return []
+        return await insert_deliveries(session, taken.event_pk, members, claim=claim)
 
 
 async def send_slice(ctx: dict[str, Any], slice_id: int) -> dict[str, int]:
-    """One slice: its delivery rows are committed, then sent as one batch by this same job (a
-    crash in between leaves pending rows, which the sweep re-enqueues)."""
+    """One slice: its delivery rows are committed, claimed by this job, then sent as one batch
+    (a crash in between leaves them `sending`: the sweep hands them out once stale)."""
     r = resources_of(ctx)
+    claimed_at = time.monotonic()  # no later than the rows' claim time
     for attempt in range(1, MATERIALISE_TRIES + 1):
         try:
-            done = await materialise_slice(r, int(slice_id))
+            done = await materialise_slice(r, int(slice_id), claim=True)
             break
         except IntegrityError:
             # A subscriber erased between the read and the insert (a foreign key violation):
@@ -171,10 +199,7 @@ async def send_slice(ctx: dict[str, Any], slice_id: int) -> dict[str, int]:
             if attempt == MATERIALISE_TRIES:
                 raise
             log.info("slice %s: a subscriber went away while it was written; again", slice_id)
-    if done is None or not done[1]:
-        return {"claimed": 0}
-    event_pk, new_ids = done
-    return await send_batch(r, new_ids, [event_pk])
+    return await send_claimed(r, done or [], claimed_at)
 
 
 def note_unsupported_mesh(event_id: str, payload: dict[str, Any]) -> None:

@@ -23,7 +23,16 @@ from notifier.clock import utcnow
 from notifier.data.receipts import Landing
 from notifier.data.states import DeliveryStatus
 from notifier.jobs.context import resources_of
-from notifier.jobs.outcomes import Outcome, Outgoing, claim, failure, prepare, record, render
+from notifier.jobs.outcomes import (
+    Claimed,
+    Outcome,
+    Outgoing,
+    claim,
+    failure,
+    prepare,
+    record,
+    render,
+)
 from notifier.jobs.receipts import forget_sent, unless_already_sent
 from notifier.logs import mask
 from notifier.mail.alerts import AlertRenderer
@@ -241,7 +250,12 @@ async def send_batch(
     """Claim, re-check and send these delivery rows (of `event_pks`, when known): the work of
     send_deliveries and send_slice."""
     claimed_at = time.monotonic()
-    claimed = await claim(r, delivery_ids, event_pks)
+    return await send_claimed(r, await claim(r, delivery_ids, event_pks), claimed_at)
+
+
+async def send_claimed(r: Resources, claimed: list[Claimed], claimed_at: float) -> dict[str, int]:
+    """Re-check and send rows this job has claimed (at `claimed_at`, time.monotonic(), or
+    before: the claim's lapse is counted from it)."""
     if not claimed:
         return {"claimed": 0}
     claimed = await unless_already_sent(r, claimed)  # a dead worker's, accepted: recorded
