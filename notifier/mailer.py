@@ -4,6 +4,7 @@ quick check that the relay answers at all."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 import time
 from collections import deque
@@ -469,6 +470,18 @@ class Connection:
         return self._client.is_connected
 
 
+_fqdn: list[str] = []
+
+
+async def _local_hostname() -> str:
+    """The name EHLO gives, looked up once per process: aiosmtplib runs socket.getfqdn() (a
+    reverse DNS lookup, ~1 ms here, a thread hop, and seconds where DNS is slow) on every
+    connection otherwise, and a send batch opens one."""
+    if not _fqdn:
+        _fqdn.append(await asyncio.to_thread(socket.getfqdn))
+    return _fqdn[0]
+
+
 class Mailer:
     def __init__(self, url: str, timeout: float = 30.0) -> None:
         self.config = SMTPConfig.from_url(url)
@@ -496,6 +509,7 @@ class Mailer:
     @asynccontextmanager
     async def connect(self) -> AsyncIterator[Connection]:
         client = self._client()
+        client.local_hostname = await _local_hostname()
         try:
             await client.connect()
             _pipelining_protocol(client)

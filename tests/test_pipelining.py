@@ -436,3 +436,27 @@ async def test_the_next_envelope_s_replies_get_the_whole_timeout_after_a_pause()
             assert conn.is_connected
     finally:
         await server.stop()
+
+
+async def test_the_ehlo_name_is_looked_up_once_per_process(
+    server: RecordingSMTP, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """aiosmtplib asks socket.getfqdn() (reverse DNS) on every connection; a send batch opens
+    one, so the name is looked up once and reused."""
+    import socket
+
+    import notifier.mailer
+
+    lookups: list[int] = []
+
+    def getfqdn(name: str = "") -> str:
+        lookups.append(1)
+        return "worker-1.example.org"
+
+    monkeypatch.setattr(socket, "getfqdn", getfqdn)
+    monkeypatch.setattr(notifier.mailer, "_fqdn", [])
+    for _ in range(3):
+        async with Mailer(server.url, timeout=5).connect() as conn:
+            assert await send(conn, "once@example.org") is None
+            assert conn._client.local_hostname == "worker-1.example.org"
+    assert lookups == [1]
