@@ -285,3 +285,55 @@ async def test_the_send_path_looks_in_its_events_partition_only(resources: Resou
         }
         plan = list(await session.scalars(outcomes, params))
         assert scanned(plan) == {"deliveries_e1"}, plan
+
+
+@pytest.mark.postgres_only
+async def test_recording_a_batch_reads_the_batch_not_its_whole_event(resources: Resources) -> None:
+    """The outcome UPDATE finds a batch's rows by primary key: it once hashed every row of the
+    event to update 500 (17 of 22 ms a batch with a 50k audience, growing with it)."""
+    from notifier.jobs.outcomes import _PG_OUTCOMES
+
+    r = resources
+    async with r.sessions.begin() as session:
+        event = await make_event(session)
+        await session.execute(
+            text(
+                "INSERT INTO subscribers (email, email_hash, timezone, created_at)"
+                " SELECT 'r' || i || '@example.org', 'h' || i, 'UTC', now()"
+                " FROM generate_series(1, 3000) AS i"
+            )
+        )
+        await session.execute(
+            text(
+                "INSERT INTO deliveries"
+                " (event_pk, subscriber_id, status, attempts, next_attempt_at, created_at)"
+                " SELECT :event, id, 'sending', 1, now(), now() FROM subscribers"
+            ),
+            {"event": event.id},
+        )
+        ids = list(await session.scalars(select(Delivery.id).order_by(Delivery.id).limit(10)))
+    async with r.sessions.begin() as session:
+        await session.execute(text("SET LOCAL plan_cache_mode = force_custom_plan"))
+        params = {
+            "id": ids,
+            "status": ["sent"] * 10,
+            "last_error": [None] * 10,
+            "message_id": ["<m@x>"] * 10,
+            "sent_at": [START] * 10,
+            "next_attempt_at": [START] * 10,
+            "event_pks": [event.id],
+        }
+        plan = list(
+            await session.scalars(
+                text(f"EXPLAIN (ANALYZE, FORMAT TEXT) {_PG_OUTCOMES.text}"), params
+            )
+        )
+    read = [
+        int(found.group(1))
+        for line in plan
+        if " on deliveries" in line and "Update on" not in line
+        for found in [re.search(r"actual time=\S+ rows=(\d+)", line)]
+        if found
+    ]
+    assert read, plan
+    assert max(read) <= 10, "\n".join(plan)
