@@ -26,7 +26,7 @@ from notifier.data.models import Delivery, Event, FanoutSlice, UTCDateTime
 from notifier.data.queries import dialect_name, insert_for
 from notifier.data.states import OPEN_EVENT, DeliveryStatus, EventStatus, SliceStatus
 from notifier.jobs.context import resources_of
-from notifier.jobs.outcomes import Claimed
+from notifier.jobs.outcomes import CLAIMED_COLUMNS, Claimed
 from notifier.jobs.sending import send_claimed
 from notifier.mail.summaries import is_material
 from notifier.metrics import UNSUPPORTED_MESH
@@ -49,7 +49,7 @@ _PG_INSERT = text(
     " SELECT :event_pk, sid, :status, :attempts, :now, :now"
     " FROM unnest(CAST(:ids AS BIGINT[])) AS sid"
     " ON CONFLICT (event_pk, subscriber_id) DO NOTHING"
-    " RETURNING id, event_pk, subscriber_id, attempts, created_at"
+    " RETURNING id, event_pk, subscriber_id, attempts, created_at"  # CLAIMED_COLUMNS
 ).bindparams(bindparam("now", type_=UTCDateTime()))
 
 
@@ -88,13 +88,7 @@ async def insert_deliveries(
         stmt = (
             insert_for(session, Delivery)
             .on_conflict_do_nothing(index_elements=["event_pk", "subscriber_id"])
-            .returning(
-                Delivery.id,
-                Delivery.event_pk,
-                Delivery.subscriber_id,
-                Delivery.attempts,
-                Delivery.created_at,
-            )
+            .returning(*CLAIMED_COLUMNS)
         )
         # executemany: SQLAlchemy's "insertmanyvalues" sends a few cached multi-row statements
         # within the driver's parameter limit; a .values(rows) statement is compiled afresh

@@ -38,6 +38,16 @@ class Claimed:
     created_at: datetime
 
 
+# A claimed row as claim() and a slice's claimed insert return it: Claimed's fields, in order.
+CLAIMED_COLUMNS = (
+    Delivery.id,
+    Delivery.event_pk,
+    Delivery.subscriber_id,
+    Delivery.attempts,
+    Delivery.created_at,
+)
+
+
 @dataclass(frozen=True)
 class Outgoing:
     """A delivery that passed the checks; rendered just before it is sent, so a large batch
@@ -89,13 +99,7 @@ async def claim(r: Resources, ids: list[int], event_pks: list[int] | None = None
             .values(
                 status=DeliveryStatus.SENDING, attempts=Delivery.attempts + 1, next_attempt_at=now
             )
-            .returning(
-                Delivery.id,
-                Delivery.event_pk,
-                Delivery.subscriber_id,
-                Delivery.attempts,
-                Delivery.created_at,
-            )
+            .returning(*CLAIMED_COLUMNS)
             .execution_options(synchronize_session=False)
         )
         return sorted((Claimed(*row) for row in rows), key=lambda c: c.id)
