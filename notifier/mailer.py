@@ -470,16 +470,17 @@ class Connection:
         return self._client.is_connected
 
 
-_fqdn: list[str] = []
+_fqdn: str | None = None
 
 
 async def _local_hostname() -> str:
     """The name EHLO gives, looked up once per process: aiosmtplib runs socket.getfqdn() (a
     reverse DNS lookup, ~1 ms here, a thread hop, and seconds where DNS is slow) on every
     connection otherwise, and a send batch opens one."""
-    if not _fqdn:
-        _fqdn.append(await asyncio.to_thread(socket.getfqdn))
-    return _fqdn[0]
+    global _fqdn
+    if _fqdn is None:
+        _fqdn = await asyncio.to_thread(socket.getfqdn)
+    return _fqdn
 
 
 class Mailer:

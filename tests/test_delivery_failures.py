@@ -282,28 +282,39 @@ async def test_redis_flushed_after_ingestion_the_sweep_delivers_each_mail_once(
     assert {d.status for d in await rows(r)} == {"sent"}
 
 
+async def three_followers_event(r: Resources, client: TestClient[Any, Any], prefix: str) -> int:
+    """A new study for three followers, stored, its jobs gone with Redis: the event's pk."""
+    for i in range(3):
+        await subscribe(r, f"{prefix}{i}@example.org", study="NCT05879978")
+    await post_events(client, [new_study("NCT05879978")])
+    await r.redis.flushdb()
+    async with r.sessions() as session:
+        event_pk: int | None = await session.scalar(select(Event.id))
+    assert event_pk is not None
+    return event_pk
+
+
+async def sweep_once_stale(r: Resources) -> None:
+    """A sweep and a worker run once claimed rows are older than the stale window."""
+    with time_machine.travel(
+        utcnow() + timedelta(seconds=r.settings.sweep_stale_after + 1), tick=True
+    ):
+        await r.redis.enqueue_job("sweep")
+        await run_worker(r)
+
+
 async def test_the_sweep_recovers_rows_claimed_by_a_dead_worker(
     client: TestClient[Any, Any], resources: Resources, smtp: RecordingSMTP
 ) -> None:
     r = resources
-    for i in range(3):
-        await subscribe(r, f"d{i}@example.org", study="NCT05879978")
-    await post_events(client, [new_study("NCT05879978")])
-    await r.redis.flushdb()
-    async with r.sessions() as session:
-        event_pk = await session.scalar(select(Event.id))
-    assert event_pk is not None
+    event_pk = await three_followers_event(r, client, "d")
     await fan_out_rows(r, event_pk)
     await r.redis.flushdb()  # the send jobs die with their worker…
     claimed = await claim(r, [d.id for d in await rows(r)])  # …after claiming the rows
     assert len(claimed) == 3
     await run_worker(r)
     assert smtp.messages == []  # still claimed: nobody else may send them yet
-    with time_machine.travel(
-        utcnow() + timedelta(seconds=r.settings.sweep_stale_after + 1), tick=True
-    ):
-        await r.redis.enqueue_job("sweep")
-        await run_worker(r)
+    await sweep_once_stale(r)
     assert per_address(smtp) == {f"d{i}@example.org": 1 for i in range(3)}
 
 
@@ -314,13 +325,7 @@ async def test_a_slice_job_that_dies_after_writing_its_rows_leaves_them_to_the_s
     killed before it sends, nobody else may mail them until they are stale; then the sweep
     hands them out and each is mailed once."""
     r = resources
-    for i in range(3):
-        await subscribe(r, f"s{i}@example.org", study="NCT05879978")
-    await post_events(client, [new_study("NCT05879978")])
-    await r.redis.flushdb()
-    async with r.sessions() as session:
-        event_pk = await session.scalar(select(Event.id))
-    assert event_pk is not None
+    event_pk = await three_followers_event(r, client, "s")
     await fanout_event({"resources": r}, event_pk)
     await r.redis.flushdb()  # the slice's job is taken by a worker…
     async with r.sessions() as session:
@@ -332,11 +337,7 @@ async def test_a_slice_job_that_dies_after_writing_its_rows_leaves_them_to_the_s
     await r.redis.enqueue_job("sweep")
     await run_worker(r)
     assert smtp.messages == []  # claimed by the dead job: not yet
-    with time_machine.travel(
-        utcnow() + timedelta(seconds=r.settings.sweep_stale_after + 1), tick=True
-    ):
-        await r.redis.enqueue_job("sweep")
-        await run_worker(r)
+    await sweep_once_stale(r)
     assert per_address(smtp) == {f"s{i}@example.org": 1 for i in range(3)}
     assert {d.status for d in await rows(r)} == {"sent"}
 

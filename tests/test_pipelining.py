@@ -454,7 +454,7 @@ async def test_the_ehlo_name_is_looked_up_once_per_process(
         return "worker-1.example.org"
 
     monkeypatch.setattr(socket, "getfqdn", getfqdn)
-    monkeypatch.setattr(notifier.mailer, "_fqdn", [])
+    monkeypatch.setattr(notifier.mailer, "_fqdn", None)
     for _ in range(3):
         async with Mailer(server.url, timeout=5).connect() as conn:
             assert await send(conn, "once@example.org") is None

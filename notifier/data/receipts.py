@@ -7,9 +7,9 @@ left up to a second of accepted messages in `sending`, and the sweep handed them
 receipt closes that gap: one key per accepted delivery, `<queue>:accepted:<delivery id>` =
 "<row created> <accepted> <Message-ID>", written only after the 250 (a message whose 250 never
 came must not have one). One writer per process puts every receipt noted meanwhile, by all its
-batches, in one pipeline; before a batch sends a message, every receipt but the last
-NOTIFIER_RECEIPT_LAG (default 1) has landed (jobs/sending.py), so a kill leaves, per open SMTP
-connection, the message whose 250 was on its way and at most that many more.
+batches, in one write on its own connection; before a batch sends a message, every receipt
+but the last NOTIFIER_RECEIPT_LAG (default 1) has landed (jobs/sending.py), so a kill leaves,
+per open SMTP connection, the message whose 250 was on its way and at most that many more.
 
 PostgreSQL stays the truth: receipts are deleted once the rows' outcomes are written, expire on
 their own, and when Redis is slow or gone nobody waits for them (at least once, as without).
@@ -206,7 +206,7 @@ class ReceiptBook:
                 await conn.disconnect()
 
     async def _write_loop(self) -> None:
-        """Everything noted since the last write, in one pipeline (SETs before DELs: a receipt
+        """Everything noted since the last write, in one write (SETs before DELs: a receipt
         is deleted only after it was written)."""
         while True:
             if not (self.sets or self.deletes):
