@@ -4,6 +4,7 @@ instead of mailing them again, and PostgreSQL stays the truth when Redis has not
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -15,11 +16,12 @@ import pytest
 import time_machine
 from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 from sqlalchemy import select
 
 from notifier.clock import utcnow
 from notifier.data.models import Delivery, Event, Subscriber
-from notifier.data.receipts import COOL_DOWN, WRITE_TIMEOUT, ReceiptBook
+from notifier.data.receipts import COOL_DOWN, WRITE_TIMEOUT, ReceiptBook, _Write
 from notifier.jobs.outcomes import Claimed, claim
 from notifier.metrics import REGISTRY
 from notifier.resources import Resources
@@ -196,9 +198,7 @@ async def test_a_writer_connection_closed_by_redis_is_replaced_not_a_cool_down(
     book = r.receipts
     await book.landed(book.note(first.id, first.created_at, "<a@x>"))
     assert book._conn is not None
-    writer = book._conn._writer
-    assert writer is not None
-    host, port = writer.get_extra_info("sockname")[:2]
+    host, port = book._conn.transport.get_extra_info("sockname")[:2]
     assert await r.redis.client_kill(f"{host}:{port}")
     await book.landed(book.note(second.id, second.created_at, "<b@x>"))
     assert book.on
@@ -223,3 +223,73 @@ async def test_an_unreachable_redis_never_holds_up_sending(
     assert time.monotonic() - started < 2 * WRITE_TIMEOUT
     assert 0 < book.off_until - time.monotonic() <= COOL_DOWN  # then tried again
     await nowhere.aclose()
+
+
+async def test_a_redis_that_stops_answering_stops_nobody_for_long(
+    client: TestClient[Any, Any], resources: Resources, redis_link: TcpProxy
+) -> None:
+    """Replies later than WRITE_TIMEOUT on an open connection (Redis hung, a link gone quiet):
+    the batch waiting for its receipt goes on after about that long, and receipts are off for
+    COOL_DOWN (the watch timer, not a timeout a wait)."""
+    r = resources
+    ids = await fanned_out(r, client, 2)
+    first, second = await claim(r, sorted(ids.values()))
+    slow = Redis.from_url(f"redis://127.0.0.1:{redis_link.port}/{REDIS_DB}")
+    book = ReceiptBook(slow, r.receipts.prefix, r.settings.sweep_stale_after)
+    await book.landed(book.note(first.id, first.created_at, "<a@x>"))
+    assert book.on
+    redis_link.delay = 10 * WRITE_TIMEOUT
+    started = time.monotonic()
+    await book.landed(book.note(second.id, second.created_at, "<b@x>"))
+    waited = time.monotonic() - started
+    assert WRITE_TIMEOUT * 0.9 <= waited < 3 * WRITE_TIMEOUT
+    assert not book.on
+    assert book.note(second.id, second.created_at, "<b@x>") is None
+    redis_link.delay = 0
+    await book.close()
+    await slow.aclose()
+
+
+async def test_writes_on_a_dropped_connection_go_again_on_a_new_one(
+    client: TestClient[Any, Any], resources: Resources, redis_link: TcpProxy
+) -> None:
+    """The connection drops with a write on it (its replies can no longer come): the write
+    goes once more on a new connection and lands; receipts stay on."""
+    r = resources
+    ids = await fanned_out(r, client, 2)
+    first, second = await claim(r, sorted(ids.values()))
+    link = Redis.from_url(f"redis://127.0.0.1:{redis_link.port}/{REDIS_DB}")
+    book = ReceiptBook(link, r.receipts.prefix, r.settings.sweep_stale_after)
+    await book.landed(book.note(first.id, first.created_at, "<a@x>"))
+    old = book._conn
+    redis_link.delay = 0.2
+    landing = book.note(second.id, second.created_at, "<b@x>")
+    await asyncio.sleep(0.05)  # written, held by the link
+    assert old is not None
+    assert old.pending
+    for writer in list(redis_link._writers):
+        writer.transport.abort()
+    redis_link.delay = 0
+    await book.landed(landing)
+    assert book.on
+    assert book._conn is not None
+    assert book._conn is not old
+    assert await r.redis.exists(receipt_key(r, first.id), receipt_key(r, second.id)) == 2
+    await book.close()
+    await link.aclose()
+
+
+async def test_an_error_reply_fails_its_write_and_switches_receipts_off(
+    resources: Resources,
+) -> None:
+    """An error reply (a demoted master's READONLY) fails the write it answers."""
+    book = resources.receipts
+    await book.landed(book.note(1, utcnow(), "<a@x>"))
+    conn = book._conn
+    assert conn is not None
+    landing = asyncio.get_running_loop().create_future()
+    deadline = asyncio.get_running_loop().time() + WRITE_TIMEOUT
+    conn.send(_Write(b"*1\r\n$10\r\nNOSUCHCMND\r\n", 1, deadline, landing))
+    await book.landed(landing)
+    assert isinstance(landing.exception(), ResponseError)
+    assert not book.on
