@@ -10,7 +10,7 @@ from arq import Retry
 from sqlalchemy.exc import DBAPIError
 
 from notifier.data.db import make_engine, make_sessionmaker, transient_db_error
-from notifier.jobs.notices import send_confirmation
+from notifier.jobs.notices import manage_link_request, send_confirmation, send_manage_link
 from notifier.resources import Resources
 
 
@@ -58,3 +58,22 @@ async def test_a_confirmation_job_waits_out_a_database_outage(resources: Resourc
         await dead.dispose()
     # With the database back, the same job runs (subscriber 1 does not exist here: "gone").
     assert await send_confirmation({"resources": resources}, 1) == "gone"
+
+
+@pytest.mark.postgres_only
+async def test_manage_link_jobs_wait_out_a_database_outage(resources: Resources) -> None:
+    # The same gap in the manage-link jobs (POST /v1/manage answers 202, then the job looks the
+    # address up and mails the link): a database restart lost the link for good.
+    dead = make_engine("postgresql+asyncpg://postgres@127.0.0.1:1/none")
+    try:
+        down = replace(resources, engine=dead, sessions=make_sessionmaker(dead))
+        with pytest.raises(Retry):
+            await send_manage_link({"resources": down, "job_try": 1}, 1)
+        with pytest.raises(Retry):
+            await manage_link_request({"resources": down, "job_try": 2}, "0" * 64, "0" * 64)
+    finally:
+        await dead.dispose()
+    assert await send_manage_link({"resources": resources}, 1) == "skipped"  # no subscriber 1
+    assert await manage_link_request({"resources": resources}, "0" * 64, "0" * 64) == (
+        "nothing to send"
+    )

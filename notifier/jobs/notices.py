@@ -70,7 +70,15 @@ async def _send_confirmation(r: Resources, ctx: dict[str, Any], subscriber_id: i
 
 async def send_manage_link(ctx: dict[str, Any], subscriber_id: int) -> str:
     """Mail a manage link; re-checks the address first (it may be erased or suppressed since)."""
-    r = resources_of(ctx)
+    try:
+        return await _send_manage_link(resources_of(ctx), ctx, subscriber_id)
+    except (DBAPIError, PoolTimeout, OSError) as exc:
+        # Asked for and answered 202 like a signup: the link must outlive a database restart too.
+        retry_if_database_unreachable(exc, ctx, "manage link mail")
+        raise
+
+
+async def _send_manage_link(r: Resources, ctx: dict[str, Any], subscriber_id: int) -> str:
     async with r.sessions.begin() as session:
         subscriber = await session.get(Subscriber, subscriber_id)
         if subscriber is None or await queries.is_suppressed(session, subscriber.email_hash):
@@ -90,7 +98,11 @@ async def send_manage_link(ctx: dict[str, Any], subscriber_id: int) -> str:
 async def manage_link_request(ctx: dict[str, Any], email_hash: str, mailbox_hash: str) -> str:
     """POST /v1/manage's deferred half: look the address up and mail a link if it may have one."""
     r = resources_of(ctx)
-    subscriber_id = await manage_link_to_send(r, email_hash, mailbox_hash)
+    try:
+        subscriber_id = await manage_link_to_send(r, email_hash, mailbox_hash)
+    except (DBAPIError, PoolTimeout, OSError) as exc:
+        retry_if_database_unreachable(exc, ctx, "manage link request")
+        raise
     if subscriber_id is None:
         return "nothing to send"
     return await send_manage_link(ctx, subscriber_id)
