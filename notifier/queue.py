@@ -83,8 +83,8 @@ def batch_size(settings: Settings) -> int:
     return size
 
 
-async def enqueue_confirmation(r: Resources, subscriber_id: int) -> None:
-    await r.redis.enqueue_job(Job.SEND_CONFIRMATION.value, subscriber_id)
+async def enqueue_confirmation(r: Resources, subscriber_id: int, job_id: str | None = None) -> None:
+    await r.redis.enqueue_job(Job.SEND_CONFIRMATION.value, subscriber_id, _job_id=job_id)
 
 
 async def enqueue_manage_link(r: Resources, subscriber_id: int) -> None:

@@ -78,6 +78,14 @@ async def sign_up(r: Resources, req: SignupRequest, evidence: Evidence) -> str:
         return recorded.outcome
     mailbox = mailbox_hash(r, req.email)
     if not await may_mail_address(r, email_hash, recorded.confirmed_before, mailbox):
+        # Refused its mail on purpose: the sweep, which mails requests whose job was lost,
+        # must not mail this one either (a written stamp, on this path only).
+        async with r.sessions.begin() as session:
+            await session.execute(
+                update(Subscriber)
+                .where(Subscriber.id == recorded.subscriber_id)
+                .values(confirm_job_at=utcnow())
+            )
         return "rate_limited"
     await enqueue_confirmation(r, recorded.subscriber_id)
     return recorded.outcome

@@ -86,6 +86,9 @@ class Subscriber(Base):
     confirm_nonce: Mapped[str | None] = mapped_column(String(32))
     first_confirmed_at: Mapped[datetime | None]
     last_digest_at: Mapped[datetime | None]  # end of the last digest period mailed
+    # When a confirmation job last ran for the address, or a signup was refused its mail (the
+    # address's limits): a pending subscription requested after it lost its job (the sweep).
+    confirm_job_at: Mapped[datetime | None]
     # Unsubscribe and manage links signed before this are refused (revoked on request).
     tokens_revoked_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
+from notifier.clock import utcnow
 from notifier.core.confirmation import describe, pending_subscriptions
 from notifier.core.preferences import manage_link_to_send
 from notifier.core.signup import new_nonce
@@ -41,6 +42,8 @@ async def _send_confirmation(r: Resources, ctx: dict[str, Any], subscriber_id: i
         subscriber = await session.get(Subscriber, subscriber_id)
         if subscriber is None:
             return "gone"
+        # This job ran for every request up to now: the sweep need not enqueue it again.
+        subscriber.confirm_job_at = utcnow()
         email_hash = r.email_hash(subscriber.email)
         if await queries.is_suppressed(session, email_hash):
             return "suppressed"

@@ -7,18 +7,18 @@ import logging
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, select, tuple_, update
+from sqlalchemy import ColumnElement, func, or_, select, tuple_, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import InstrumentedAttribute
 
 from notifier.clock import utcnow
 from notifier.data.db import transient_db_error
-from notifier.data.models import Delivery, Event, FanoutSlice
-from notifier.data.states import OPEN_EVENT, DeliveryStatus, SliceStatus
+from notifier.data.models import Delivery, Event, FanoutSlice, Subscriber, Subscription
+from notifier.data.states import OPEN_EVENT, DeliveryStatus, SliceStatus, SubscriptionStatus
 from notifier.jobs.context import resources_of
 from notifier.metrics import SWEEP_RECOVERED
-from notifier.queue import enqueue_fanout, enqueue_sends, enqueue_slices
+from notifier.queue import enqueue_confirmation, enqueue_fanout, enqueue_sends, enqueue_slices
 from notifier.resources import Resources
 
 log = logging.getLogger("notifier.sweep")
@@ -73,6 +73,7 @@ async def _sweep(r: Resources) -> dict[str, int]:
         if len(rows) < SWEEP_CHUNK:
             break
     slices = await _sweep_slices(r, now, cutoff)
+    confirmations = await _sweep_confirmations(r, now, cutoff)
     async with r.sessions.begin() as session:
         events = list(
             await session.scalars(
@@ -84,14 +85,53 @@ async def _sweep(r: Resources) -> dict[str, int]:
         await enqueue_fanout(r, pk, int(now.timestamp()))
     if recovered:
         SWEEP_RECOVERED.inc(recovered)
-    if recovered or slices or events:
+    if recovered or slices or events or confirmations:
         log.info(
-            "sweep re-enqueued %d deliveries, %d slices and %d events",
+            "sweep re-enqueued %d deliveries, %d slices, %d events and %d confirmation mails",
             recovered,
             slices,
             len(events),
+            confirmations,
         )
-    return {"deliveries": recovered, "slices": slices, "events": len(events)}
+    return {
+        "deliveries": recovered,
+        "slices": slices,
+        "events": len(events),
+        "confirmations": confirmations,
+    }
+
+
+async def _sweep_confirmations(r: Resources, now: datetime, cutoff: datetime) -> int:
+    """Confirmation jobs lost after their signup was answered (a Redis master that died before
+    its last writes reached the replica, a flushed Redis): an address with a subscription
+    still pending, requested before `cutoff` and after the last confirmation job that ran for
+    it, gets the job again, once per request (the job id names the latest request). Requests
+    older than a confirm link's lifetime are left: the person has moved on."""
+    oldest = now - timedelta(seconds=r.settings.confirm_max_age)
+    latest = func.max(Subscription.requested_at)
+    async with r.sessions() as session:
+        rows = (
+            await session.execute(
+                select(Subscription.subscriber_id, latest)
+                .join(Subscriber, Subscriber.id == Subscription.subscriber_id)
+                .where(
+                    Subscription.status == SubscriptionStatus.PENDING,
+                    Subscription.requested_at < cutoff,
+                    Subscription.requested_at > oldest,
+                    or_(
+                        Subscriber.confirm_job_at.is_(None),
+                        Subscriber.confirm_job_at < Subscription.requested_at,
+                    ),
+                )
+                .group_by(Subscription.subscriber_id)
+                .order_by(Subscription.subscriber_id)
+                .limit(SWEEP_CHUNK)
+            )
+        ).all()
+    for subscriber_id, requested_at in rows:
+        stamp = int(requested_at.timestamp() * 1000)
+        await enqueue_confirmation(r, subscriber_id, r.job_id("confirm", subscriber_id, stamp))
+    return len(rows)
 
 
 async def _sweep_slices(r: Resources, now: datetime, cutoff: datetime) -> int:
