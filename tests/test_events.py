@@ -341,6 +341,8 @@ async def test_admin_event_progress(client: TestClient[Any, Any], resources: Res
         "skipped": 0,
         "held": 0,
         "duplicates": 1,
+        "compacted_at": None,
+        "payload_purged_at": None,
     }
 
 

@@ -291,7 +291,12 @@ PROGRESS_FIELDS = (
     "skipped",
     "held",
     "duplicates",
+    "compacted_at",
+    "payload_purged_at",
 )
+# When retention removed the event's delivery rows (the counts above stay, per-recipient rows
+# and a replay are gone) and cut its payload: ISO 8601 UTC, or null.
+PROGRESS_TIMES = ("compacted_at", "payload_purged_at")
 
 
 async def progress(session: AsyncSession, event_id: str) -> dict[str, Any] | None:
@@ -330,4 +335,10 @@ async def progress(session: AsyncSession, event_id: str) -> dict[str, Any] | Non
         "skipped": counts.get("skipped", 0),
         "held": counts.get("held", 0),
         "duplicates": event.duplicates,
+        "compacted_at": _iso(event.compacted_at),
+        "payload_purged_at": _iso(event.payload_purged_at),
     }
+
+
+def _iso(at: datetime | None) -> str | None:
+    return at.isoformat().replace("+00:00", "Z") if at is not None else None

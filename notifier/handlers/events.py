@@ -159,7 +159,17 @@ OPENAPI_SCHEMAS: dict[str, Any] = {
         "type": "object",
         "required": list(events.PROGRESS_FIELDS),
         "properties": {
-            name: {"type": "string"} if name in ("event_id", "status") else {"type": "integer"}
+            name: {"type": "string"}
+            if name in ("event_id", "status")
+            else {
+                "type": ["string", "null"],
+                "format": "date-time",
+                "description": "when retention removed the delivery rows (counts stay)"
+                if name == "compacted_at"
+                else "when retention cut the event's payload",
+            }
+            if name in events.PROGRESS_TIMES
+            else {"type": "integer"}
             for name in events.PROGRESS_FIELDS
         },
     },
