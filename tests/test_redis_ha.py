@@ -476,3 +476,31 @@ async def test_the_master_dies_and_the_service_carries_on(
         f"{len(statuses)} checks); {posted} events posted, all 202; {unqueued} fan-outs not "
         f"enqueued and recovered by the sweep; every mail out {everything:.2f} s after the kill"
     )
+
+
+@pytest.mark.postgres_only
+async def test_readyz_says_when_redis_is_a_read_only_replica(
+    db_url: str, smtp: RecordingSMTP, tmp_path: Path, ports: set[int]
+) -> None:
+    """NOTIFIER_REDIS_URL naming a replica (a failover without Sentinel, the old master come
+    back as one): PING answers, every write fails. /readyz says so, the load balancer takes
+    the process out; pointed at the master it is ready."""
+    need_redis_server()
+    master = RedisProcess("master", free_port(ports), tmp_path, [])
+    replica = RedisProcess("replica", free_port(ports), tmp_path, [])
+    replica.config.append(f"replicaof 127.0.0.1 {master.port}")
+    with running(master, replica):
+        for server, ready in ((replica, False), (master, True)):
+            url = f"redis://127.0.0.1:{server.port}/0"
+            settings = make_settings(db_url, smtp.url, redis_url=url)
+            async with open_resources(settings) as r:
+                app = create_app(settings, r)
+                async with TestClient(NotifierTestServer(app, host="127.0.0.1")) as client:
+                    resp = await client.get("/readyz")
+                    body = await resp.json()
+            assert resp.status == (200 if ready else 503), body
+            if ready:
+                assert body["redis"] == "ok"
+            else:
+                assert body["redis"].startswith("down: a read-only replica"), body
+                assert body["database"] == "ok"

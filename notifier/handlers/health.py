@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 
 from aiohttp import web
-from redis.exceptions import RedisError
+from redis.asyncio import Redis
+from redis.exceptions import RedisError, ResponseError
 from sqlalchemy import text
 
 from notifier.data import heartbeat
@@ -15,13 +16,34 @@ OPENAPI_PATHS = {
     "/healthz": {"get": {"summary": "Process alive", "responses": {"200": {"description": "ok"}}}},
     "/readyz": {
         "get": {
-            "summary": "Database and Redis reachable; the SMTP relay and workers alive as details",
+            "summary": "Database and Redis (a master) reachable; the SMTP relay and workers alive"
+            " as details",
             "responses": {"200": {"description": "ready"}, "503": {"description": "not ready"}},
         }
     },
 }
 
 CHECK_TIMEOUT = 1.5
+
+
+class ReadOnlyReplica(Exception):
+    """Redis answers, as a replica: every write (a job, a rate-limit count) would fail."""
+
+    def __str__(self) -> str:
+        return "a read-only replica (writes fail): NOTIFIER_REDIS_URL names no master"
+
+
+async def redis_is_master(client: Redis) -> None:
+    """Redis answers and takes writes: ROLE says master (a plain server is one). A server that
+    does not know ROLE (some managed services rename it) is taken at its PING."""
+    try:
+        role = await client.role()
+    except ResponseError:
+        await client.ping()
+        return
+    kind = role[0] if isinstance(role, list | tuple) and role else role
+    if (kind.decode() if isinstance(kind, bytes) else str(kind)) != "master":
+        raise ReadOnlyReplica
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -36,7 +58,7 @@ async def readyz(request: web.Request) -> web.Response:
             await conn.execute(text("SELECT 1"))
 
     async def redis() -> None:
-        await r.redis.ping()
+        await redis_is_master(r.redis)
 
     checks = {"database": database, "redis": redis}
     results = await asyncio.gather(
@@ -44,7 +66,11 @@ async def readyz(request: web.Request) -> web.Response:
         return_exceptions=True,
     )
     status = {
-        name: "ok" if not isinstance(result, BaseException) else f"down: {type(result).__name__}"
+        name: "ok"
+        if not isinstance(result, BaseException)
+        else f"down: {result}"
+        if isinstance(result, ReadOnlyReplica)
+        else f"down: {type(result).__name__}"
         for name, result in zip(checks, results, strict=True)
     }
     ok = all(v == "ok" for v in status.values())
