@@ -110,7 +110,7 @@ class Resources:
     @cached_property
     def receipts(self) -> ReceiptBook:
         """Accepted messages noted in Redis, so a killed worker's are not sent again."""
-        prefix = job_id(self.settings.queue_name, "accepted")
+        prefix = job_id(self.settings.queue_name, "receipt")
         return ReceiptBook(self.redis, prefix, self.settings.sweep_stale_after)
 
     @cached_property

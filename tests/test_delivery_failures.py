@@ -30,7 +30,7 @@ from notifier.data.models import (
     Subscription,
     Suppression,
 )
-from notifier.jobs.fanout import fanout_event, materialise_slice
+from notifier.jobs.fanout import fanout_event, take_slice
 from notifier.jobs.outcomes import claim
 from notifier.jobs.sending import send_deliveries
 from notifier.jobs.sweep import sweep
@@ -318,28 +318,50 @@ async def test_the_sweep_recovers_rows_claimed_by_a_dead_worker(
     assert per_address(smtp) == {f"d{i}@example.org": 1 for i in range(3)}
 
 
-async def test_a_slice_job_that_dies_after_writing_its_rows_leaves_them_to_the_sweep(
+async def test_a_slice_job_that_dies_mid_slice_leaves_it_to_the_sweep(
     client: TestClient[Any, Any], resources: Resources, smtp: RecordingSMTP
 ) -> None:
-    """A slice's job writes its delivery rows already claimed for itself (sending, attempt 1):
-    killed before it sends, nobody else may mail them until they are stale; then the sweep
-    hands them out and each is mailed once."""
+    """A slice's job takes its slice (sending) and writes each mail's row once, with its
+    outcome. Killed after the relay accepted one mail and before any row was written: nobody
+    else may take the slice until it is stale; then the sweep hands it out, the accepted mail
+    is recorded from its receipt, and the other two are mailed once each."""
     r = resources
     event_pk = await three_followers_event(r, client, "s")
     await fanout_event({"resources": r}, event_pk)
     await r.redis.flushdb()  # the slice's job is taken by a worker…
     async with r.sessions() as session:
         (slice_id,) = (await session.scalars(select(FanoutSlice.id))).all()
-    written = await materialise_slice(r, slice_id, claim=True)  # …which writes its rows, dies
-    assert written is not None
-    assert len(written) == 3
-    assert [(d.status, d.attempts) for d in await rows(r)] == [("sending", 1)] * 3
+        event_at = await session.scalar(select(Event.received_at).where(Event.id == event_pk))
+    assert event_at is not None
+    taken = await take_slice(r, slice_id)  # …which takes it…
+    assert taken is not None
+    _, mails = taken
+    assert len(mails) == 3
+    first = mails[0]  # …the relay accepts the first mail, the worker dies
+    await r.receipts.landed(
+        r.receipts.note(first.event_pk, first.subscriber_id, event_at, "<first@notify>")
+    )
+    assert await rows(r) == []  # no row before its outcome
+    assert await take_slice(r, slice_id) is None  # a twin job finds it taken
     await r.redis.enqueue_job("sweep")
     await run_worker(r)
     assert smtp.messages == []  # claimed by the dead job: not yet
     await sweep_once_stale(r)
-    assert per_address(smtp) == {f"s{i}@example.org": 1 for i in range(3)}
-    assert {d.status for d in await rows(r)} == {"sent"}
+    async with r.sessions() as session:
+        first_email = await session.scalar(
+            select(Subscriber.email).where(Subscriber.id == first.subscriber_id)
+        )
+    others = {f"s{i}@example.org" for i in range(3)} - {first_email}
+    assert per_address(smtp) == dict.fromkeys(others, 1)
+    written = {d.subscriber_id: d for d in await rows(r)}
+    assert {d.status for d in written.values()} == {"sent"}
+    assert (written[first.subscriber_id].message_id, written[first.subscriber_id].attempts) == (
+        "<first@notify>",
+        2,
+    )
+    async with r.sessions() as session:
+        status = await session.scalar(select(FanoutSlice.status).where(FanoutSlice.id == slice_id))
+    assert status == "done"
 
 
 class TestDroppedAfterData:

@@ -289,7 +289,7 @@ async def test_stats_counts_everything_and_the_queue(cli: CLI, resources: Resour
             "skipped": 0,
             "held": 0,
         },
-        "fanout_slices": {"pending": 1, "done": 0},
+        "fanout_slices": {"pending": 1, "sending": 0, "done": 0},
         "suppressions": {"hard_bounce": 1},
         "queue": {"depth": 2, "ready": 1, "deferred": 1},
         "workers": {"alive": 0, "last_job_at": None, "workers": []},
@@ -302,7 +302,7 @@ async def test_stats_counts_everything_and_the_queue(cli: CLI, resources: Resour
     assert "subscribers     4\n" in ran.out
     assert "workers         alive 0 · last job none\n" in ran.out
     assert "subscriptions   pending 1 · confirmed 3 · unsubscribed 1 (paused 1)" in ran.out
-    assert "fan-out slices  pending 1 · done 0" in ran.out
+    assert "fan-out slices  pending 1 · sending 0 · done 0" in ran.out
     assert "queue           depth 2 · ready 1 · deferred 1" in ran.out
 
 

@@ -8,7 +8,7 @@ import asyncio
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -55,8 +55,20 @@ async def fanned_out(r: Resources, client: TestClient[Any, Any], n: int) -> dict
         return {email: did for email, did in rows.all()}  # noqa: C416  # Rows, not pairs
 
 
-def receipt_key(r: Resources, delivery_id: int) -> str:
-    return r.receipts.key(delivery_id)
+def receipt_key(r: Resources, c: Claimed) -> str:
+    return r.receipts.key(c.event_pk, c.subscriber_id)
+
+
+# Receipts carry when the event was received; these tests' events were received now, and a
+# receipt only has to carry the same time as the one that reads it.
+EVENT_AT = datetime(2026, 12, 6, tzinfo=UTC)
+
+
+async def event_received(r: Resources, event_pk: int) -> datetime:
+    async with r.sessions() as session:
+        at = await session.scalar(select(Event.received_at).where(Event.id == event_pk))
+    assert at is not None
+    return at
 
 
 async def receipts_left(r: Resources) -> list[bytes]:
@@ -65,7 +77,8 @@ async def receipts_left(r: Resources) -> list[bytes]:
 
 async def noted(r: Resources, c: Claimed, message_id: str) -> None:
     """As a batch notes a message the relay took."""
-    await r.receipts.landed(r.receipts.note(c.id, c.created_at, message_id))
+    at = await event_received(r, c.event_pk)
+    await r.receipts.landed(r.receipts.note(c.event_pk, c.subscriber_id, at, message_id))
 
 
 @pytest.fixture
@@ -90,6 +103,7 @@ class TestOverASlowRedis:
         url = f"redis://127.0.0.1:{redis_link.port}/{REDIS_DB}"
         return {"redis_url": url, "receipt_lag": receipt_lag}
 
+    @pytest.mark.parametrize("path", ["slice", "rows"])
     async def test_no_more_than_the_lag_is_unrecorded_when_the_next_message_goes(
         self,
         client: TestClient[Any, Any],
@@ -97,36 +111,50 @@ class TestOverASlowRedis:
         smtp: RecordingSMTP,
         redis_link: TcpProxy,
         receipt_lag: int,
+        path: str,
     ) -> None:
         """Redis answers 5 ms late, slower than the SMTP server: still, when the relay has a
         message, every one before it but the last NOTIFIER_RECEIPT_LAG is recorded, in Redis or
         already in PostgreSQL. So a worker killed at any moment leaves at most 1 + lag messages
         unrecorded per connection: the one the relay is taking, and those receipts on their
-        way."""
+        way. Both paths: a fan-out's slice (rows written with their outcomes) and rows sent by
+        id (a retry, the sweep)."""
         r = resources
-        ids = await fanned_out(r, client, 30)
+        if path == "rows":
+            ids = await fanned_out(r, client, 30)
+        else:
+            for i in range(30):
+                await subscribe(r, f"r{i:02d}@example.org", study=NCT)
+        async with r.sessions() as session:
+            found = await session.execute(select(Subscriber.email, Subscriber.id))
+            who: dict[str, int] = {email: sid for email, sid in found}  # noqa: C416  # Rows
         before: list[str] = []
         recorded: list[bool] = []
         direct = Redis.from_url(f"{REDIS}/{REDIS_DB}")  # what Redis holds, not what is on its way
 
         async def check(rcpt: str) -> None:
             if len(before) > receipt_lag:
-                previous = ids[before[-1 - receipt_lag]]
-                in_redis = bool(await direct.exists(receipt_key(r, previous)))
+                sid = who[before[-1 - receipt_lag]]
                 async with r.sessions() as session:
+                    event_pk = await session.scalar(select(Event.id))
                     status = await session.scalar(
-                        select(Delivery.status).where(Delivery.id == previous)
+                        select(Delivery.status).where(Delivery.subscriber_id == sid)
                     )
+                assert event_pk is not None
+                in_redis = bool(await direct.exists(r.receipts.key(event_pk, sid)))
                 recorded.append(in_redis or status == "sent")
             before.append(rcpt)
 
         smtp.on_data = check
         redis_link.delay = 0.005
-        await r.redis.enqueue_job("send_deliveries", sorted(ids.values()))
+        if path == "rows":
+            await r.redis.enqueue_job("send_deliveries", sorted(ids.values()))
+        else:
+            await post_events(client, [new_study(NCT)])
         await run_worker(r)
         redis_link.delay = 0
         await direct.aclose()
-        assert Counter(m.rcpt_to for m in smtp.messages) == dict.fromkeys(ids, 1)
+        assert Counter(m.rcpt_to for m in smtp.messages) == dict.fromkeys(who, 1)
         assert recorded == [True] * (30 - 1 - receipt_lag)
         assert await receipts_left(r) == []  # deleted once PostgreSQL had the outcomes
 
@@ -143,7 +171,7 @@ async def test_a_dead_workers_accepted_rows_are_recorded_not_mailed(
     # A receipt from another database under the same delivery id (its rows were created at
     # another time) proves nothing: that row is mailed.
     stranger = ids["r02@example.org"]
-    await r.redis.set(receipt_key(r, stranger), "1.000000 2.000000 <old@x>")
+    await r.redis.set(receipt_key(r, claimed[stranger]), "1.000000 2.000000 <old@x>")
     noted_at = utcnow()
     # …and the worker dies before it writes their outcomes.
     avoided = REGISTRY.get_sample_value("notifier_resends_avoided_total") or 0.0
@@ -196,13 +224,13 @@ async def test_a_writer_connection_closed_by_redis_is_replaced_not_a_cool_down(
     ids = await fanned_out(r, client, 2)
     first, second = await claim(r, sorted(ids.values()))
     book = r.receipts
-    await book.landed(book.note(first.id, first.created_at, "<a@x>"))
+    await book.landed(book.note(first.event_pk, first.subscriber_id, EVENT_AT, "<a@x>"))
     assert book._conn is not None
     host, port = book._conn.transport.get_extra_info("sockname")[:2]
     assert await r.redis.client_kill(f"{host}:{port}")
-    await book.landed(book.note(second.id, second.created_at, "<b@x>"))
+    await book.landed(book.note(second.event_pk, second.subscriber_id, EVENT_AT, "<b@x>"))
     assert book.on
-    assert await r.redis.exists(receipt_key(r, first.id), receipt_key(r, second.id)) == 2
+    assert await r.redis.exists(receipt_key(r, first), receipt_key(r, second)) == 2
     await book.close()
     assert book._conn is None
 
@@ -216,9 +244,9 @@ async def test_an_unreachable_redis_never_holds_up_sending(
     nowhere = Redis(host="127.0.0.1", port=free_port())  # nothing listens there
     book = ReceiptBook(nowhere, r.receipts.prefix, r.settings.sweep_stale_after)
     started = time.monotonic()
-    await book.landed(book.note(claimed[0].id, claimed[0].created_at, "<x@y>"))
+    await book.landed(book.note(claimed[0].event_pk, claimed[0].subscriber_id, EVENT_AT, "<x@y>"))
     assert not book.on  # for COOL_DOWN: nobody waits for receipts meanwhile
-    assert book.note(claimed[1].id, claimed[1].created_at, "<y@y>") is None
+    assert book.note(claimed[1].event_pk, claimed[1].subscriber_id, EVENT_AT, "<y@y>") is None
     await book.close()
     assert time.monotonic() - started < 2 * WRITE_TIMEOUT
     assert 0 < book.off_until - time.monotonic() <= COOL_DOWN  # then tried again
@@ -236,15 +264,15 @@ async def test_a_redis_that_stops_answering_stops_nobody_for_long(
     first, second = await claim(r, sorted(ids.values()))
     slow = Redis.from_url(f"redis://127.0.0.1:{redis_link.port}/{REDIS_DB}")
     book = ReceiptBook(slow, r.receipts.prefix, r.settings.sweep_stale_after)
-    await book.landed(book.note(first.id, first.created_at, "<a@x>"))
+    await book.landed(book.note(first.event_pk, first.subscriber_id, EVENT_AT, "<a@x>"))
     assert book.on
     redis_link.delay = 10 * WRITE_TIMEOUT
     started = time.monotonic()
-    await book.landed(book.note(second.id, second.created_at, "<b@x>"))
+    await book.landed(book.note(second.event_pk, second.subscriber_id, EVENT_AT, "<b@x>"))
     waited = time.monotonic() - started
     assert WRITE_TIMEOUT * 0.9 <= waited < 3 * WRITE_TIMEOUT
     assert not book.on
-    assert book.note(second.id, second.created_at, "<b@x>") is None
+    assert book.note(second.event_pk, second.subscriber_id, EVENT_AT, "<b@x>") is None
     redis_link.delay = 0
     await book.close()
     await slow.aclose()
@@ -260,10 +288,10 @@ async def test_writes_on_a_dropped_connection_go_again_on_a_new_one(
     first, second = await claim(r, sorted(ids.values()))
     link = Redis.from_url(f"redis://127.0.0.1:{redis_link.port}/{REDIS_DB}")
     book = ReceiptBook(link, r.receipts.prefix, r.settings.sweep_stale_after)
-    await book.landed(book.note(first.id, first.created_at, "<a@x>"))
+    await book.landed(book.note(first.event_pk, first.subscriber_id, EVENT_AT, "<a@x>"))
     old = book._conn
     redis_link.delay = 0.2
-    landing = book.note(second.id, second.created_at, "<b@x>")
+    landing = book.note(second.event_pk, second.subscriber_id, EVENT_AT, "<b@x>")
     await asyncio.sleep(0.05)  # written, held by the link
     assert old is not None
     assert old.pending
@@ -274,7 +302,7 @@ async def test_writes_on_a_dropped_connection_go_again_on_a_new_one(
     assert book.on
     assert book._conn is not None
     assert book._conn is not old
-    assert await r.redis.exists(receipt_key(r, first.id), receipt_key(r, second.id)) == 2
+    assert await r.redis.exists(receipt_key(r, first), receipt_key(r, second)) == 2
     await book.close()
     await link.aclose()
 
@@ -284,7 +312,7 @@ async def test_an_error_reply_fails_its_write_and_switches_receipts_off(
 ) -> None:
     """An error reply (a demoted master's READONLY) fails the write it answers."""
     book = resources.receipts
-    await book.landed(book.note(1, utcnow(), "<a@x>"))
+    await book.landed(book.note(1, 1, EVENT_AT, "<a@x>"))
     conn = book._conn
     assert conn is not None
     landing = asyncio.get_running_loop().create_future()

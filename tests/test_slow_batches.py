@@ -16,7 +16,8 @@ from aiohttp.test_utils import TestClient
 from sqlalchemy import select
 
 from notifier.clock import utcnow
-from notifier.data.models import Delivery, Event
+from notifier.data.models import Delivery, Event, FanoutSlice
+from notifier.jobs.fanout import fanout_event, take_slice
 from notifier.jobs.outcomes import claim
 from notifier.jobs.sweep import sweep
 from notifier.resources import Resources
@@ -70,9 +71,9 @@ class TestClaimLapse:
         monkeypatch: pytest.MonkeyPatch,
     ) -> None:
         """PostgreSQL unreachable while a batch records (found by the fault suite: 100
-        duplicates): the claim on its unsent rows cannot be renewed, the sweep hands them to a
+        duplicates): the claim on its slice cannot be renewed, the sweep hands the slice to a
         new job once the database is back, and only then does the batch's write land. The batch
-        must not go on sending them."""
+        must not go on sending; the new job sends only to who has no row."""
         import notifier.jobs.outcomes
         import notifier.jobs.sending
         import notifier.jobs.sweep
@@ -82,7 +83,7 @@ class TestClaimLapse:
         for email in emails:
             await subscribe(resources, email, study="NCT05879978")
         real_write = notifier.jobs.outcomes._write
-        real_enqueue = notifier.queue.enqueue_sends
+        real_enqueue = notifier.queue.enqueue_slices
         swept: list[int] = []
         held = False
 
@@ -92,10 +93,9 @@ class TestClaimLapse:
             if still_sending and not held:  # the first flush in the middle of the batch
                 held = True
                 await asyncio.sleep(1.6)  # longer than NOTIFIER_SWEEP_STALE_AFTER
-                # The database is back and the sweep runs first: every row of the batch looks
-                # dead, the one sent but not yet recorded too.
+                # The database is back and the sweep runs first: the batch's slice looks dead.
                 await sweep({"resources": resources})
-                assert len(swept) == len(emails)
+                assert len(swept) == 1
                 await real_write(*args)
                 # The sweep's job runs once the write has landed (else the sent row would be
                 # mailed again: the duplicate an outage longer than the claim can cause).
@@ -103,13 +103,11 @@ class TestClaimLapse:
                 return
             await real_write(*args)
 
-        async def hold_sweep_jobs(
-            res: Resources, ids: list[int], prefix: str, event_pks: Any = None
-        ) -> None:
+        async def hold_sweep_jobs(res: Resources, ids: list[int], *stamp: object) -> None:
             swept.extend(ids)
 
         monkeypatch.setattr(notifier.jobs.outcomes, "_write", held_up_write)
-        monkeypatch.setattr(notifier.jobs.sweep, "enqueue_sends", hold_sweep_jobs)
+        monkeypatch.setattr(notifier.jobs.sweep, "enqueue_slices", hold_sweep_jobs)
         monkeypatch.setattr(notifier.jobs.sending, "FLUSH_SECONDS", 0.0)  # flush after every mail
         await post_events(client, [new_study("NCT05879978")])
         await run_worker(resources)
@@ -143,12 +141,40 @@ class TestClaimLapse:
             await r.redis.delete(r.outage.key)  # its report expired
             assert (await sweep({"resources": r}))["deliveries"] == 3  # now the claimed ones
 
+    async def test_after_a_database_outage_the_sweep_leaves_a_slice_being_sent_for_a_while(
+        self, client: TestClient[Any, Any], resources: Resources
+    ) -> None:
+        """The same for a fan-out slice taken by a live batch: not handed out again while a
+        worker saw the database unreachable within the stale window."""
+        r = resources
+        for i in range(3):
+            await subscribe(r, f"slice{i}@example.org", study="NCT05879978")
+        await post_events(client, [new_study("NCT05879978")])
+        await r.redis.flushdb()
+        async with r.sessions() as session:
+            event_pk = await session.scalar(select(Event.id))
+        assert event_pk is not None
+        await fanout_event({"resources": r}, event_pk)
+        await r.redis.flushdb()
+        async with r.sessions() as session:
+            (slice_id,) = list(await session.scalars(select(FanoutSlice.id)))
+        assert await take_slice(r, slice_id) is not None  # a batch in flight
+        r.outage.seen_at = time.monotonic()
+        later = utcnow() + timedelta(seconds=r.settings.sweep_stale_after + 1)
+        with time_machine.travel(later, tick=False):
+            assert (await sweep({"resources": r}))["slices"] == 0
+            r.outage.seen_at = float("-inf")
+            assert (await sweep({"resources": r}))["slices"] == 1  # now it is handed out
+        async with r.sessions() as session:
+            status = await session.scalar(select(FanoutSlice.status))
+        assert status == "pending"
+
     async def test_a_send_that_hangs_past_the_claim_records_no_retry_over_another_job(
         self, client: TestClient[Any, Any], resources: Resources, smtp: RecordingSMTP
     ) -> None:
         """A relay that answers only after the claim lapsed: the batch may no longer own its
-        rows, so it writes no retry for that message and sends none of the rest; the sweep
-        hands all of them out again and everyone gets one mail."""
+        slice, so it writes no retry for that message and sends none of the rest; the sweep
+        hands the slice out again and everyone gets one mail."""
         r = resources
         emails = [f"hung{i}@example.org" for i in range(3)]
         for email in emails:
@@ -160,11 +186,13 @@ class TestClaimLapse:
         assert smtp.messages == []
         async with r.sessions() as session:
             rows = list(await session.scalars(select(Delivery).order_by(Delivery.id)))
-        # Still claimed: no "pending" retry written over a row the sweep may have handed on.
-        assert [d.status for d in rows] == ["sending"] * 3
+            slices = list(await session.scalars(select(FanoutSlice.status)))
+        # Still claimed: no "pending" retry written for a mail the sweep may have handed on.
+        assert rows == []
+        assert slices == ["sending"]
         later = utcnow() + timedelta(seconds=r.settings.sweep_stale_after + 1)
         with time_machine.travel(later, tick=True):
-            assert (await sweep({"resources": r}))["deliveries"] == 3
+            assert (await sweep({"resources": r}))["slices"] == 1
             await run_worker(r)
         got = Counter(m.rcpt_to for m in smtp.messages)
         assert dict(got) == dict.fromkeys(emails, 1), dict(got)

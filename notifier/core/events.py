@@ -319,12 +319,26 @@ async def progress(session: AsyncSession, event_id: str) -> dict[str, Any] | Non
         )
     ):
         counts[status] += n
-    # Recipients of slices whose delivery rows are not written yet count as pending too.
+    # Recipients of slices whose delivery rows are not written yet count as pending too: a
+    # pending slice's whole run, a sending one's less the rows its batch wrote so far.
     unsliced = await session.scalar(
         select(func.coalesce(func.sum(FanoutSlice.size), 0)).where(
             FanoutSlice.event_pk == event.id, FanoutSlice.status == "pending"
         )
     )
+    for after_id, last_id, size in await session.execute(
+        select(FanoutSlice.after_id, FanoutSlice.last_id, FanoutSlice.size).where(
+            FanoutSlice.event_pk == event.id, FanoutSlice.status == "sending"
+        )
+    ):
+        written = await session.scalar(
+            select(func.count()).where(
+                Delivery.event_pk == event.id,
+                Delivery.subscriber_id > after_id,
+                Delivery.subscriber_id <= last_id,
+            )
+        )
+        unsliced = int(unsliced or 0) + max(0, size - int(written or 0))
     return {
         "event_id": event.event_id,
         "status": event.status,

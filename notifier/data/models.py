@@ -198,7 +198,9 @@ class RejectedEvent(Base):
 
 
 class Delivery(Base):
-    """One mail (or digest item) for one subscriber about one event; written before sending.
+    """One mail (or digest item) for one subscriber about one event. A fan-out slice's rows are
+    written once, with their outcome, after the relay answered (the slice row is the claim
+    before: jobs/fanout.py); rows to send later (a retry, `materialise`) before sending.
 
     On PostgreSQL the table is partitioned by RANGE (event_pk) (migration 0007; data.partitions):
     event ids grow with time, so a partition holds the rows of about a day's events and
@@ -243,9 +245,10 @@ class EventDeliveryCount(Base):
 
 class FanoutSlice(Base):
     """One run of an event's matching subscribers (after_id < subscriber id <= last_id), written
-    by the fan-out; its send job writes the run's delivery rows and mails them. One durable row
-    per send batch rather than per recipient: a slice still pending after the sweep's limit is
-    enqueued again, so a flushed Redis or a killed worker loses no recipient."""
+    by the fan-out; its send job takes it, mails the run and writes each mail's delivery row with
+    its outcome (jobs/fanout.py). One durable row per send batch rather than per recipient: a
+    slice still pending or sending after the sweep's limit is enqueued again, so a flushed Redis
+    or a killed worker loses no recipient."""
 
     __tablename__ = "fanout_slices"
     __table_args__ = (
@@ -258,9 +261,11 @@ class FanoutSlice(Base):
     after_id: Mapped[int] = mapped_column(BigInteger)
     last_id: Mapped[int] = mapped_column(BigInteger)
     size: Mapped[int] = mapped_column(Integer)  # subscribers the fan-out matched in the run
-    # pending -> done (its delivery rows are written).
+    # pending -> sending (taken by its job) -> done (every mail of the run has its row).
     status: Mapped[str] = mapped_column(String(16), default="pending")
-    queued_at: Mapped[datetime] = mapped_column(default=utcnow)  # the sweep's clock
+    # The sweep's clock: when queued, or taken (renewed by each write of its batch).
+    queued_at: Mapped[datetime] = mapped_column(default=utcnow)
+    runs: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # times taken
 
 
 class Suppression(Base):

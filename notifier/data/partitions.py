@@ -23,7 +23,7 @@ from sqlalchemy import ColumnElement, Select, bindparam, delete, or_, select, te
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from notifier.data.models import Event, FanoutSlice
-from notifier.data.states import LIVE_DELIVERY, OPEN_EVENT
+from notifier.data.states import LIVE_DELIVERY, OPEN_EVENT, OPEN_SLICE
 
 SPAN = 10**9  # event ids a partition spans: far more than any day's events
 # A DROP or CREATE of a partition waits at most this long for the parent's lock, so that a long
@@ -145,6 +145,16 @@ async def droppable(session: AsyncSession, part: Partition, cutoff: datetime) ->
         return f"event {blocking} is not finished since before the cutoff"
     if await _has_live_rows(session, part):
         return "rows still pending, sending or held for a digest"
+    if await session.scalar(
+        select(FanoutSlice.id)
+        .where(
+            FanoutSlice.event_pk < part.upper,
+            *([FanoutSlice.event_pk >= part.lower] if part.lower is not None else []),
+            FanoutSlice.status.in_(OPEN_SLICE),
+        )
+        .limit(1)
+    ):
+        return "a fan-out slice still being sent (its rows are not all written)"
     return None
 
 

@@ -4,13 +4,14 @@ mailing it again.
 
 A send batch writes its outcomes to PostgreSQL about once a second; a worker killed in between
 left up to a second of accepted messages in `sending`, and the sweep handed them out again. A
-receipt closes that gap: one key per accepted delivery, `<queue>:accepted:<delivery id>` =
-"<row created> <accepted> <Message-ID>", written only after the 250 (a message whose 250 never
-came must not have one). Each process puts every receipt noted during one turn of its event
-loop, by all its batches, in one write on a connection of its own; before a batch sends a
-message, every receipt but the last NOTIFIER_RECEIPT_LAG (default 1) has landed
-(jobs/sending.py), so a kill leaves, per open SMTP connection, the message whose 250 was on its
-way and at most that many more.
+receipt closes that gap: one key per accepted mail, `<queue>:receipt:<event pk>:<subscriber id>`
+(what a delivery row is unique by; a slice's rows are written only after their mails went,
+jobs/fanout.py) = "<event received> <accepted> <Message-ID>", written only after the 250 (a
+message whose 250 never came must not have one). Each process puts every receipt noted
+during one turn of its event loop, by all its batches, in one write on a connection of its
+own; before a batch sends a message, every receipt but the last NOTIFIER_RECEIPT_LAG (default
+1) has landed (jobs/sending.py), so a kill leaves, per open SMTP connection, the message whose
+250 was on its way and at most that many more.
 
 PostgreSQL stays the truth: receipts are deleted once the rows' outcomes are written, expire on
 their own, and when Redis is slow or gone nobody waits for them (at least once, as without).
@@ -46,6 +47,8 @@ COOL_DOWN = 10.0
 READ_TIMEOUT = 2.0
 
 Landing = asyncio.Future[None]
+# A mail as receipts know it: (event pk, subscriber id), what its delivery row is unique by.
+Mail = tuple[int, int]
 # hiredis's stub types the command as a 1-tuple; it takes any number of arguments.
 _pack = cast(Callable[[tuple[str | int, ...]], bytes], hiredis.pack_command)
 
@@ -157,21 +160,24 @@ class ReceiptBook:
         self._watch: asyncio.TimerHandle | None = None  # checks the oldest write's deadline
         self.closing = False
 
-    def key(self, delivery_id: int) -> str:
-        return f"{self.prefix}:{delivery_id}"
+    def key(self, event_pk: int, subscriber_id: int) -> str:
+        return f"{self.prefix}:{event_pk}:{subscriber_id}"
 
     @property
     def on(self) -> bool:
         return time.monotonic() >= self.off_until and not self.closing
 
-    def note(self, delivery_id: int, created_at: datetime, message_id: str) -> Landing | None:
-        """The relay answered 250 for this row: its receipt goes in the next write, whose
-        landing this returns (None while Redis is off). The row's creation time goes in too: a
-        database rebuilt under the same Redis reuses delivery ids, and a stranger's receipt must
-        never stop a mail."""
+    def note(
+        self, event_pk: int, subscriber_id: int, event_at: datetime, message_id: str
+    ) -> Landing | None:
+        """The relay answered 250 for this mail: its receipt goes in the next write, whose
+        landing this returns (None while Redis is off). When the event was received goes in
+        too: a database rebuilt under the same Redis reuses event and subscriber ids, and a
+        stranger's receipt must never stop a mail."""
         if not self.on:
             return None
-        self.sets[self.key(delivery_id)] = f"{_stamp(created_at)} {time.time():.6f} {message_id}"
+        value = f"{_stamp(event_at)} {time.time():.6f} {message_id}"
+        self.sets[self.key(event_pk, subscriber_id)] = value
         return self._kick()
 
     async def landed(self, landing: Landing | None) -> None:
@@ -190,42 +196,45 @@ class ReceiptBook:
         if not landing.cancelled() and (failed := landing.exception()) is not None:
             self._off(failed)
 
-    def forget(self, delivery_ids: Iterable[int]) -> None:
-        """PostgreSQL has these rows' outcomes: their receipts are no longer needed."""
-        if self.on and (keys := [self.key(i) for i in delivery_ids]):
+    def forget(self, mails: Iterable[Mail]) -> None:
+        """PostgreSQL has these mails' outcomes: their receipts are no longer needed."""
+        if self.on and (keys := [self.key(e, s) for e, s in mails]):
             self.deletes.extend(keys)
             self._kick()
 
-    async def read(self, rows: list[tuple[int, datetime]]) -> dict[int, tuple[str, datetime]]:
-        """{delivery id: (Message-ID, accepted at)} for the (id, created_at) rows with a receipt
-        of theirs. Nothing when Redis does not answer (the rows are sent again)."""
-        if not rows:
+    async def read(
+        self, mails: list[tuple[int, int, datetime]]
+    ) -> dict[Mail, tuple[str, datetime]]:
+        """{(event pk, subscriber id): (Message-ID, accepted at)} for the (event pk, subscriber
+        id, event received) mails with a receipt of theirs. Nothing when Redis does not answer
+        (the mails are sent again)."""
+        if not mails:
             return {}
         try:
             async with asyncio.timeout(READ_TIMEOUT):
-                values = await self.redis.mget([self.key(i) for i, _ in rows])
+                values = await self.redis.mget([self.key(e, s) for e, s, _ in mails])
         except (TimeoutError, RedisError, OSError) as exc:
-            log.warning("receipts not read from Redis (%s): rows claimed again are sent again", exc)
+            log.warning("receipts not read from Redis (%s): mails tried again are sent again", exc)
             return {}
         found = {}
-        for (delivery_id, created_at), value in zip(rows, values, strict=True):
+        for (event_pk, subscriber_id, event_at), value in zip(mails, values, strict=True):
             if value is None:
                 continue
             text = value.decode() if isinstance(value, bytes) else str(value)
-            created, _, rest = text.partition(" ")
+            stamp, _, rest = text.partition(" ")
             accepted, _, message_id = rest.partition(" ")
-            if created != _stamp(created_at) or not message_id:
-                continue  # another database's row under the same id
+            if stamp != _stamp(event_at) or not message_id:
+                continue  # another database's event under the same id
             try:
                 at = datetime.fromtimestamp(float(accepted), UTC)
             except ValueError:
                 continue  # not a receipt of ours: sent again rather than trusted
-            found[delivery_id] = (message_id, at)
+            found[(event_pk, subscriber_id)] = (message_id, at)
         return found
 
-    async def delete(self, delivery_ids: Iterable[int]) -> None:
+    async def delete(self, mails: Iterable[Mail]) -> None:
         """Now, not with the next write (a batch that found receipts and recorded them)."""
-        keys = [self.key(i) for i in delivery_ids]
+        keys = [self.key(e, s) for e, s in mails]
         if keys:
             with suppress(TimeoutError, RedisError, OSError):
                 async with asyncio.timeout(WRITE_TIMEOUT):

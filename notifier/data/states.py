@@ -53,4 +53,9 @@ LIVE_DELIVERY = (
 
 class SliceStatus(StrEnum):
     PENDING = "pending"
+    SENDING = "sending"  # taken by its send job; queued_at holds the claim time
     DONE = "done"
+
+
+# Slices whose mails are not all written as delivery rows yet.
+OPEN_SLICE = (SliceStatus.PENDING, SliceStatus.SENDING)

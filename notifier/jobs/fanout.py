@@ -2,8 +2,12 @@
 
 PostgreSQL is the source of truth and Redis only triggers work. The fan-out walks the matching
 subscribers and commits one slice row per send batch (a run of subscriber ids) before that
-batch's job exists; the slice's job writes the run's delivery rows (unique per event and
-subscriber) and mails them. The sweep (jobs.sweep) re-enqueues whatever waits too long.
+batch's job exists; the slice's job takes the slice (pending -> sending: the claim), reads who
+matches in the run now, mails them and writes each mail's delivery row (unique per event and
+subscriber) once, with its outcome, marking the slice done with the last. A job killed in
+between leaves the slice `sending`: the sweep (jobs.sweep) hands it out again once stale, and
+the next run sends to whoever has no row yet, after recording as sent those the relay had
+accepted (receipts). The sweep re-enqueues whatever waits too long.
 """
 
 from __future__ import annotations
@@ -16,7 +20,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import bindparam, insert, select, text, update
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from notifier.clock import utcnow
@@ -24,9 +27,9 @@ from notifier.core.concepts import study_terms
 from notifier.core.matching import MatchKeys, match_keys, matching_page
 from notifier.data.models import Delivery, Event, FanoutSlice, UTCDateTime
 from notifier.data.queries import dialect_name, insert_for
-from notifier.data.states import OPEN_EVENT, DeliveryStatus, EventStatus, SliceStatus
+from notifier.data.states import OPEN_EVENT, OPEN_SLICE, DeliveryStatus, EventStatus, SliceStatus
 from notifier.jobs.context import resources_of
-from notifier.jobs.outcomes import CLAIMED_COLUMNS, Claimed
+from notifier.jobs.outcomes import CLAIMED_COLUMNS, Claimed, SliceClaim
 from notifier.jobs.sending import send_claimed
 from notifier.mail.summaries import is_material
 from notifier.metrics import UNSUPPORTED_MESH
@@ -54,16 +57,12 @@ _PG_INSERT = text(
 
 
 async def insert_deliveries(
-    session: AsyncSession, event_pk: int, subscriber_ids: list[int], *, claim: bool = False
+    session: AsyncSession, event_pk: int, subscriber_ids: list[int]
 ) -> list[Claimed]:
-    """One row per subscriber (none for one that has it already): the new rows, by id.
-
-    Pending; or with `claim`, claimed by the caller as claim() leaves a row (sending, attempt
-    1, the claim time in next_attempt_at), so the slice's job sends the rows it wrote without
-    a second UPDATE of each: a third of PostgreSQL's work a mail (each UPDATE writes a new
-    version of the row in all four indexes; pg_stat_statements in the fan-out benchmark)."""
+    """One pending row per subscriber (none for one that has it already): the new rows, by id
+    (materialise: rows for another job to send)."""
     now = utcnow()
-    status, attempts = (DeliveryStatus.SENDING, 1) if claim else (DeliveryStatus.PENDING, 0)
+    status, attempts = DeliveryStatus.PENDING, 0
     if dialect_name(session) == "postgresql":
         params = {
             "event_pk": event_pk,
@@ -138,17 +137,9 @@ async def slice_members(
 
 
 async def materialise(r: Resources, slice_id: int) -> list[int] | None:
-    """Write a pending slice's delivery rows and mark it done, in one transaction: the new rows'
-    ids, or None when another run did it already. Rows that exist (a replay) are left alone."""
-    done = await materialise_slice(r, slice_id)
-    return None if done is None else [c.id for c in done]
-
-
-async def materialise_slice(
-    r: Resources, slice_id: int, *, claim: bool = False
-) -> list[Claimed] | None:
-    """materialise, with the new rows claimed for the caller when `claim` (send_slice, which
-    sends them next; a crash in between leaves them `sending`, for the sweep once stale)."""
+    """Write a pending slice's delivery rows (pending) and mark it done, in one transaction:
+    the new rows' ids, or None when another run did it already. Rows that exist (a replay)
+    are left alone. Not the send path (send_slice): rows for another job to send."""
     async with r.sessions.begin() as session:
         # The UPDATE locks the slice: a twin job waits, then finds it done.
         taken = (
@@ -175,25 +166,105 @@ async def materialise_slice(
         members = await slice_members(session, mk, taken.after_id, taken.last_id, taken.size)
         if not members:
             return []
-        return await insert_deliveries(session, taken.event_pk, members, claim=claim)
+        return [c.id for c in await insert_deliveries(session, taken.event_pk, members)]
+
+
+class _Busy(Exception):
+    """An older slice over some of the same subscribers (the walk's, when a replay wrote this
+    one) still has mails to send: this one waits for it."""
+
+
+# A slice waiting for an overlapping one to finish looks again this often, this many times,
+# then leaves itself pending for the sweep.
+BUSY_WAIT = 0.5
+BUSY_TRIES = 60
+
+
+async def take_slice(r: Resources, slice_id: int) -> tuple[SliceClaim, list[Claimed]] | None:
+    """Take a pending slice for this job (sending, queued_at the claim time, one more run) and
+    read who matches in its run now, less who has a row for the event already (an earlier run
+    of the slice recorded them, or a replay found them mailed): their mails, to send, as
+    Claimed without a row yet. None when another job has it or it is done.
+
+    A mail of a slice's second run or later counts as a second attempt, so its receipt is read
+    first (jobs/receipts.py): the run before may have mailed it and died before its row.
+
+    Raises _Busy (nothing taken) while an older slice of the event over some of the same
+    subscribers is pending or sending: the walk's slices never overlap, a replay's overlap the
+    walk's before it, and two slices sent side by side would each find the other's mails
+    without rows. The older one never waits for the newer: no two wait for each other."""
+    now = utcnow()
+    async with r.sessions.begin() as session:
+        # The UPDATE locks the slice: a twin job waits, then finds it taken.
+        taken = (
+            await session.execute(
+                update(FanoutSlice)
+                .where(FanoutSlice.id == slice_id, FanoutSlice.status == SliceStatus.PENDING)
+                .values(status=SliceStatus.SENDING, queued_at=now, runs=FanoutSlice.runs + 1)
+                .returning(
+                    FanoutSlice.event_pk,
+                    FanoutSlice.after_id,
+                    FanoutSlice.last_id,
+                    FanoutSlice.size,
+                    FanoutSlice.runs,
+                )
+                .execution_options(synchronize_session=False)
+            )
+        ).first()
+        if taken is None:
+            return None
+        overlapping = await session.scalar(
+            select(FanoutSlice.id)
+            .where(
+                FanoutSlice.event_pk == taken.event_pk,
+                FanoutSlice.id < slice_id,
+                FanoutSlice.status.in_(OPEN_SLICE),
+                FanoutSlice.after_id < taken.last_id,
+                FanoutSlice.last_id > taken.after_id,
+            )
+            .limit(1)
+        )
+        if overlapping is not None:
+            raise _Busy  # rolls the take back: still pending
+        # The event is there: deleting it would have cascaded to the slice this UPDATE locked.
+        payload = (
+            await session.execute(select(Event.payload).where(Event.id == taken.event_pk))
+        ).scalar_one()
+        mk = match_keys(payload)
+        members = await slice_members(session, mk, taken.after_id, taken.last_id, taken.size)
+        if members:
+            have = set(
+                await session.scalars(
+                    select(Delivery.subscriber_id).where(
+                        Delivery.event_pk == taken.event_pk,
+                        Delivery.subscriber_id > taken.after_id,
+                        Delivery.subscriber_id <= taken.last_id,
+                    )
+                )
+            )
+            members = [sid for sid in members if sid not in have]
+    mails = [Claimed(0, taken.event_pk, sid, taken.runs, now) for sid in members]
+    return SliceClaim(slice_id, taken.event_pk), mails
 
 
 async def send_slice(ctx: dict[str, Any], slice_id: int) -> dict[str, int]:
-    """One slice: its delivery rows are committed, claimed by this job, then sent as one batch
-    (a crash in between leaves them `sending`: the sweep hands them out once stale)."""
+    """One slice: taken by this job, its mails sent as one batch, each mail's row written with
+    its outcome (a crash leaves the slice `sending`: the sweep hands it out once stale)."""
     r = resources_of(ctx)
-    claimed_at = time.monotonic()  # no later than the rows' claim time
-    for attempt in range(1, MATERIALISE_TRIES + 1):
+    for _ in range(BUSY_TRIES):
+        claimed_at = time.monotonic()  # no later than the slice's claim time
         try:
-            done = await materialise_slice(r, int(slice_id), claim=True)
+            taken = await take_slice(r, int(slice_id))
             break
-        except IntegrityError:
-            # A subscriber erased between the read and the insert (a foreign key violation):
-            # read the run again rather than leave the others to the sweep.
-            if attempt == MATERIALISE_TRIES:
-                raise
-            log.info("slice %s: a subscriber went away while it was written; again", slice_id)
-    return await send_claimed(r, done or [], claimed_at)
+        except _Busy:
+            await asyncio.sleep(BUSY_WAIT)
+    else:
+        log.info("slice %s: an overlapping slice is still being sent; left to the sweep", slice_id)
+        return {"claimed": 0}
+    if taken is None:
+        return {"claimed": 0}
+    claim, mails = taken
+    return await send_claimed(r, mails, claimed_at, claim)
 
 
 def note_unsupported_mesh(event_id: str, payload: dict[str, Any]) -> None:

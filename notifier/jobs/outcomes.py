@@ -1,5 +1,10 @@
 """Delivery rows through a send batch: claim them, re-check each against subscriptions and
-suppressions, render it, and record what happened (retries along the ladder)."""
+suppressions, render it, and record what happened (retries along the ladder).
+
+A slice's batch (jobs/fanout.py) has no rows yet: the slice row is its claim, and `record`
+writes each mail's row once, with its outcome (SliceClaim), instead of updating a row written
+before the send: the UPDATE was half of PostgreSQL's work a mail (a non-HOT update: `status`
+is indexed, so every index gets the row's new version; docs/PERFORMANCE.md)."""
 
 from __future__ import annotations
 
@@ -11,13 +16,14 @@ from typing import Any
 
 from redis.exceptions import RedisError
 from sqlalchemy import select, text, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from notifier.clock import utcnow
 from notifier.core.matching import MatchKeys, active_matches, match_keys
 from notifier.data import queries
-from notifier.data.models import Delivery, Event, Subscriber
-from notifier.data.states import DIGEST_FREQUENCIES, DeliveryStatus
+from notifier.data.models import Delivery, Event, FanoutSlice, Subscriber
+from notifier.data.states import DIGEST_FREQUENCIES, DeliveryStatus, SliceStatus
 from notifier.jobs.retry import DEFER_MARGIN, retry_delay, until_written
 from notifier.mail.alerts import AlertRenderer
 from notifier.mail.message import message_id
@@ -31,11 +37,21 @@ log = logging.getLogger("notifier.sending")
 
 @dataclass(frozen=True)
 class Claimed:
-    id: int
+    id: int  # 0: a slice's mail, its row not written yet
     event_pk: int
     subscriber_id: int
     attempts: int
     created_at: datetime
+
+
+@dataclass(frozen=True)
+class SliceClaim:
+    """A fan-out slice taken by its send job (status `sending`, queued_at the claim time): the
+    batch writes its mails' rows as their outcomes come, renews the claim with each write and
+    marks the slice done with the last."""
+
+    id: int
+    event_pk: int
 
 
 # A claimed row as claim() and a slice's claimed insert return it: Claimed's fields, in order.
@@ -105,21 +121,27 @@ async def claim(r: Resources, ids: list[int], event_pks: list[int] | None = None
         return sorted((Claimed(*row) for row in rows), key=lambda c: c.id)
 
 
-async def prepare(
-    r: Resources, claimed: list[Claimed]
-) -> tuple[list[Outgoing], list[Outcome], dict[int, str], dict[int, AlertRenderer]]:
+@dataclass
+class Prepared:
+    outgoing: list[Outgoing]
+    outcomes: list[Outcome]  # rows that are not sent: skipped, held
+    hashes: dict[int, str]  # subscriber id -> address hash (suppressions)
+    renderers: dict[int, AlertRenderer]  # by event
+    event_at: dict[int, datetime]  # when each event was received (receipts)
+
+
+async def prepare(r: Resources, claimed: list[Claimed]) -> Prepared:
     """Re-check each row against current subscriptions and suppressions."""
     outgoing: list[Outgoing] = []
     outcomes: list[Outcome] = []
     event_pks = {c.event_pk for c in claimed}
     async with r.sessions() as session:
-        payloads: dict[int, dict[str, Any]] = dict(
-            (
-                await session.execute(
-                    select(Event.id, Event.payload).where(Event.id.in_(event_pks))
-                )
-            ).all()
-        )
+        events = (
+            await session.execute(
+                select(Event.id, Event.payload, Event.received_at).where(Event.id.in_(event_pks))
+            )
+        ).all()
+        payloads: dict[int, dict[str, Any]] = {pk: payload for pk, payload, _ in events}
         keys = {pk: match_keys(payload) for pk, payload in payloads.items()}
         # Plain columns, not ORM objects: this runs for every recipient of every fan-out.
         subscribers = {
@@ -149,7 +171,8 @@ async def prepare(
             outcomes.append(Outcome(c, DeliveryStatus.HELD))  # the digest job mails it
         else:
             outgoing.append(Outgoing(c, subscriber.email, subs))
-    return outgoing, outcomes, {s.id: s.email_hash for s in subscribers.values()}, renderers
+    hashes = {s.id: s.email_hash for s in subscribers.values()}
+    return Prepared(outgoing, outcomes, hashes, renderers, {pk: at for pk, _, at in events})
 
 
 def render(
@@ -194,10 +217,19 @@ def failure(r: Resources, c: Claimed, exc: SendError, now: datetime) -> Outcome:
 
 
 async def record(
-    r: Resources, outcomes: list[Outcome], hashes: dict[int, str], still_sending: list[Claimed]
+    r: Resources,
+    outcomes: list[Outcome],
+    hashes: dict[int, str],
+    still_sending: list[Claimed],
+    *,
+    slice_: SliceClaim | None = None,
+    final: bool = False,
 ) -> None:
-    """Write outcomes in one transaction (and refresh the claim of rows not yet sent)."""
-    if not outcomes and not still_sending:
+    """Write outcomes in one transaction (and refresh the claim of rows not yet sent).
+
+    With `slice_`, the mails' rows are written here (their first write) and the slice's claim
+    is refreshed instead; `final` (every mail of the slice has its outcome) marks it done."""
+    if not outcomes and not still_sending and not (slice_ and final):
         return
     now = utcnow()
     retries: dict[float, list[Claimed]] = {}
@@ -218,17 +250,34 @@ async def record(
             )
             retries.setdefault(delay, []).append(o.delivery)
         params.append(row)
-    await until_written(r, lambda: _write(r, outcomes, params, hashes, still_sending, now))
+    written: dict[int, int] = {}  # a slice's mails: subscriber id -> the new row's id
+    alive_only = False
+
+    async def write() -> None:
+        written.clear()
+        await _write(
+            r, outcomes, params, hashes, still_sending, now, slice_, final, written, alive_only
+        )
+
+    try:
+        await until_written(r, write)
+    except IntegrityError:
+        if slice_ is None:
+            raise
+        # A subscriber erased between the slice's read and this write (its foreign key): once
+        # more, leaving out who is gone (the erasure is committed now).
+        alive_only = True
+        await until_written(r, write)
     for o in outcomes:
         DELIVERIES.labels(o.status).inc()
     for delay, rows in retries.items():
+        ids = [written.get(c.subscriber_id, 0) if slice_ else c.id for c in rows]
+        ids = [i for i in ids if i]
+        if not ids:
+            continue
         try:
             await enqueue_retry(
-                r,
-                [c.id for c in rows],
-                delay + DEFER_MARGIN,
-                f"{now.timestamp():.6f}",
-                event_pks_of(rows),
+                r, ids, delay + DEFER_MARGIN, f"{now.timestamp():.6f}", event_pks_of(rows)
             )
         except (RedisError, OSError) as exc:
             log.warning("retry not enqueued (the sweep will): %s", exc)
@@ -241,8 +290,13 @@ async def _write(
     hashes: dict[int, str],
     still_sending: list[Claimed],
     now: datetime,
+    slice_: SliceClaim | None,
+    final: bool,
+    written: dict[int, int],
+    alive_only: bool = False,
 ) -> None:
-    """Idempotent (updates by primary key, suppression ON CONFLICT): safe to run again."""
+    """Idempotent (updates by primary key, inserts and suppressions ON CONFLICT): safe to run
+    again."""
     async with r.sessions.begin() as session:
         await queries.custom_plans(session)
         for o in outcomes:
@@ -250,6 +304,29 @@ async def _write(
                 await queries.suppress(
                     session, hashes[o.delivery.subscriber_id], "hard_bounce", o.error
                 )
+        if slice_ is not None:
+            if params:
+                rows = [
+                    {
+                        **row,
+                        "subscriber_id": o.delivery.subscriber_id,
+                        "attempts": o.delivery.attempts,
+                        "created_at": o.delivery.created_at,
+                    }
+                    for o, row in zip(outcomes, params, strict=True)
+                ]
+                rows.sort(key=lambda row: row["subscriber_id"])  # ids in subscriber order
+                written.update(await _insert_outcomes(session, slice_.event_pk, rows, alive_only))
+            # The time of this attempt (see below); done once every mail has its row.
+            values: dict[str, Any] = {"queued_at": utcnow()}
+            if final:
+                values["status"] = SliceStatus.DONE
+            await session.execute(
+                update(FanoutSlice)
+                .where(FanoutSlice.id == slice_.id, FanoutSlice.status == SliceStatus.SENDING)
+                .values(**values)
+            )
+            return
         if params:
             await _update_outcomes(session, params, event_pks_of(o.delivery for o in outcomes))
         if still_sending:
@@ -282,6 +359,80 @@ _PG_OUTCOMES = text(
     " WHERE d.id = v.id AND d.id = ANY(CAST(:id AS BIGINT[]))"
     " AND d.event_pk = ANY(CAST(:event_pks AS BIGINT[]))"
 )
+
+
+# A slice's rows, written once with their outcomes; an existing row (a replay's) left alone.
+# `{alive}`: after a foreign-key violation, a subscriber erased since the slice was read is
+# left out (a join, not paid on every write).
+_PG_INSERT_OUTCOMES = (
+    "INSERT INTO deliveries (event_pk, subscriber_id, status, attempts, next_attempt_at,"
+    " last_error, message_id, created_at, sent_at)"
+    " SELECT :event_pk, v.subscriber_id, v.status, v.attempts, v.next_attempt_at,"
+    " v.last_error, v.message_id, v.created_at, v.sent_at"
+    " FROM unnest(CAST(:subscriber_id AS BIGINT[]), CAST(:status AS TEXT[]),"
+    " CAST(:attempts AS INTEGER[]), CAST(:next_attempt_at AS TIMESTAMPTZ[]),"
+    " CAST(:last_error AS TEXT[]), CAST(:message_id AS TEXT[]),"
+    " CAST(:created_at AS TIMESTAMPTZ[]), CAST(:sent_at AS TIMESTAMPTZ[]))"
+    " AS v(subscriber_id, status, attempts, next_attempt_at, last_error, message_id,"
+    " created_at, sent_at){alive}"
+    " ON CONFLICT (event_pk, subscriber_id) DO NOTHING"
+)
+_PG_INSERT = text(_PG_INSERT_OUTCOMES.format(alive=""))
+_PG_INSERT_ALIVE = text(
+    _PG_INSERT_OUTCOMES.format(alive=" JOIN subscribers AS s ON s.id = v.subscriber_id")
+)
+_INSERTED_COLUMNS = (
+    "subscriber_id",
+    "status",
+    "attempts",
+    "next_attempt_at",
+    "last_error",
+    "message_id",
+    "created_at",
+    "sent_at",
+)
+
+
+async def _insert_outcomes(
+    session: AsyncSession, event_pk: int, rows: list[dict[str, Any]], alive_only: bool
+) -> dict[int, int]:
+    """The rows of a slice's mails; {subscriber id: new row id} of those written pending (a
+    retry's job names its rows by id). No RETURNING for the rest: 500 rows read back cost the
+    worker more than the one SELECT a batch with retries needs."""
+    retrying = [row["subscriber_id"] for row in rows if row["status"] == DeliveryStatus.PENDING]
+    if queries.dialect_name(session) == "postgresql":
+        columns = {name: [row[name] for row in rows] for name in _INSERTED_COLUMNS}
+        statement = _PG_INSERT_ALIVE if alive_only else _PG_INSERT
+        await session.execute(statement, {**columns, "event_pk": event_pk})
+        if not retrying:
+            return {}
+        found = await session.execute(
+            select(Delivery.subscriber_id, Delivery.id).where(
+                Delivery.event_pk == event_pk,
+                queries.one_of(session, Delivery.subscriber_id, retrying),
+                Delivery.status == DeliveryStatus.PENDING,
+            )
+        )
+        return {sid: did for sid, did in found.all()}  # noqa: C416  # Rows, not pairs
+    alive = set(
+        await session.scalars(
+            select(Subscriber.id).where(Subscriber.id.in_([row["subscriber_id"] for row in rows]))
+        )
+    )
+    values = [
+        {"event_pk": event_pk, **{name: row[name] for name in _INSERTED_COLUMNS}}
+        for row in rows
+        if row["subscriber_id"] in alive
+    ]
+    if not values:
+        return {}
+    stmt = (
+        queries.insert_for(session, Delivery)
+        .on_conflict_do_nothing(index_elements=["event_pk", "subscriber_id"])
+        .returning(Delivery.subscriber_id, Delivery.id)
+    )
+    found = await session.execute(stmt, values)
+    return {sid: did for sid, did in found.all()}  # noqa: C416  # Rows, not pairs
 
 
 def event_pks_of(rows: Iterable[Claimed]) -> list[int]:

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from notifier.clock import utcnow
 from notifier.data import partitions
 from notifier.data.models import Delivery, Event, FanoutSlice
-from notifier.data.states import LIVE_DELIVERY, OPEN_EVENT
+from notifier.data.states import LIVE_DELIVERY, OPEN_EVENT, OPEN_SLICE
 from notifier.data.study_tables import Study, StudyVersion
 from notifier.jobs.context import resources_of
 from notifier.resources import Resources
@@ -127,11 +127,13 @@ async def _delete_rows(r: Resources, cutoff: datetime, now: datetime) -> int:
     """SQLite: mark the finished events compacted, then delete their rows DELETE_BATCH at a
     time, each batch's counts added in the transaction that deletes it; then their slices."""
     live = exists().where(Delivery.event_pk == Event.id, Delivery.status.in_(LIVE_DELIVERY))
+    unsent = exists().where(FanoutSlice.event_pk == Event.id, FanoutSlice.status.in_(OPEN_SLICE))
     due = select(Event.id).where(
         Event.compacted_at.is_(None),
         Event.status.not_in(OPEN_EVENT),
         Event.fanned_out_at < cutoff,
         ~live,
+        ~unsent,
     )
 
     async def mark(session: AsyncSession, ids: list[int]) -> None:

@@ -14,6 +14,7 @@ import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Any
 
 from limits import RateLimitItemPerSecond
@@ -27,6 +28,7 @@ from notifier.jobs.outcomes import (
     Claimed,
     Outcome,
     Outgoing,
+    SliceClaim,
     claim,
     failure,
     prepare,
@@ -97,11 +99,15 @@ class Batch:
         hashes: dict[int, str],
         renderers: dict[int, AlertRenderer],
         renewed: float,
+        event_at: dict[int, datetime],
+        slice_: SliceClaim | None = None,
     ) -> None:
         self.r = r
         self.hashes = hashes
         self.renderers = renderers
         self.renewed = renewed
+        self.event_at = event_at  # when each event was received: receipts carry it
+        self.slice = slice_  # a slice's batch writes its rows as it records (jobs/outcomes.py)
         self.queue = deque(outgoing)
         self.done: list[Outcome] = []
         self.last_flush = time.monotonic()
@@ -126,7 +132,9 @@ class Batch:
         send rate: a slow but live batch must never look dead to the sweep)."""
         outcomes, self.done = self.owned(self.done), []
         started = time.monotonic()
-        await record(self.r, outcomes, self.hashes, [i.delivery for i in self.queue])
+        await record(
+            self.r, outcomes, self.hashes, [i.delivery for i in self.queue], slice_=self.slice
+        )
         forget_sent(self.r, outcomes)
         self.last_flush = time.monotonic()
         if not self.lapsed():
@@ -164,11 +172,13 @@ class Batch:
                 len(self.queue),
                 mask(str(exc)),
             )
+            self.queue.clear()  # each has its outcome (a retry)
         finally:
             # Also on any other error: what was sent is recorded; the rest stays claimed for
-            # the sweep.
+            # the sweep (a slice's too: it stays `sending` until every mail has its row).
             outcomes = self.owned(self.done)
-            await record(self.r, outcomes, self.hashes, [])
+            final = not self.queue and not self.lapsed()
+            await record(self.r, outcomes, self.hashes, [], slice_=self.slice, final=final)
             forget_sent(self.r, outcomes)
 
     async def _session(self) -> None:
@@ -216,7 +226,9 @@ class Batch:
                     self.done.append(sent)
                     if sent.message_id is not None:
                         c = item.delivery
-                        self.receipts.append(r.receipts.note(c.id, c.created_at, sent.message_id))
+                        at = self.event_at[c.event_pk]
+                        landing = r.receipts.note(c.event_pk, c.subscriber_id, at, sent.message_id)
+                        self.receipts.append(landing)
                     MAILS.labels("alert").inc()
                     log.info(
                         "mail sent: alert for event %d, delivery %d (subscriber %d)",
@@ -253,17 +265,27 @@ async def send_batch(
     return await send_claimed(r, await claim(r, delivery_ids, event_pks), claimed_at)
 
 
-async def send_claimed(r: Resources, claimed: list[Claimed], claimed_at: float) -> dict[str, int]:
+async def send_claimed(
+    r: Resources, claimed: list[Claimed], claimed_at: float, slice_: SliceClaim | None = None
+) -> dict[str, int]:
     """Re-check and send rows this job has claimed (at `claimed_at`, time.monotonic(), or
-    before: the claim's lapse is counted from it)."""
+    before: the claim's lapse is counted from it); or, with `slice_`, the mails of a slice this
+    job has taken, whose rows are written with their outcomes."""
     if not claimed:
+        if slice_ is not None:
+            await record(r, [], {}, [], slice_=slice_, final=True)
         return {"claimed": 0}
-    claimed = await unless_already_sent(r, claimed)  # a dead worker's, accepted: recorded
-    outgoing, outcomes, hashes, renderers = await prepare(r, claimed)
-    await record(r, outcomes, hashes, [])
-    if outgoing:
-        await Batch(r, outgoing, hashes, renderers, claimed_at).run()
-    return {"claimed": len(claimed), "sent_or_tried": len(outgoing)}
+    # A dead worker's mails the relay had accepted: recorded, not sent again.
+    claimed = await unless_already_sent(r, claimed, slice_)
+    ready = await prepare(r, claimed)
+    final = slice_ is not None and not ready.outgoing
+    await record(r, ready.outcomes, ready.hashes, [], slice_=slice_, final=final)
+    if ready.outgoing:
+        batch = Batch(
+            r, ready.outgoing, ready.hashes, ready.renderers, claimed_at, ready.event_at, slice_
+        )
+        await batch.run()
+    return {"claimed": len(claimed), "sent_or_tried": len(ready.outgoing)}
 
 
 async def send_deliveries(

@@ -41,21 +41,24 @@ async def sweep(ctx: dict[str, Any]) -> dict[str, int]:
 async def _sweep(r: Resources) -> dict[str, int]:
     """Re-enqueue deliveries, slices and events that waited longer than `sweep_stale_after`.
 
-    Pending slices whose job was lost get a fresh queued_at and job. Pending rows whose job was
-    lost, and `sending` rows whose worker died (the claim time is kept
-    in next_attempt_at and refreshed while a batch is in progress), go back to pending with a
-    fresh timestamp, so the next sweep leaves them alone while their new job waits in the queue.
+    Pending slices whose job was lost, and `sending` slices whose job died (queued_at holds the
+    claim time, refreshed while the batch is in progress), go back to pending with a fresh
+    queued_at and a fresh job. Pending rows whose job was lost, and `sending` rows whose worker
+    died (the claim time is kept in next_attempt_at and refreshed while a batch is in
+    progress), go back to pending with a fresh timestamp, so the next sweep leaves them alone
+    while their new job waits in the queue.
 
-    Not `sending` rows for NOTIFIER_SWEEP_STALE_AFTER after any worker found the database
-    unreachable (Resources.outage): no batch could renew its claim meanwhile, and a live one
-    lands its outcomes within a second of the database's return. Taking its rows first would
-    mail them again.
+    Not `sending` rows or slices for NOTIFIER_SWEEP_STALE_AFTER after any worker found the
+    database unreachable (Resources.outage): no batch could renew its claim meanwhile, and a
+    live one lands its outcomes within a second of the database's return. Taking its mails
+    first would mail them again.
     """
     now = utcnow()
     stale_after = r.settings.sweep_stale_after
     cutoff = now - timedelta(seconds=stale_after)
     pending, sending = DeliveryStatus.PENDING, DeliveryStatus.SENDING
-    statuses = (pending,) if await r.outage.within_window() else (pending, sending)
+    outage = await r.outage.within_window()
+    statuses = (pending,) if outage else (pending, sending)
     recovered = 0
     while True:
         where = (Delivery.status.in_(statuses), Delivery.next_attempt_at < cutoff)
@@ -72,7 +75,7 @@ async def _sweep(r: Resources) -> dict[str, int]:
         recovered += len(rows)
         if len(rows) < SWEEP_CHUNK:
             break
-    slices = await _sweep_slices(r, now, cutoff)
+    slices = await _sweep_slices(r, now, cutoff, outage)
     confirmations = await _sweep_confirmations(r, now, cutoff)
     async with r.sessions.begin() as session:
         events = list(
@@ -134,12 +137,15 @@ async def _sweep_confirmations(r: Resources, now: datetime, cutoff: datetime) ->
     return len(rows)
 
 
-async def _sweep_slices(r: Resources, now: datetime, cutoff: datetime) -> int:
-    """Pending slices queued before `cutoff`: a fresh queued_at, a fresh job each."""
+async def _sweep_slices(r: Resources, now: datetime, cutoff: datetime, outage: bool) -> int:
+    """Slices pending, or sending (not just after a database outage), since before `cutoff`:
+    pending again with a fresh queued_at, a fresh job each."""
+    statuses = [SliceStatus.PENDING] if outage else [SliceStatus.PENDING, SliceStatus.SENDING]
+    values = {"queued_at": now, "status": SliceStatus.PENDING}
     count = 0
     while True:
-        where = (FanoutSlice.status == SliceStatus.PENDING, FanoutSlice.queued_at < cutoff)
-        ids = [row[0] for row in await _take_stale(r, FanoutSlice, where, {"queued_at": now})]
+        where = (FanoutSlice.status.in_(statuses), FanoutSlice.queued_at < cutoff)
+        ids = [row[0] for row in await _take_stale(r, FanoutSlice, where, values)]
         await enqueue_slices(r, ids, int(now.timestamp()))
         count += len(ids)
         if len(ids) < SWEEP_CHUNK:

@@ -46,7 +46,7 @@ KNOWN = {
     "subscriptions": ("pending", "confirmed", "unsubscribed"),
     "events": ("received", "fanning_out", "fanned_out", "immaterial"),
     "deliveries": ("pending", "sending", "sent", "failed", "skipped", "held"),
-    "fanout_slices": ("pending", "done"),
+    "fanout_slices": ("pending", "sending", "done"),
 }
 
 # The test mail uses the notification layout, so it shows what real alerts look like. It lives
