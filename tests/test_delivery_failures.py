@@ -18,10 +18,11 @@ from urllib.parse import urlsplit
 import pytest
 import time_machine
 from aiohttp.test_utils import TestClient, TestServer
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, insert, select, update
 
 from notifier.app import create_app
 from notifier.clock import utcnow
+from notifier.core import events
 from notifier.data.models import (
     Delivery,
     Event,
@@ -30,8 +31,9 @@ from notifier.data.models import (
     Subscription,
     Suppression,
 )
+from notifier.data.states import DeliveryStatus
 from notifier.jobs.fanout import fanout_event, take_slice
-from notifier.jobs.outcomes import claim
+from notifier.jobs.outcomes import Outcome, claim, record
 from notifier.jobs.sending import send_deliveries
 from notifier.jobs.sweep import sweep
 from notifier.resources import Resources, open_resources
@@ -546,3 +548,73 @@ async def test_redis_down_at_ingestion_still_stores_and_answers_202(
         await r.redis.enqueue_job("sweep")
         await run_worker(r)
     assert per_address(smtp) == {"ada@example.org": 1}
+
+
+async def test_a_lapsed_slice_job_cannot_mark_done_the_run_that_took_over(
+    client: TestClient[Any, Any], resources: Resources
+) -> None:
+    """The sweep handed a stalled job's slice to another job: the stalled one, waking, may
+    record what it sent, but neither renews the new run's claim nor marks the slice done
+    under it (a later death of the new run would otherwise lose its unsent mails)."""
+    r = resources
+    event_pk = await three_followers_event(r, client, "l")
+    await fanout_event({"resources": r}, event_pk)
+    await r.redis.flushdb()
+    async with r.sessions() as session:
+        (slice_id,) = (await session.scalars(select(FanoutSlice.id))).all()
+    first = await take_slice(r, slice_id)
+    assert first is not None
+    async with r.sessions.begin() as session:  # the sweep, once the claim is stale
+        await session.execute(
+            update(FanoutSlice).where(FanoutSlice.id == slice_id).values(status="pending")
+        )
+    second = await take_slice(r, slice_id)
+    assert second is not None
+    assert (first[0].run, second[0].run) == (1, 2)
+    assert [m.attempts for m in second[1]] == [2, 2, 2]  # receipts are read for them
+
+    async def status() -> str | None:
+        async with r.sessions() as session:
+            return await session.scalar(
+                select(FanoutSlice.status).where(FanoutSlice.id == slice_id)
+            )
+
+    await record(r, [], {}, [], slice_=first[0], final=True)
+    assert await status() == "sending"  # still the second run's
+    await record(r, [], {}, [], slice_=second[0], final=True)
+    assert await status() == "done"
+
+
+async def test_progress_counts_a_slice_being_sent_as_pending(
+    client: TestClient[Any, Any], resources: Resources, smtp: RecordingSMTP
+) -> None:
+    """While a slice's job sends (its rows written as outcomes come), the progress answer
+    counts its unwritten mails as pending, never a mail twice; the same once the sweep has put
+    a half-written slice back to pending."""
+    r = resources
+    event_pk = await three_followers_event(r, client, "p")
+    await fanout_event({"resources": r}, event_pk)
+    await r.redis.flushdb()
+    async with r.sessions() as session:
+        (slice_id,) = (await session.scalars(select(FanoutSlice.id))).all()
+        event_id = await session.scalar(select(Event.event_id).where(Event.id == event_pk))
+    assert event_id is not None
+    taken = await take_slice(r, slice_id)
+    assert taken is not None
+    claim_, mails = taken
+
+    async def counts() -> tuple[int, int]:
+        async with r.sessions() as session:
+            found = await events.progress(session, event_id)
+        assert found is not None
+        return found["sent"], found["pending"]
+
+    assert await counts() == (0, 3)
+    sent = Outcome(mails[0], DeliveryStatus.SENT, message_id="<one@notify>")
+    await record(r, [sent], {}, [], slice_=claim_)
+    assert await counts() == (1, 2)
+    async with r.sessions.begin() as session:  # the sweep puts it back
+        await session.execute(
+            update(FanoutSlice).where(FanoutSlice.id == slice_id).values(status="pending")
+        )
+    assert await counts() == (1, 2)

@@ -321,3 +321,35 @@ async def test_an_error_reply_fails_its_write_and_switches_receipts_off(
     await book.landed(landing)
     assert isinstance(landing.exception(), ResponseError)
     assert not book.on
+
+
+async def test_writes_lost_twice_switch_receipts_off_within_their_timeout(
+    client: TestClient[Any, Any], resources: Resources, redis_link: TcpProxy
+) -> None:
+    """A flapping Redis (each connection dropped with the write on it): a write goes once more
+    on a new connection, not a third time; within its first deadline receipts go off and the
+    batch waiting for it goes on (it is never held longer than WRITE_TIMEOUT and a bit)."""
+    r = resources
+    ids = await fanned_out(r, client, 2)
+    first, second = await claim(r, sorted(ids.values()))
+    link = Redis.from_url(f"redis://127.0.0.1:{redis_link.port}/{REDIS_DB}")
+    book = ReceiptBook(link, r.receipts.prefix, r.settings.sweep_stale_after)
+    await book.landed(book.note(first.event_pk, first.subscriber_id, EVENT_AT, "<a@x>"))
+    redis_link.delay = 0.1  # every write is held on the link for a while
+
+    async def drop_links() -> None:
+        for _ in range(2):
+            await asyncio.sleep(0.05)
+            for writer in list(redis_link._writers):
+                writer.transport.abort()
+            await asyncio.sleep(0.1)  # the write went again on a new connection
+
+    started = time.monotonic()
+    dropping = asyncio.create_task(drop_links())
+    await book.landed(book.note(second.event_pk, second.subscriber_id, EVENT_AT, "<b@x>"))
+    await dropping
+    assert time.monotonic() - started < 2 * WRITE_TIMEOUT
+    assert not book.on
+    redis_link.delay = 0
+    await book.close()
+    await link.aclose()

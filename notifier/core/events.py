@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from redis.exceptions import RedisError
-from sqlalchemy import func, select, update
+from sqlalchemy import case, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from notifier.clock import utcnow
@@ -25,6 +25,7 @@ from notifier.core.normalize import (
 )
 from notifier.data.models import Delivery, Event, EventDeliveryCount, FanoutSlice
 from notifier.data.queries import insert_for
+from notifier.data.states import OPEN_SLICE
 from notifier.metrics import EVENTS
 from notifier.queue import enqueue_fanout
 from notifier.resources import Resources
@@ -319,26 +320,24 @@ async def progress(session: AsyncSession, event_id: str) -> dict[str, Any] | Non
         )
     ):
         counts[status] += n
-    # Recipients of slices whose delivery rows are not written yet count as pending too: a
-    # pending slice's whole run, a sending one's less the rows its batch wrote so far.
+    # Recipients of slices not done count as pending too: each open slice's run less the rows
+    # written in it so far (by its batch, or by a run before it), in one statement.
+    written = (
+        select(func.count())
+        .where(
+            Delivery.event_pk == FanoutSlice.event_pk,
+            Delivery.subscriber_id > FanoutSlice.after_id,
+            Delivery.subscriber_id <= FanoutSlice.last_id,
+        )
+        .correlate(FanoutSlice)
+        .scalar_subquery()
+    )
+    left = FanoutSlice.size - written
     unsliced = await session.scalar(
-        select(func.coalesce(func.sum(FanoutSlice.size), 0)).where(
-            FanoutSlice.event_pk == event.id, FanoutSlice.status == "pending"
+        select(func.coalesce(func.sum(case((left > 0, left), else_=0)), 0)).where(
+            FanoutSlice.event_pk == event.id, FanoutSlice.status.in_(OPEN_SLICE)
         )
     )
-    for after_id, last_id, size in await session.execute(
-        select(FanoutSlice.after_id, FanoutSlice.last_id, FanoutSlice.size).where(
-            FanoutSlice.event_pk == event.id, FanoutSlice.status == "sending"
-        )
-    ):
-        written = await session.scalar(
-            select(func.count()).where(
-                Delivery.event_pk == event.id,
-                Delivery.subscriber_id > after_id,
-                Delivery.subscriber_id <= last_id,
-            )
-        )
-        unsliced = int(unsliced or 0) + max(0, size - int(written or 0))
     return {
         "event_id": event.event_id,
         "status": event.status,

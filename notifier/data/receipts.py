@@ -62,10 +62,12 @@ class _Write:
     """One write on the wire: its replies still to come, when it is late, and its landing."""
 
     payload: bytes
-    replies: int
-    deadline: float  # loop time
+    commands: int
+    deadline: float  # loop time: the first send's, kept when it is sent again
     landing: Landing | None
+    replies: int = -1  # still to come on the connection it went on (set by _Replies.send)
     error: str | None = None  # the first error reply
+    resent: bool = False  # sent once more after a lost connection: never a third time
 
 
 class _Replies(asyncio.Protocol):
@@ -91,10 +93,15 @@ class _Replies(asyncio.Protocol):
     @classmethod
     async def take(cls, redis: Redis, lost: Callable[[_Replies], None]) -> _Replies:
         conn = redis.connection_pool.make_connection()  # type: ignore[no-untyped-call]
-        await conn.connect()
-        writer = conn._writer  # see the class docstring
-        if writer is None:
-            raise RedisConnectionError("no connection")
+        try:
+            await conn.connect()
+            writer = conn._writer  # see the class docstring
+            if writer is None:
+                raise RedisConnectionError("no connection")
+        except BaseException:
+            with suppress(Exception):
+                await conn.disconnect()
+            raise
         protocol = cls(writer.transport, lost)
         writer.transport.set_protocol(protocol)
         # The socket is ours now: redis-py must not close it, nor the stream writer when it is
@@ -104,6 +111,7 @@ class _Replies(asyncio.Protocol):
         return protocol
 
     def send(self, write: _Write) -> None:
+        write.replies, write.error = write.commands, None  # all of them, on this connection
         self.pending.append(write)
         self.transport.write(write.payload)
 
@@ -306,11 +314,8 @@ class ReceiptBook:
         finally:
             self._opening = None
         self._conn = conn
-        if again:
-            deadline = asyncio.get_running_loop().time() + WRITE_TIMEOUT
-            for write in again:
-                write.deadline = deadline
-                self._send(conn, write)
+        for write in again or ():
+            self._send(conn, write)  # with its first deadline: a resend gets no more time
         if self.sets or self.deletes:
             self._flush()
 
@@ -329,10 +334,20 @@ class ReceiptBook:
         again, conn.pending = list(conn.pending), deque()
         if not again:
             return
-        if self.closing or not self.on or self._opening is not None:
+        if any(write.resent for write in again) or self.closing or self._opening is not None:
+            # Lost twice (a flapping Redis): not a third time, and receipts go off.
+            lost = RedisConnectionError("connection to Redis lost")
+            for write in again:
+                _fail(write.landing, lost)
+            if self.on and not self.closing:
+                self._off(lost)
+            return
+        if not self.on:
             for write in again:
                 _fail(write.landing, RedisConnectionError("connection to Redis lost"))
             return
+        for write in again:
+            write.resent = True
         self._opening = asyncio.get_running_loop().create_task(
             self._open(again), name="notifier-receipts"
         )

@@ -244,7 +244,7 @@ async def take_slice(r: Resources, slice_id: int) -> tuple[SliceClaim, list[Clai
             )
             members = [sid for sid in members if sid not in have]
     mails = [Claimed(0, taken.event_pk, sid, taken.runs, now) for sid in members]
-    return SliceClaim(slice_id, taken.event_pk), mails
+    return SliceClaim(slice_id, taken.event_pk, taken.runs), mails
 
 
 async def send_slice(ctx: dict[str, Any], slice_id: int) -> dict[str, int]:

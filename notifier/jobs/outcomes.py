@@ -52,6 +52,7 @@ class SliceClaim:
 
     id: int
     event_pk: int
+    run: int  # the slice's `runs` when this job took it: another run's claim is not ours
 
 
 # A claimed row as claim() and a slice's claimed insert return it: Claimed's fields, in order.
@@ -323,7 +324,13 @@ async def _write(
                 values["status"] = SliceStatus.DONE
             await session.execute(
                 update(FanoutSlice)
-                .where(FanoutSlice.id == slice_.id, FanoutSlice.status == SliceStatus.SENDING)
+                .where(
+                    FanoutSlice.id == slice_.id,
+                    FanoutSlice.status == SliceStatus.SENDING,
+                    # A batch whose claim lapsed (the sweep handed the slice to another job)
+                    # neither renews that job's claim nor marks the slice done under it.
+                    FanoutSlice.runs == slice_.run,
+                )
                 .values(**values)
             )
             return

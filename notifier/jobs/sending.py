@@ -127,6 +127,13 @@ class Batch:
             [o for o in outcomes if o.status == DeliveryStatus.SENT] if self.lapsed() else outcomes
         )
 
+    def forget(self, outcomes: list[Outcome]) -> None:
+        """The receipts of what was just recorded go, unless the claim lapsed: the job the
+        sweep handed the mails to may not have read them yet, and reads them, not our rows,
+        to know who was mailed (they expire on their own)."""
+        if not self.lapsed():
+            forget_sent(self.r, outcomes)
+
     async def flush(self) -> None:
         """Record what was sent and refresh the claim of the rest (also while waiting for the
         send rate: a slow but live batch must never look dead to the sweep)."""
@@ -135,7 +142,7 @@ class Batch:
         await record(
             self.r, outcomes, self.hashes, [i.delivery for i in self.queue], slice_=self.slice
         )
-        forget_sent(self.r, outcomes)
+        self.forget(outcomes)
         self.last_flush = time.monotonic()
         if not self.lapsed():
             self.renewed = started  # the refresh was written at or after `started`
@@ -179,7 +186,7 @@ class Batch:
             outcomes = self.owned(self.done)
             final = not self.queue and not self.lapsed()
             await record(self.r, outcomes, self.hashes, [], slice_=self.slice, final=final)
-            forget_sent(self.r, outcomes)
+            self.forget(outcomes)
 
     async def _session(self) -> None:
         """Send the queue's messages over one SMTP connection until it is empty or drops.
