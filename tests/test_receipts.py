@@ -81,6 +81,19 @@ async def noted(r: Resources, c: Claimed, message_id: str) -> None:
     await r.receipts.landed(r.receipts.note(c.event_pk, c.subscriber_id, at, message_id))
 
 
+async def book_over_the_link(
+    r: Resources, client: TestClient[Any, Any], redis_link: TcpProxy
+) -> tuple[Claimed, Claimed, Redis, ReceiptBook]:
+    """Two claimed rows, and a receipt book of its own over the proxied link with the first
+    row's receipt landed (its connection open): (first, second, the client, the book)."""
+    ids = await fanned_out(r, client, 2)
+    first, second = await claim(r, sorted(ids.values()))
+    link = Redis.from_url(f"redis://127.0.0.1:{redis_link.port}/{REDIS_DB}")
+    book = ReceiptBook(link, r.receipts.prefix, r.settings.sweep_stale_after)
+    await book.landed(book.note(first.event_pk, first.subscriber_id, EVENT_AT, "<a@x>"))
+    return first, second, link, book
+
+
 @pytest.fixture
 async def redis_link() -> AsyncIterator[TcpProxy]:
     """Redis behind a proxy that can be made a slow link."""
@@ -260,11 +273,7 @@ async def test_a_redis_that_stops_answering_stops_nobody_for_long(
     the batch waiting for its receipt goes on after about that long, and receipts are off for
     COOL_DOWN (the watch timer, not a timeout a wait)."""
     r = resources
-    ids = await fanned_out(r, client, 2)
-    first, second = await claim(r, sorted(ids.values()))
-    slow = Redis.from_url(f"redis://127.0.0.1:{redis_link.port}/{REDIS_DB}")
-    book = ReceiptBook(slow, r.receipts.prefix, r.settings.sweep_stale_after)
-    await book.landed(book.note(first.event_pk, first.subscriber_id, EVENT_AT, "<a@x>"))
+    _first, second, slow, book = await book_over_the_link(r, client, redis_link)
     assert book.on
     redis_link.delay = 10 * WRITE_TIMEOUT
     started = time.monotonic()
@@ -284,11 +293,7 @@ async def test_writes_on_a_dropped_connection_go_again_on_a_new_one(
     """The connection drops with a write on it (its replies can no longer come): the write
     goes once more on a new connection and lands; receipts stay on."""
     r = resources
-    ids = await fanned_out(r, client, 2)
-    first, second = await claim(r, sorted(ids.values()))
-    link = Redis.from_url(f"redis://127.0.0.1:{redis_link.port}/{REDIS_DB}")
-    book = ReceiptBook(link, r.receipts.prefix, r.settings.sweep_stale_after)
-    await book.landed(book.note(first.event_pk, first.subscriber_id, EVENT_AT, "<a@x>"))
+    first, second, link, book = await book_over_the_link(r, client, redis_link)
     old = book._conn
     redis_link.delay = 0.2
     landing = book.note(second.event_pk, second.subscriber_id, EVENT_AT, "<b@x>")
@@ -330,11 +335,7 @@ async def test_writes_lost_twice_switch_receipts_off_within_their_timeout(
     on a new connection, not a third time; within its first deadline receipts go off and the
     batch waiting for it goes on (it is never held longer than WRITE_TIMEOUT and a bit)."""
     r = resources
-    ids = await fanned_out(r, client, 2)
-    first, second = await claim(r, sorted(ids.values()))
-    link = Redis.from_url(f"redis://127.0.0.1:{redis_link.port}/{REDIS_DB}")
-    book = ReceiptBook(link, r.receipts.prefix, r.settings.sweep_stale_after)
-    await book.landed(book.note(first.event_pk, first.subscriber_id, EVENT_AT, "<a@x>"))
+    _first, second, link, book = await book_over_the_link(r, client, redis_link)
     redis_link.delay = 0.1  # every write is held on the link for a while
 
     async def drop_links() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import replace
 
 import asyncpg
@@ -45,17 +47,23 @@ def test_data_and_schema_errors_are_not(orig: Exception) -> None:
     assert not transient_db_error(wrapped(orig))
 
 
+@asynccontextmanager
+async def database_down(resources: Resources) -> AsyncIterator[Resources]:
+    """The same resources with PostgreSQL unreachable ("connection refused")."""
+    dead = make_engine("postgresql+asyncpg://postgres@127.0.0.1:1/none")
+    try:
+        yield replace(resources, engine=dead, sessions=make_sessionmaker(dead))
+    finally:
+        await dead.dispose()
+
+
 @pytest.mark.postgres_only
 async def test_a_confirmation_job_waits_out_a_database_outage(resources: Resources) -> None:
     # The soak's second finding: a signup answered 202 as PostgreSQL restarted; its confirmation
     # job failed for good on "connection refused" and the mail never came.
-    dead = make_engine("postgresql+asyncpg://postgres@127.0.0.1:1/none")
-    try:
-        down = replace(resources, engine=dead, sessions=make_sessionmaker(dead))
+    async with database_down(resources) as down:
         with pytest.raises(Retry):
             await send_confirmation({"resources": down, "job_try": 1}, 1)
-    finally:
-        await dead.dispose()
     # With the database back, the same job runs (subscriber 1 does not exist here: "gone").
     assert await send_confirmation({"resources": resources}, 1) == "gone"
 
@@ -64,15 +72,11 @@ async def test_a_confirmation_job_waits_out_a_database_outage(resources: Resourc
 async def test_manage_link_jobs_wait_out_a_database_outage(resources: Resources) -> None:
     # The same gap in the manage-link jobs (POST /v1/manage answers 202, then the job looks the
     # address up and mails the link): a database restart lost the link for good.
-    dead = make_engine("postgresql+asyncpg://postgres@127.0.0.1:1/none")
-    try:
-        down = replace(resources, engine=dead, sessions=make_sessionmaker(dead))
+    async with database_down(resources) as down:
         with pytest.raises(Retry):
             await send_manage_link({"resources": down, "job_try": 1}, 1)
         with pytest.raises(Retry):
             await manage_link_request({"resources": down, "job_try": 2}, "0" * 64, "0" * 64)
-    finally:
-        await dead.dispose()
     assert await send_manage_link({"resources": resources}, 1) == "skipped"  # no subscriber 1
     assert await manage_link_request({"resources": resources}, "0" * 64, "0" * 64) == (
         "nothing to send"

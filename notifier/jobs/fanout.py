@@ -136,34 +136,58 @@ async def slice_members(
         cursor = page[-1]
 
 
+@dataclass(frozen=True)
+class _Taken:
+    """A slice as its take returned it."""
+
+    event_pk: int
+    after_id: int
+    last_id: int
+    size: int
+    runs: int
+
+
+async def _take(session: AsyncSession, slice_id: int, values: dict[str, Any]) -> _Taken | None:
+    """pending -> `values` for this slice (the UPDATE locks it: a twin job waits, then finds
+    it taken): its event, run of ids, size and runs; None when it is not pending."""
+    row = (
+        await session.execute(
+            update(FanoutSlice)
+            .where(FanoutSlice.id == slice_id, FanoutSlice.status == SliceStatus.PENDING)
+            .values(**values)
+            .returning(
+                FanoutSlice.event_pk,
+                FanoutSlice.after_id,
+                FanoutSlice.last_id,
+                FanoutSlice.size,
+                FanoutSlice.runs,
+            )
+            .execution_options(synchronize_session=False)
+        )
+    ).first()
+    return None if row is None else _Taken(*row)
+
+
+async def _members_now(session: AsyncSession, taken: _Taken) -> list[int]:
+    """Who matches in a taken slice's run now."""
+    # The event is there: deleting it would have cascaded to the slice the take locked.
+    payload = (
+        await session.execute(select(Event.payload).where(Event.id == taken.event_pk))
+    ).scalar_one()
+    return await slice_members(
+        session, match_keys(payload), taken.after_id, taken.last_id, taken.size
+    )
+
+
 async def materialise(r: Resources, slice_id: int) -> list[int] | None:
     """Write a pending slice's delivery rows (pending) and mark it done, in one transaction:
     the new rows' ids, or None when another run did it already. Rows that exist (a replay)
     are left alone. Not the send path (send_slice): rows for another job to send."""
     async with r.sessions.begin() as session:
-        # The UPDATE locks the slice: a twin job waits, then finds it done.
-        taken = (
-            await session.execute(
-                update(FanoutSlice)
-                .where(FanoutSlice.id == slice_id, FanoutSlice.status == SliceStatus.PENDING)
-                .values(status=SliceStatus.DONE)
-                .returning(
-                    FanoutSlice.event_pk,
-                    FanoutSlice.after_id,
-                    FanoutSlice.last_id,
-                    FanoutSlice.size,
-                )
-                .execution_options(synchronize_session=False)
-            )
-        ).first()
+        taken = await _take(session, slice_id, {"status": SliceStatus.DONE})
         if taken is None:
             return None
-        # The event is there: deleting it would have cascaded to the slice this UPDATE locked.
-        payload = (
-            await session.execute(select(Event.payload).where(Event.id == taken.event_pk))
-        ).scalar_one()
-        mk = match_keys(payload)
-        members = await slice_members(session, mk, taken.after_id, taken.last_id, taken.size)
+        members = await _members_now(session, taken)
         if not members:
             return []
         return [c.id for c in await insert_deliveries(session, taken.event_pk, members)]
@@ -195,22 +219,8 @@ async def take_slice(r: Resources, slice_id: int) -> tuple[SliceClaim, list[Clai
     without rows. The older one never waits for the newer: no two wait for each other."""
     now = utcnow()
     async with r.sessions.begin() as session:
-        # The UPDATE locks the slice: a twin job waits, then finds it taken.
-        taken = (
-            await session.execute(
-                update(FanoutSlice)
-                .where(FanoutSlice.id == slice_id, FanoutSlice.status == SliceStatus.PENDING)
-                .values(status=SliceStatus.SENDING, queued_at=now, runs=FanoutSlice.runs + 1)
-                .returning(
-                    FanoutSlice.event_pk,
-                    FanoutSlice.after_id,
-                    FanoutSlice.last_id,
-                    FanoutSlice.size,
-                    FanoutSlice.runs,
-                )
-                .execution_options(synchronize_session=False)
-            )
-        ).first()
+        claim = {"status": SliceStatus.SENDING, "queued_at": now, "runs": FanoutSlice.runs + 1}
+        taken = await _take(session, slice_id, claim)
         if taken is None:
             return None
         overlapping = await session.scalar(
@@ -226,12 +236,7 @@ async def take_slice(r: Resources, slice_id: int) -> tuple[SliceClaim, list[Clai
         )
         if overlapping is not None:
             raise _Busy  # rolls the take back: still pending
-        # The event is there: deleting it would have cascaded to the slice this UPDATE locked.
-        payload = (
-            await session.execute(select(Event.payload).where(Event.id == taken.event_pk))
-        ).scalar_one()
-        mk = match_keys(payload)
-        members = await slice_members(session, mk, taken.after_id, taken.last_id, taken.size)
+        members = await _members_now(session, taken)
         if members:
             have = set(
                 await session.scalars(
