@@ -41,7 +41,6 @@ log = logging.getLogger("notifier.fanout")
 # A slice's send job reads its run with a little room above the size the fan-out found, so that
 # a few confirmations since then cost no second round trip.
 SLICE_SLACK = 64
-MATERIALISE_TRIES = 3
 
 
 # PostgreSQL: the page's ids as one array parameter. Each row of an executemany costs ~40 µs of
