@@ -320,6 +320,25 @@ async def test_the_sweep_recovers_rows_claimed_by_a_dead_worker(
     assert per_address(smtp) == {f"d{i}@example.org": 1 for i in range(3)}
 
 
+async def one_slice(r: Resources, client: TestClient[Any, Any], prefix: str) -> tuple[int, int]:
+    """An event with three followers fanned out into one slice whose job was lost:
+    (event pk, slice id)."""
+    event_pk = await three_followers_event(r, client, prefix)
+    await fanout_event({"resources": r}, event_pk)
+    await r.redis.flushdb()
+    async with r.sessions() as session:
+        (slice_id,) = (await session.scalars(select(FanoutSlice.id))).all()
+    return event_pk, slice_id
+
+
+async def back_to_pending(r: Resources, slice_id: int) -> None:
+    """What the sweep does to a slice whose claim went stale."""
+    async with r.sessions.begin() as session:
+        await session.execute(
+            update(FanoutSlice).where(FanoutSlice.id == slice_id).values(status="pending")
+        )
+
+
 async def test_a_slice_job_that_dies_mid_slice_leaves_it_to_the_sweep(
     client: TestClient[Any, Any], resources: Resources, smtp: RecordingSMTP
 ) -> None:
@@ -328,11 +347,8 @@ async def test_a_slice_job_that_dies_mid_slice_leaves_it_to_the_sweep(
     else may take the slice until it is stale; then the sweep hands it out, the accepted mail
     is recorded from its receipt, and the other two are mailed once each."""
     r = resources
-    event_pk = await three_followers_event(r, client, "s")
-    await fanout_event({"resources": r}, event_pk)
-    await r.redis.flushdb()  # the slice's job is taken by a worker…
+    event_pk, slice_id = await one_slice(r, client, "s")  # its job is taken by a worker…
     async with r.sessions() as session:
-        (slice_id,) = (await session.scalars(select(FanoutSlice.id))).all()
         event_at = await session.scalar(select(Event.received_at).where(Event.id == event_pk))
     assert event_at is not None
     taken = await take_slice(r, slice_id)  # …which takes it…
@@ -557,17 +573,10 @@ async def test_a_lapsed_slice_job_cannot_mark_done_the_run_that_took_over(
     record what it sent, but neither renews the new run's claim nor marks the slice done
     under it (a later death of the new run would otherwise lose its unsent mails)."""
     r = resources
-    event_pk = await three_followers_event(r, client, "l")
-    await fanout_event({"resources": r}, event_pk)
-    await r.redis.flushdb()
-    async with r.sessions() as session:
-        (slice_id,) = (await session.scalars(select(FanoutSlice.id))).all()
+    _, slice_id = await one_slice(r, client, "l")
     first = await take_slice(r, slice_id)
     assert first is not None
-    async with r.sessions.begin() as session:  # the sweep, once the claim is stale
-        await session.execute(
-            update(FanoutSlice).where(FanoutSlice.id == slice_id).values(status="pending")
-        )
+    await back_to_pending(r, slice_id)  # the sweep, once the claim is stale
     second = await take_slice(r, slice_id)
     assert second is not None
     assert (first[0].run, second[0].run) == (1, 2)
@@ -592,11 +601,8 @@ async def test_progress_counts_a_slice_being_sent_as_pending(
     counts its unwritten mails as pending, never a mail twice; the same once the sweep has put
     a half-written slice back to pending."""
     r = resources
-    event_pk = await three_followers_event(r, client, "p")
-    await fanout_event({"resources": r}, event_pk)
-    await r.redis.flushdb()
+    event_pk, slice_id = await one_slice(r, client, "p")
     async with r.sessions() as session:
-        (slice_id,) = (await session.scalars(select(FanoutSlice.id))).all()
         event_id = await session.scalar(select(Event.event_id).where(Event.id == event_pk))
     assert event_id is not None
     taken = await take_slice(r, slice_id)
@@ -613,8 +619,5 @@ async def test_progress_counts_a_slice_being_sent_as_pending(
     sent = Outcome(mails[0], DeliveryStatus.SENT, message_id="<one@notify>")
     await record(r, [sent], {}, [], slice_=claim_)
     assert await counts() == (1, 2)
-    async with r.sessions.begin() as session:  # the sweep puts it back
-        await session.execute(
-            update(FanoutSlice).where(FanoutSlice.id == slice_id).values(status="pending")
-        )
+    await back_to_pending(r, slice_id)  # the sweep puts it back
     assert await counts() == (1, 2)

@@ -55,7 +55,7 @@ class SliceClaim:
     run: int  # the slice's `runs` when this job took it: another run's claim is not ours
 
 
-# A claimed row as claim() and a slice's claimed insert return it: Claimed's fields, in order.
+# A row as claim() and insert_deliveries (materialise) return it: Claimed's fields, in order.
 CLAIMED_COLUMNS = (
     Delivery.id,
     Delivery.event_pk,
