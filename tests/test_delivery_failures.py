@@ -353,7 +353,7 @@ async def test_a_slice_job_that_dies_mid_slice_leaves_it_to_the_sweep(
     assert event_at is not None
     taken = await take_slice(r, slice_id)  # …which takes it…
     assert taken is not None
-    _, mails = taken
+    mails = taken.mails
     assert len(mails) == 3
     first = mails[0]  # …the relay accepts the first mail, the worker dies
     await r.receipts.landed(
@@ -579,8 +579,8 @@ async def test_a_lapsed_slice_job_cannot_mark_done_the_run_that_took_over(
     await back_to_pending(r, slice_id)  # the sweep, once the claim is stale
     second = await take_slice(r, slice_id)
     assert second is not None
-    assert (first[0].run, second[0].run) == (1, 2)
-    assert [m.attempts for m in second[1]] == [2, 2, 2]  # receipts are read for them
+    assert (first.claim.run, second.claim.run) == (1, 2)
+    assert [m.attempts for m in second.mails] == [2, 2, 2]  # receipts are read for them
 
     async def status() -> str | None:
         async with r.sessions() as session:
@@ -588,9 +588,9 @@ async def test_a_lapsed_slice_job_cannot_mark_done_the_run_that_took_over(
                 select(FanoutSlice.status).where(FanoutSlice.id == slice_id)
             )
 
-    await record(r, [], {}, [], slice_=first[0], final=True)
+    await record(r, [], {}, [], slice_=first.claim, final=True)
     assert await status() == "sending"  # still the second run's
-    await record(r, [], {}, [], slice_=second[0], final=True)
+    await record(r, [], {}, [], slice_=second.claim, final=True)
     assert await status() == "done"
 
 
@@ -607,7 +607,7 @@ async def test_progress_counts_a_slice_being_sent_as_pending(
     assert event_id is not None
     taken = await take_slice(r, slice_id)
     assert taken is not None
-    claim_, mails = taken
+    claim_, mails = taken.claim, taken.mails
 
     async def counts() -> tuple[int, int]:
         async with r.sessions() as session:

@@ -386,12 +386,12 @@ async def test_a_subscriber_erased_while_a_slice_is_written_costs_the_others_not
     r = resources
     emails = [f"e{i}@example.org" for i in range(4)]
     subs = [await subscribe(r, email, study="NCT05879978") for email in emails]
-    real_members = notifier.jobs.fanout.slice_members
+    real_matches = notifier.jobs.fanout.slice_matches
     erased = False
 
-    async def members_then_erase(*args: Any) -> list[int]:
+    async def matches_then_erase(*args: Any) -> dict[int, Any]:
         nonlocal erased
-        found = await real_members(*args)
+        found = await real_matches(*args)
         if not erased:
             erased = True
             async with r.sessions.begin() as other:  # another request, committed meanwhile
@@ -400,7 +400,7 @@ async def test_a_subscriber_erased_while_a_slice_is_written_costs_the_others_not
                 )
         return found
 
-    monkeypatch.setattr(notifier.jobs.fanout, "slice_members", members_then_erase)
+    monkeypatch.setattr(notifier.jobs.fanout, "slice_matches", matches_then_erase)
     await post_events(client, [new_study("NCT05879978")])
     await run_worker(r)
     assert erased

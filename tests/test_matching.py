@@ -6,9 +6,16 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import and_, select, text
 
-from notifier.core.matching import active_matches, iter_matching, match_keys, page_parts
+from notifier.core.matching import (
+    active_matches,
+    active_matches_between,
+    active_statement,
+    iter_matching,
+    match_keys,
+    page_parts,
+)
 from notifier.data.models import Subscriber, Subscription
 from notifier.resources import Resources
 from tests.events_factory import new_study, status_change, subscribe
@@ -174,6 +181,44 @@ async def test_active_matches_rechecks_and_honours_event_kinds(resources: Resour
     assert c2.subscriber_id == c1.subscriber_id
 
 
+async def test_a_slice_run_reads_the_same_matches_as_its_ids(resources: Resources) -> None:
+    """A fan-out slice reads who matches in its run of ids (after, last] in one statement: the
+    same subscriptions active_matches finds for those ids, the run's ends as written (the
+    first id excluded, the last included), paused, pending and other kinds' choices left out."""
+    r = resources
+    subs = []
+    for i in range(8):
+        email = f"r{i}@example.org"
+        kinds = ["results_posted"] if i == 3 else None
+        subs.append(await subscribe(r, email, study="NCT05879978", event_kinds=kinds))
+        if i % 2 == 0:  # a second matching subscription of the same subscriber
+            subs.append(await subscribe(r, email, condition="Lung tumours", mesh_id="D008175"))
+    await subscribe(r, "other@example.org", study="NCT00000102")  # another study
+    async with r.sessions.begin() as session:
+        await session.execute(  # paused: not a match until resumed
+            Subscription.__table__.update()
+            .where(Subscription.id == subs[-2].id)  # r6 keeps their study
+            .values(paused=True)
+        )
+    ids = sorted({s.subscriber_id for s in subs})
+    for event in (new_study("NCT05879978"), status_change("NCT05879978", "RECRUITING", "ACTIVE")):
+        mk = match_keys(event)
+        async with r.sessions() as session:
+            for after, last in ((0, ids[-1]), (ids[1], ids[5]), (ids[2], ids[2]), (ids[-1], 2**40)):
+                run = [sid for sid in ids if after < sid <= last]
+                found = await active_matches_between(session, mk, after, last)
+                assert found == await active_matches(session, mk, run)
+                assert list(found) == sorted(found)
+        whole = {sid: [m.id for m in ms] for sid, ms in found.items()}
+        assert ids[3] not in whole  # chose results only
+    async with r.sessions() as session:
+        every = await active_matches_between(
+            session, match_keys(new_study("NCT05879978")), 0, ids[-1]
+        )
+    assert sum(len(ms) for ms in every.values()) == len(subs) - 2  # paused; chose results only
+    assert set(every) == set(ids) - {ids[3]}
+
+
 @pytest.mark.postgres_only
 async def test_every_page_range_uses_a_partial_index_not_a_scan(resources: Resources) -> None:
     """20,000 subscribers with 60,000 subscriptions: every branch is an index range scan."""
@@ -207,6 +252,14 @@ async def test_every_page_range_uses_a_partial_index_not_a_scan(resources: Resou
         for part in parts:
             sql = part.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True})
             plans.append("\n".join(row[0] for row in await conn.execute(text(f"EXPLAIN {sql}"))))
+        # A fan-out slice's read of its run (active_matches_between): ~500 subscribers.
+        mk = match_keys(new_study("NCT05879978"))
+        run = and_(Subscription.subscriber_id > 1234, Subscription.subscriber_id <= 1734)
+        sql = active_statement(mk, run).compile(
+            dialect=conn.dialect, compile_kwargs={"literal_binds": True}
+        )
+        slice_plan = "\n".join(row[0] for row in await conn.execute(text(f"EXPLAIN {sql}")))
+    assert "Seq Scan" not in slice_plan, slice_plan
     assert len(plans) >= 3  # study keys, condition keys, MeSH ranges
     for plan in plans:
         assert "Seq Scan" not in plan, plan

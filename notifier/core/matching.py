@@ -34,7 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from notifier.core.concepts import study_terms
 from notifier.core.normalize import condition_keys, normalize_nct
 from notifier.data.models import Subscription, SubscriptionView
-from notifier.data.queries import one_of
+from notifier.data.queries import custom_plans, one_of
 
 # Written exactly as the partial indexes' predicates, so both planners can prove they apply
 # (a bound parameter in place of 'confirmed' would hide the implication from PostgreSQL).
@@ -228,25 +228,50 @@ async def active_matches(
 ) -> dict[int, list[Matched]]:
     """Each subscriber's currently active subscriptions that match: read fresh before sending."""
     ids = sorted(set(subscriber_ids))
-    if not ids or mk.empty:
+    if not ids:
         return {}
-    if session.bind is not None and session.bind.dialect.name == "postgresql":
-        # asyncpg prepares this statement once per connection; after five runs PostgreSQL may
-        # switch to a generic plan, which on a table never analyzed (a fresh deployment, a
-        # bulk signup) reads every confirmed subscription and filters by subscriber_id:
-        # 156-260 ms a batch instead of ~10 ms. A custom plan for each run, in this
-        # transaction only, costs a round trip a batch and never that.
-        await session.execute(text("SET LOCAL plan_cache_mode = force_custom_plan"))
+    return await _active(session, mk, one_of(session, Subscription.subscriber_id, ids))
+
+
+async def active_matches_between(
+    session: AsyncSession, mk: MatchKeys, after_id: int, last_id: int
+) -> dict[int, list[Matched]]:
+    """active_matches of every subscriber in (after_id, last_id], in subscriber order: a fan-out
+    slice's run, who matches in it and with what, in one statement (not a range a match key
+    and then the subscriptions of the ids they found)."""
+    if last_id <= after_id:
+        return {}
+    who = and_(Subscription.subscriber_id > after_id, Subscription.subscriber_id <= last_id)
+    return await _active(session, mk, who)
+
+
+def active_statement(mk: MatchKeys, who: ColumnElement[bool]) -> Select[Any]:
+    """The subscriptions of `who` (a condition on subscriber_id) that may match `mk`, in
+    subscriber order; MatchKeys.admits decides, row by row."""
     conditions: list[ColumnElement[bool]] = [Subscription.match_key.in_(mk.keys)]
     if mk.text_keys:
         conditions.append(Subscription.match_key.in_(mk.text_keys))
     if mk.mesh_ids:
         conditions.append(Subscription.mesh_id.in_(mk.mesh_ids))
-    rows = await session.execute(
+    return (
         select(*(getattr(Subscription, name) for name in _MATCHED_FIELDS))
-        .where(one_of(session, Subscription.subscriber_id, ids), text(ACTIVE_SQL), or_(*conditions))
+        .where(who, text(ACTIVE_SQL), or_(*conditions))
         .order_by(Subscription.subscriber_id, Subscription.id)
     )
+
+
+async def _active(
+    session: AsyncSession, mk: MatchKeys, who: ColumnElement[bool]
+) -> dict[int, list[Matched]]:
+    if mk.empty:
+        return {}
+    # asyncpg prepares each statement once per connection; after five runs PostgreSQL may
+    # switch to a generic plan, which on a table never analyzed (a fresh deployment, a bulk
+    # signup) reads every confirmed subscription and filters by subscriber_id: 156-260 ms a
+    # batch instead of ~10 ms. A custom plan for each run, in this transaction only, costs a
+    # round trip a batch and never that.
+    await custom_plans(session)
+    rows = await session.execute(active_statement(mk, who))
     found: dict[int, list[Matched]] = {}
     for row in rows:
         sub = Matched(*row)

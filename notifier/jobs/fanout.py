@@ -17,14 +17,20 @@ import logging
 import time
 from contextlib import suppress
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import bindparam, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from notifier.clock import utcnow
 from notifier.core.concepts import study_terms
-from notifier.core.matching import MatchKeys, match_keys, matching_page
+from notifier.core.matching import (
+    Matched,
+    MatchKeys,
+    active_matches_between,
+    match_keys,
+    matching_page,
+)
 from notifier.data.models import Delivery, Event, FanoutSlice, UTCDateTime
 from notifier.data.queries import dialect_name, insert_for
 from notifier.data.states import OPEN_EVENT, OPEN_SLICE, DeliveryStatus, EventStatus, SliceStatus
@@ -37,11 +43,6 @@ from notifier.queue import batch_size, enqueue_slices
 from notifier.resources import Resources
 
 log = logging.getLogger("notifier.fanout")
-
-# A slice's send job reads its run with a little room above the size the fan-out found, so that
-# a few confirmations since then cost no second round trip.
-SLICE_SLACK = 64
-
 
 # PostgreSQL: the page's ids as one array parameter. Each row of an executemany costs ~40 µs of
 # SQLAlchemy parameter processing in the worker (cProfile of bench/fanout_scheduling).
@@ -119,22 +120,6 @@ async def write_slices(
     return sorted(await session.scalars(insert(FanoutSlice).returning(FanoutSlice.id), rows))
 
 
-async def slice_members(
-    session: AsyncSession, mk: MatchKeys, after_id: int, last_id: int, size: int
-) -> list[int]:
-    """The subscribers who match now in (after_id, last_id]: read again when the slice is sent,
-    so who unsubscribed meanwhile gets no row and who confirmed meanwhile gets one."""
-    limit = size + SLICE_SLACK
-    found: list[int] = []
-    cursor = after_id
-    while True:
-        page = await matching_page(session, mk, cursor, limit)
-        found.extend(sid for sid in page if sid <= last_id)
-        if len(page) < limit or page[-1] >= last_id:
-            return found
-        cursor = page[-1]
-
-
 @dataclass(frozen=True)
 class _Taken:
     """A slice as its take returned it."""
@@ -142,7 +127,6 @@ class _Taken:
     event_pk: int
     after_id: int
     last_id: int
-    size: int
     runs: int
 
 
@@ -158,7 +142,6 @@ async def _take(session: AsyncSession, slice_id: int, values: dict[str, Any]) ->
                 FanoutSlice.event_pk,
                 FanoutSlice.after_id,
                 FanoutSlice.last_id,
-                FanoutSlice.size,
                 FanoutSlice.runs,
             )
             .execution_options(synchronize_session=False)
@@ -167,15 +150,15 @@ async def _take(session: AsyncSession, slice_id: int, values: dict[str, Any]) ->
     return None if row is None else _Taken(*row)
 
 
-async def _members_now(session: AsyncSession, taken: _Taken) -> list[int]:
-    """Who matches in a taken slice's run now."""
+async def slice_matches(session: AsyncSession, taken: _Taken) -> dict[int, list[Matched]]:
+    """Who matches in a taken slice's run now, and with which subscriptions: read when the
+    slice is sent, so who unsubscribed meanwhile gets no row and who confirmed meanwhile gets
+    one; the send batch takes these as its re-check (jobs/outcomes.prepare)."""
     # The event is there: deleting it would have cascaded to the slice the take locked.
     payload = (
         await session.execute(select(Event.payload).where(Event.id == taken.event_pk))
     ).scalar_one()
-    return await slice_members(
-        session, match_keys(payload), taken.after_id, taken.last_id, taken.size
-    )
+    return await active_matches_between(session, match_keys(payload), taken.after_id, taken.last_id)
 
 
 async def materialise(r: Resources, slice_id: int) -> list[int] | None:
@@ -186,7 +169,7 @@ async def materialise(r: Resources, slice_id: int) -> list[int] | None:
         taken = await _take(session, slice_id, {"status": SliceStatus.DONE})
         if taken is None:
             return None
-        members = await _members_now(session, taken)
+        members = list(await slice_matches(session, taken))
         if not members:
             return []
         return [c.id for c in await insert_deliveries(session, taken.event_pk, members)]
@@ -203,11 +186,20 @@ BUSY_WAIT = 0.5
 BUSY_TRIES = 60
 
 
-async def take_slice(r: Resources, slice_id: int) -> tuple[SliceClaim, list[Claimed]] | None:
+class TakenSlice(NamedTuple):
+    """A slice taken by its send job: the claim, its mails (Claimed without a row yet) and
+    what each recipient matches with, read in the take's transaction."""
+
+    claim: SliceClaim
+    mails: list[Claimed]
+    matches: dict[int, list[Matched]]
+
+
+async def take_slice(r: Resources, slice_id: int) -> TakenSlice | None:
     """Take a pending slice for this job (sending, queued_at the claim time, one more run) and
     read who matches in its run now, less who has a row for the event already (an earlier run
-    of the slice recorded them, or a replay found them mailed): their mails, to send, as
-    Claimed without a row yet. None when another job has it or it is done.
+    of the slice recorded them, or a replay found them mailed): their mails, to send. None
+    when another job has it or it is done.
 
     A mail of a slice's second run or later counts as a second attempt, so its receipt is read
     first (jobs/receipts.py): the run before may have mailed it and died before its row.
@@ -235,7 +227,8 @@ async def take_slice(r: Resources, slice_id: int) -> tuple[SliceClaim, list[Clai
         )
         if overlapping is not None:
             raise _Busy  # rolls the take back: still pending
-        members = await _members_now(session, taken)
+        matches = await slice_matches(session, taken)
+        members = list(matches)
         if members:
             have = set(
                 await session.scalars(
@@ -248,7 +241,7 @@ async def take_slice(r: Resources, slice_id: int) -> tuple[SliceClaim, list[Clai
             )
             members = [sid for sid in members if sid not in have]
     mails = [Claimed(0, taken.event_pk, sid, taken.runs, now) for sid in members]
-    return SliceClaim(slice_id, taken.event_pk, taken.runs), mails
+    return TakenSlice(SliceClaim(slice_id, taken.event_pk, taken.runs), mails, matches)
 
 
 async def send_slice(ctx: dict[str, Any], slice_id: int) -> dict[str, int]:
@@ -267,8 +260,7 @@ async def send_slice(ctx: dict[str, Any], slice_id: int) -> dict[str, int]:
         return {"claimed": 0}
     if taken is None:
         return {"claimed": 0}
-    claim, mails = taken
-    return await send_claimed(r, mails, claimed_at, claim)
+    return await send_claimed(r, taken.mails, claimed_at, taken.claim, taken.matches)
 
 
 def note_unsupported_mesh(event_id: str, payload: dict[str, Any]) -> None:

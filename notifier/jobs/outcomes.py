@@ -20,7 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from notifier.clock import utcnow
-from notifier.core.matching import MatchKeys, active_matches, match_keys
+from notifier.core.matching import Matched, MatchKeys, active_matches, match_keys
 from notifier.data import queries
 from notifier.data.models import Delivery, Event, FanoutSlice, Subscriber
 from notifier.data.states import DIGEST_FREQUENCIES, DeliveryStatus, SliceStatus
@@ -131,8 +131,12 @@ class Prepared:
     event_at: dict[int, datetime]  # when each event was received (receipts)
 
 
-async def prepare(r: Resources, claimed: list[Claimed]) -> Prepared:
-    """Re-check each row against current subscriptions and suppressions."""
+async def prepare(
+    r: Resources, claimed: list[Claimed], matched: dict[int, list[Matched]] | None = None
+) -> Prepared:
+    """Re-check each row against current subscriptions and suppressions. `matched`: each
+    recipient's matching subscriptions, read just before by the caller (a slice's take, for
+    rows of one event), instead of read here."""
     outgoing: list[Outgoing] = []
     outcomes: list[Outcome] = []
     event_pks = {c.event_pk for c in claimed}
@@ -143,7 +147,6 @@ async def prepare(r: Resources, claimed: list[Claimed]) -> Prepared:
             )
         ).all()
         payloads: dict[int, dict[str, Any]] = {pk: payload for pk, payload, _ in events}
-        keys = {pk: match_keys(payload) for pk, payload in payloads.items()}
         # Plain columns, not ORM objects: this runs for every recipient of every fan-out.
         subscribers = {
             row.id: row
@@ -153,7 +156,13 @@ async def prepare(r: Resources, claimed: list[Claimed]) -> Prepared:
                 )
             )
         }
-        matches = await _matches(session, keys, claimed)
+        if matched is None:
+            keys = {pk: match_keys(payload) for pk, payload in payloads.items()}
+            matches = await _matches(session, keys, claimed)
+        else:
+            matches = {
+                (c.event_pk, c.subscriber_id): matched.get(c.subscriber_id, []) for c in claimed
+            }
         suppressed = await queries.suppressed_hashes(
             session, (s.email_hash for s in subscribers.values())
         )

@@ -21,6 +21,7 @@ from limits import RateLimitItemPerSecond
 from limits.aio.strategies import MovingWindowRateLimiter
 
 from notifier.clock import utcnow
+from notifier.core.matching import Matched
 from notifier.data.receipts import Landing
 from notifier.data.states import DeliveryStatus
 from notifier.jobs.context import resources_of
@@ -273,18 +274,23 @@ async def send_batch(
 
 
 async def send_claimed(
-    r: Resources, claimed: list[Claimed], claimed_at: float, slice_: SliceClaim | None = None
+    r: Resources,
+    claimed: list[Claimed],
+    claimed_at: float,
+    slice_: SliceClaim | None = None,
+    matches: dict[int, list[Matched]] | None = None,
 ) -> dict[str, int]:
     """Re-check and send rows this job has claimed (at `claimed_at`, time.monotonic(), or
     before: the claim's lapse is counted from it); or, with `slice_`, the mails of a slice this
-    job has taken, whose rows are written with their outcomes."""
+    job has taken, whose rows are written with their outcomes, and `matches`, its recipients'
+    matching subscriptions as the take read them (the re-check is not read twice)."""
     if not claimed:
         if slice_ is not None:
             await record(r, [], {}, [], slice_=slice_, final=True)
         return {"claimed": 0}
     # A dead worker's mails the relay had accepted: recorded, not sent again.
     claimed = await unless_already_sent(r, claimed, slice_)
-    ready = await prepare(r, claimed)
+    ready = await prepare(r, claimed, matches)
     final = slice_ is not None and not ready.outgoing
     await record(r, ready.outcomes, ready.hashes, [], slice_=slice_, final=final)
     if ready.outgoing:
