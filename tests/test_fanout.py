@@ -419,3 +419,50 @@ async def test_an_event_key_handed_out_again_still_gets_its_fan_out(resources: R
     jobs = await resources.redis.queued_jobs()
     assert [job.function for job in jobs] == ["fanout_event", "fanout_event"]
     assert len({job.job_id for job in jobs}) == 2
+
+
+@pytest.mark.postgres_only
+async def test_a_slice_writes_its_rows_with_cached_plans(
+    client: TestClient[Any, Any], resources: Resources, smtp: RecordingSMTP
+) -> None:
+    """The transaction that inserts a slice's delivery rows leaves plan_cache_mode alone: under
+    force_custom_plan PostgreSQL plans each row's two foreign-key checks afresh (a 50,000-row
+    insert into a table with one key: ~210 ms against 420-500), which was a third of its CPU a
+    mail in the fan-out benchmark (docs/PERFORMANCE.md, step 16)."""
+    from sqlalchemy import event
+
+    r = resources
+    for i in range(3):
+        await subscribe(r, f"plan{i}@example.org", study="NCT05879978")
+    by_connection: dict[int, list[str]] = {}
+
+    def executed(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        by_connection.setdefault(id(conn.connection.dbapi_connection), []).append(statement)
+
+    def ended(conn: Any) -> None:
+        by_connection.setdefault(id(conn.connection.dbapi_connection), []).append("COMMIT")
+
+    engine = r.engine.sync_engine
+    event.listen(engine, "before_cursor_execute", executed)
+    event.listen(engine, "commit", ended)
+    event.listen(engine, "rollback", ended)
+    try:
+        await post_events(client, [new_study("NCT05879978")])
+        await run_worker(r)
+    finally:
+        event.remove(engine, "before_cursor_execute", executed)
+        event.remove(engine, "commit", ended)
+        event.remove(engine, "rollback", ended)
+    assert len(smtp.messages) == 3
+    transactions: list[list[str]] = [[]]
+    for statements in by_connection.values():
+        for statement in statements:
+            if statement == "COMMIT":
+                transactions.append([])
+            else:
+                transactions[-1].append(statement)
+        transactions.append([])
+    inserts = [t for t in transactions if any("INSERT INTO deliveries" in s for s in t)]
+    assert inserts, "no transaction inserted delivery rows"
+    for statements in inserts:
+        assert not any("plan_cache_mode" in s for s in statements), statements

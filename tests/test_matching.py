@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from sqlalchemy import and_, select, text
+from sqlalchemy import and_, select, text, update
 
 from notifier.core.matching import (
     active_matches,
@@ -196,7 +196,7 @@ async def test_a_slice_run_reads_the_same_matches_as_its_ids(resources: Resource
     await subscribe(r, "other@example.org", study="NCT00000102")  # another study
     async with r.sessions.begin() as session:
         await session.execute(  # paused: not a match until resumed
-            Subscription.__table__.update()
+            update(Subscription)
             .where(Subscription.id == subs[-2].id)  # r6 keeps their study
             .values(paused=True)
         )

@@ -308,7 +308,6 @@ async def _write(
     """Idempotent (updates by primary key, inserts and suppressions ON CONFLICT): safe to run
     again."""
     async with r.sessions.begin() as session:
-        await queries.custom_plans(session)
         for o in outcomes:
             if o.suppress and o.delivery.subscriber_id in hashes:
                 await queries.suppress(
@@ -343,6 +342,8 @@ async def _write(
                 .values(**values)
             )
             return
+        # Updates by id over partitioned deliveries (a slice's rows above are inserts).
+        await queries.custom_plans(session)
         if params:
             await _update_outcomes(session, params, event_pks_of(o.delivery for o in outcomes))
         if still_sending:
