@@ -9,6 +9,7 @@ is indexed, so every index gets the row's new version; docs/PERFORMANCE.md)."""
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -278,8 +279,8 @@ async def record(
         # more, leaving out who is gone (the erasure is committed now).
         alive_only = True
         await until_written(r, write)
-    for o in outcomes:
-        DELIVERIES.labels(o.status).inc()
+    for status, count in Counter(o.status for o in outcomes).items():
+        DELIVERIES.labels(status).inc(count)
     for delay, rows in retries.items():
         ids = [written.get(c.subscriber_id, 0) if slice_ else c.id for c in rows]
         ids = [i for i in ids if i]

@@ -51,6 +51,7 @@ MAX_RECONNECTS = 3  # per batch: sessions a relay may drop before the rest waits
 # A batch sends only while its claim is younger than this share of NOTIFIER_SWEEP_STALE_AFTER:
 # an older claim (its renewal held up by a database outage) may have been handed to another job.
 CLAIM_LAPSE = 0.8
+ALERTS_MAILED = MAILS.labels("alert")  # looked up once: every mail of a fan-out counts here
 
 
 class SendRate:
@@ -237,7 +238,7 @@ class Batch:
                         at = self.event_at[c.event_pk]
                         landing = r.receipts.note(c.event_pk, c.subscriber_id, at, sent.message_id)
                         self.receipts.append(landing)
-                    MAILS.labels("alert").inc()
+                    ALERTS_MAILED.inc()
                     log.info(
                         "mail sent: alert for event %d, delivery %d (subscriber %d)",
                         item.delivery.event_pk,
