@@ -171,3 +171,27 @@ def test_the_fast_link_signer_writes_what_itsdangerous_writes() -> None:
     # A token signed under the old key alone still opens under the rotation.
     old = Tokens(["old-key-" + "o" * 32], 3600).unsubscribe(42)
     assert tokens.read_unsubscribe(old) == 42
+
+
+def test_alert_links_are_itsdangerous_tokens_to_the_byte(monkeypatch: Any) -> None:
+    """The links' signer keeps OpenSSL's keyed HMAC and skips itsdangerous' layers: its tokens
+    are what a stock itsdangerous serializer writes for the same payload, key and second; the
+    same when hmac keeps no OpenSSL object (another Python): the plain hmac.HMAC is used."""
+    from itsdangerous import URLSafeTimedSerializer
+
+    import notifier.core.tokens
+
+    keys = ["old-key-" + "o" * 32, "new-key-" + "n" * 32]
+    with time_machine.travel(1_800_000_000, tick=False):
+        for inner in ("_hmac", "_not_there"):
+            monkeypatch.setattr(notifier.core.tokens, "_OPENSSL_HMAC", inner)
+            tokens = Tokens(keys, 3600)
+            for value in (1, 65_537, 2**63 - 1):
+                sealed = tokens.ids.seal(value)
+                for purpose, sign in (
+                    ("unsubscribe", tokens.unsubscribe),
+                    ("manage", tokens.manage),
+                ):
+                    stock = URLSafeTimedSerializer(keys, salt=f"notifier.{purpose}")
+                    assert sign(value) == stock.dumps({"p": sealed})
+                    assert stock.loads(sign(value)) == {"p": sealed}
