@@ -139,6 +139,7 @@ def build_encoded(
 _QP_LITERAL = frozenset(
     b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~:/?#[]@!$&'()*+,;%"
 )
+_QP_LITERAL_BYTES = bytes(sorted(_QP_LITERAL))  # bytes.translate deletes these, in C
 _B64_LINE = 57  # input bytes per 76-character base64 line
 _NONZERO = re.compile(rb"[^\x00]+")
 
@@ -213,7 +214,7 @@ class QuotedPrintableHoles(Holes):
         if not self.ok or not self.fits(links):
             return None
         # Quoted-printable escapes a "." that starts a line and ends it: no link ends so.
-        if any(not _QP_LITERAL.issuperset(link) or link.endswith(b".") for link in links):
+        if any(link.translate(None, _QP_LITERAL_BYTES) or link.endswith(b".") for link in links):
             return None
         flat = b"".join(links[i] for i in self.order)
         out: list[bytes] = []
@@ -247,24 +248,33 @@ class Base64Holes(Holes):
                 self.cuts.append((line, offset, i, done, done + take))
                 done += take
             at += lengths[i]
+        # The cuts by line, as fill() goes: where the line's encoding starts and ends in the
+        # cached encoding, its input bytes, and its cuts as (start, end, link, first, last).
+        self.lines: list[tuple[int, int, bytes, list[tuple[int, int, int, int, int]]]] = []
+        encoded_line = _B64_LINE // 3 * 4 + 2  # 76 characters and CRLF
+        for line in sorted({cut[0] for cut in self.cuts}):
+            raw = self.raw[line * _B64_LINE : (line + 1) * _B64_LINE]
+            start = line * encoded_line
+            cuts = [
+                (offset, offset + end - first, i, first, end)
+                for at_line, offset, i, first, end in self.cuts
+                if at_line == line
+            ]
+            self.lines.append((start, start + len(binascii.b2a_base64(raw)) + 1, raw, cuts))
 
     def fill(self, links: list[bytes]) -> bytes | None:
         if not self.fits(links):
             return None
-        lines: dict[int, bytearray] = {}
-        for line, offset, i, first, end in self.cuts:
-            chunk = lines.get(line)
-            if chunk is None:
-                chunk = lines[line] = bytearray(self.raw[line * _B64_LINE : (line + 1) * _B64_LINE])
-            chunk[offset : offset + end - first] = links[i][first:end]
         out: list[bytes] = []
         last = 0
-        for line, chunk in lines.items():  # in line order: cuts are
-            start = line * (_B64_LINE // 3 * 4 + 2)  # 76 characters and CRLF
-            encoded = binascii.b2a_base64(chunk)
-            out += (self.encoded[last:start], encoded[:-1], CRLF)
-            last = start + len(encoded) + 1
-        out.append(self.encoded[last:])
+        encoded = self.encoded
+        for start, end, raw, cuts in self.lines:
+            chunk = bytearray(raw)
+            for offset, stop, i, first, last_byte in cuts:
+                chunk[offset:stop] = links[i][first:last_byte]
+            out += (encoded[last:start], binascii.b2a_base64(chunk, newline=False), CRLF)
+            last = end
+        out.append(encoded[last:])
         return b"".join(out)
 
 
