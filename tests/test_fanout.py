@@ -428,7 +428,8 @@ async def test_a_slice_writes_its_rows_with_cached_plans(
     """The transaction that inserts a slice's delivery rows leaves plan_cache_mode alone: under
     force_custom_plan PostgreSQL plans each row's two foreign-key checks afresh (a 50,000-row
     insert into a table with one key: ~210 ms against 420-500), which was a third of its CPU a
-    mail in the fan-out benchmark (docs/PERFORMANCE.md, step 16)."""
+    mail in the fan-out benchmark (docs/PERFORMANCE.md, step 17). The same for a slice's
+    rows written without sending (materialise)."""
     from sqlalchemy import event
 
     r = resources
@@ -449,6 +450,14 @@ async def test_a_slice_writes_its_rows_with_cached_plans(
     try:
         await post_events(client, [new_study("NCT05879978")])
         await run_worker(r)
+        later = status_change("NCT05879978", "RECRUITING", "ACTIVE_NOT_RECRUITING")
+        await post_events(client, [later])
+        async with r.sessions() as session:
+            later_pk = await session.scalar(
+                select(Event.id).where(Event.event_id == later["event_id"])
+            )
+        assert later_pk is not None
+        assert len(await fan_out_rows(r, later_pk)) == 3
     finally:
         event.remove(engine, "before_cursor_execute", executed)
         event.remove(engine, "commit", ended)

@@ -6,12 +6,13 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from sqlalchemy import and_, select, text, update
+from sqlalchemy import func, select, text, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from notifier.core.matching import (
     active_matches,
     active_matches_between,
-    active_statement,
+    between_statement,
     iter_matching,
     match_keys,
     page_parts,
@@ -184,7 +185,8 @@ async def test_active_matches_rechecks_and_honours_event_kinds(resources: Resour
 async def test_a_slice_run_reads_the_same_matches_as_its_ids(resources: Resources) -> None:
     """A fan-out slice reads who matches in its run of ids (after, last] in one statement: the
     same subscriptions active_matches finds for those ids, the run's ends as written (the
-    first id excluded, the last included), paused, pending and other kinds' choices left out."""
+    first id excluded, the last included), a paused subscription and another kind's choice
+    left out, a subscription two of the event's keys match read once."""
     r = resources
     subs = []
     for i in range(8):
@@ -194,14 +196,23 @@ async def test_a_slice_run_reads_the_same_matches_as_its_ids(resources: Resource
         if i % 2 == 0:  # a second matching subscription of the same subscriber
             subs.append(await subscribe(r, email, condition="Lung tumours", mesh_id="D008175"))
     await subscribe(r, "other@example.org", study="NCT00000102")  # another study
+    # Matched twice by the statement: by its text and by its MeSH id (both the event's).
+    twice = await subscribe(r, "r1@example.org", condition="Lung Neoplasms", mesh_id="D008175")
+    subs.append(twice)
     async with r.sessions.begin() as session:
         await session.execute(  # paused: not a match until resumed
             update(Subscription)
-            .where(Subscription.id == subs[-2].id)  # r6 keeps their study
+            .where(Subscription.id == subs[10].id)  # r6's condition; r6 keeps their study
             .values(paused=True)
         )
     ids = sorted({s.subscriber_id for s in subs})
-    for event in (new_study("NCT05879978"), status_change("NCT05879978", "RECRUITING", "ACTIVE")):
+    # Subscriptions each event reaches: all but the paused one and r3's (results only) for a
+    # new study; the study subscriptions but r3's for a status change (conditions never).
+    events = (
+        (new_study("NCT05879978"), len(subs) - 2),
+        (status_change("NCT05879978", "RECRUITING", "ACTIVE"), 7),
+    )
+    for event, reached in events:
         mk = match_keys(event)
         async with r.sessions() as session:
             for after, last in ((0, ids[-1]), (ids[1], ids[5]), (ids[2], ids[2]), (ids[-1], 2**40)):
@@ -209,14 +220,14 @@ async def test_a_slice_run_reads_the_same_matches_as_its_ids(resources: Resource
                 found = await active_matches_between(session, mk, after, last)
                 assert found == await active_matches(session, mk, run)
                 assert list(found) == sorted(found)
-        whole = {sid: [m.id for m in ms] for sid, ms in found.items()}
-        assert ids[3] not in whole  # chose results only
+            whole = await active_matches_between(session, mk, 0, ids[-1])
+        assert set(whole) == set(ids) - {ids[3]}  # r3 chose results only
+        assert sum(len(ms) for ms in whole.values()) == reached
+        assert all(len({m.id for m in ms}) == len(ms) for ms in whole.values())  # no twice
     async with r.sessions() as session:
-        every = await active_matches_between(
-            session, match_keys(new_study("NCT05879978")), 0, ids[-1]
-        )
-    assert sum(len(ms) for ms in every.values()) == len(subs) - 2  # paused; chose results only
-    assert set(every) == set(ids) - {ids[3]}
+        mk = match_keys(new_study("NCT05879978"))
+        raw = (await session.execute(between_statement(mk, 0, ids[-1]))).all()
+    assert [row.id for row in raw].count(twice.id) == 2  # what the read above made once
 
 
 @pytest.mark.postgres_only
@@ -252,14 +263,6 @@ async def test_every_page_range_uses_a_partial_index_not_a_scan(resources: Resou
         for part in parts:
             sql = part.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True})
             plans.append("\n".join(row[0] for row in await conn.execute(text(f"EXPLAIN {sql}"))))
-        # A fan-out slice's read of its run (active_matches_between): ~500 subscribers.
-        mk = match_keys(new_study("NCT05879978"))
-        run = and_(Subscription.subscriber_id > 1234, Subscription.subscriber_id <= 1734)
-        sql = active_statement(mk, run).compile(
-            dialect=conn.dialect, compile_kwargs={"literal_binds": True}
-        )
-        slice_plan = "\n".join(row[0] for row in await conn.execute(text(f"EXPLAIN {sql}")))
-    assert "Seq Scan" not in slice_plan, slice_plan
     assert len(plans) >= 3  # study keys, condition keys, MeSH ranges
     for plan in plans:
         assert "Seq Scan" not in plan, plan
@@ -321,3 +324,66 @@ async def test_the_send_time_recheck_never_falls_to_a_generic_plan(resources: Re
     generic, custom = plans
     assert custom >= 10, plans
     assert generic == 0, plans
+
+
+@pytest.mark.postgres_only
+async def test_a_slice_reads_its_run_through_the_partial_indexes_unanalyzed(
+    resources: Resources,
+) -> None:
+    """A fan-out slice's read of its run (between_statement) on a subscriptions table never
+    analyzed (a fresh deployment, autovacuum behind): a rare condition's 40 followers among
+    20,000 subscribers make one slice over the whole table. Every branch of the plan, custom or
+    generic (asyncpg prepares it; PostgreSQL may switch after five runs), is a range of a
+    partial index; never the subscriber_id index walked over the run, nor a sequential scan."""
+    async with resources.engine.begin() as conn:
+        await conn.execute(
+            text(
+                "INSERT INTO subscribers (email, email_hash, timezone, created_at) "
+                "SELECT 'x' || g || '@example.org', md5(g::text), 'UTC', now() "
+                "FROM generate_series(1, 20000) g"
+            )
+        )
+        await conn.execute(
+            text(
+                "INSERT INTO subscriptions (subscriber_id, kind, match_key, label, mesh_id, broad,"
+                " status, paused, frequency, discreet, requested_at, updated_at) "
+                "SELECT s.id, 'condition',"
+                " CASE WHEN s.id % 500 = 0 AND k = 1 THEN 'cond:sclc'"
+                "  ELSE 'cond:topic ' || k || '-' || s.id % 997 END, 'topic',"
+                " CASE WHEN s.id % 500 = 250 AND k = 2 THEN 'D000055752'"
+                "  ELSE 'D' || lpad(((s.id * k) % 1013)::text, 9, '0') END, false,"
+                " 'confirmed', false, 'instant', false, now(), now() "
+                "FROM subscribers s CROSS JOIN generate_series(1, 3) k"
+            )
+        )
+        top = await conn.scalar(select(func.max(Subscriber.id)))
+        assert top is not None
+        mk = match_keys(new_study("NCT05879978"))
+        assert "cond:sclc" in mk.text_keys
+        assert "D000055752" in mk.mesh_ids
+        compiled = between_statement(mk, 0, top).compile(dialect=conn.dialect)
+        literal = between_statement(mk, 0, top).compile(
+            dialect=conn.dialect, compile_kwargs={"literal_binds": True}
+        )
+        plans = {"custom": await _plan(conn, f"EXPLAIN {literal}")}
+        values = ", ".join(
+            str(v) if isinstance(v, int) else "'" + str(v).replace("'", "''") + "'"
+            for v in (compiled.params[name] for name in compiled.positiontup or [])
+        )
+        await conn.execute(text("SET LOCAL plan_cache_mode = force_generic_plan"))
+        await conn.execute(text(f"PREPARE slice_run AS {compiled}"))
+        plans["generic"] = await _plan(conn, f"EXPLAIN EXECUTE slice_run({values})")
+        await conn.execute(text("DEALLOCATE slice_run"))
+        found = await active_matches_between(AsyncSession(bind=conn), mk, 0, top)
+    assert len(found) == 80  # the 40 by text and the 40 by MeSH id
+    branches = len(mk.keys) + len(mk.text_keys) + len(mk.mesh_ids)
+    for kind, plan in plans.items():
+        assert "Seq Scan" not in plan, (kind, plan)
+        uses = plan.count("ix_subscriptions_active_key") + plan.count(
+            "ix_subscriptions_active_mesh"
+        )
+        assert uses == branches, (kind, plan)
+
+
+async def _plan(conn: Any, sql: str) -> str:
+    return "\n".join(row[0] for row in await conn.execute(text(sql)))

@@ -132,7 +132,7 @@ class _Taken:
 
 async def _take(session: AsyncSession, slice_id: int, values: dict[str, Any]) -> _Taken | None:
     """pending -> `values` for this slice (the UPDATE locks it: a twin job waits, then finds
-    it taken): its event, run of ids, size and runs; None when it is not pending."""
+    it taken): its event, run of ids and runs; None when it is not pending."""
     row = (
         await session.execute(
             update(FanoutSlice)
