@@ -4,7 +4,9 @@ sent (plain ids in their payload) keep working until their subscriber withdraws 
 
 from __future__ import annotations
 
+import _hashlib
 import base64
+import hmac
 import json
 import re
 from typing import Any
@@ -186,6 +188,11 @@ def test_alert_links_are_itsdangerous_tokens_to_the_byte(monkeypatch: Any) -> No
         for inner in ("_hmac", "_not_there"):
             monkeypatch.setattr(notifier.core.tokens, "_OPENSSL_HMAC", inner)
             tokens = Tokens(keys, 3600)
+            tokens.unsubscribe(1)  # keys the signer's HMAC
+            signer = tokens._link_signers["unsubscribe"]
+            keyed = type(signer.__dict__["_keyed"])
+            assert keyed is (hmac.HMAC if inner == "_not_there" else _hashlib.HMAC), keyed
+            assert type(tokens.ids._keyed) is keyed
             for value in (1, 65_537, 2**63 - 1):
                 sealed = tokens.ids.seal(value)
                 for purpose, sign in (

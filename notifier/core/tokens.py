@@ -58,7 +58,12 @@ def _keyed(key: bytes, digestmod: Any) -> _Mac:
 class _Signer(TimestampSigner):
     """itsdangerous derives the key (an HMAC over the salt) on every call, and keys a new HMAC
     for every signature; both depend only on the key, so they are kept (an HMAC's keyed state
-    copied costs half of keying it again). Every mail of a fan-out signs two links."""
+    copied costs half of keying it again). Every mail of a fan-out signs two links.
+
+    SHA-1 as itsdangerous' default, named directly: its default is a Python function calling
+    hashlib.sha1, and hmac takes OpenSSL's HMAC only for hashlib's own constructors."""
+
+    default_digest_method = staticmethod(hashlib.sha1)
 
     def derive_key(self, secret_key: str | bytes | None = None) -> bytes:
         cache: dict[Any, bytes] = self.__dict__.setdefault("_derived", {})
