@@ -234,13 +234,7 @@ async def test_a_slice_run_reads_the_same_matches_as_its_ids(resources: Resource
 async def test_every_page_range_uses_a_partial_index_not_a_scan(resources: Resources) -> None:
     """20,000 subscribers with 60,000 subscriptions: every branch is an index range scan."""
     async with resources.engine.begin() as conn:
-        await conn.execute(
-            text(
-                "INSERT INTO subscribers (email, email_hash, timezone, created_at) "
-                "SELECT 'u' || g || '@example.org', md5(g::text), 'UTC', now() "
-                "FROM generate_series(1, 20000) g"
-            )
-        )
+        await _insert_subscribers(conn, "u", 20000)
         await conn.execute(
             text(
                 "INSERT INTO subscriptions (subscriber_id, kind, match_key, label, mesh_id, broad,"
@@ -288,13 +282,7 @@ async def test_the_send_time_recheck_never_falls_to_a_generic_plan(resources: Re
     (as one worker sends ten events): PostgreSQL plans each run for its own subscriber ids,
     never the generic plan that read every confirmed subscription (found measuring issue 20)."""
     async with resources.engine.begin() as conn:
-        await conn.execute(
-            text(
-                "INSERT INTO subscribers (email, email_hash, timezone, created_at) "
-                "SELECT 'g' || g || '@example.org', md5(g::text), 'UTC', now() "
-                "FROM generate_series(1, 3000) g"
-            )
-        )
+        await _insert_subscribers(conn, "g", 3000)
         await conn.execute(
             text(
                 "INSERT INTO subscriptions (subscriber_id, kind, match_key, label, broad, status,"
@@ -336,13 +324,7 @@ async def test_a_slice_reads_its_run_through_the_partial_indexes_unanalyzed(
     generic (asyncpg prepares it; PostgreSQL may switch after five runs), is a range of a
     partial index; never the subscriber_id index walked over the run, nor a sequential scan."""
     async with resources.engine.begin() as conn:
-        await conn.execute(
-            text(
-                "INSERT INTO subscribers (email, email_hash, timezone, created_at) "
-                "SELECT 'x' || g || '@example.org', md5(g::text), 'UTC', now() "
-                "FROM generate_series(1, 20000) g"
-            )
-        )
+        await _insert_subscribers(conn, "x", 20000)
         await conn.execute(
             text(
                 "INSERT INTO subscriptions (subscriber_id, kind, match_key, label, mesh_id, broad,"
@@ -387,3 +369,15 @@ async def test_a_slice_reads_its_run_through_the_partial_indexes_unanalyzed(
 
 async def _plan(conn: Any, sql: str) -> str:
     return "\n".join(row[0] for row in await conn.execute(text(sql)))
+
+
+async def _insert_subscribers(conn: Any, prefix: str, count: int) -> None:
+    """`count` subscribers in one statement (prefix1@example.org, …), for the plan tests."""
+    await conn.execute(
+        text(
+            "INSERT INTO subscribers (email, email_hash, timezone, created_at) "
+            "SELECT :prefix || g || '@example.org', md5(g::text), 'UTC', now() "
+            "FROM generate_series(1, :count) g"
+        ),
+        {"prefix": prefix, "count": count},
+    )
