@@ -136,10 +136,10 @@ def build_encoded(
 
 # Characters quoted-printable writes as themselves wherever they stand (not "=", space or tab,
 # nothing over 126): a link made of these fills its hole without moving a soft line break.
-_QP_LITERAL = frozenset(
+# (bytes.translate deletes them from a link, in C: what is left would be escaped.)
+_QP_LITERAL = (
     b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~:/?#[]@!$&'()*+,;%"
 )
-_QP_LITERAL_BYTES = bytes(sorted(_QP_LITERAL))  # bytes.translate deletes these, in C
 _B64_LINE = 57  # input bytes per 76-character base64 line
 _NONZERO = re.compile(rb"[^\x00]+")
 
@@ -214,7 +214,7 @@ class QuotedPrintableHoles(Holes):
         if not self.ok or not self.fits(links):
             return None
         # Quoted-printable escapes a "." that starts a line and ends it: no link ends so.
-        if any(link.translate(None, _QP_LITERAL_BYTES) or link.endswith(b".") for link in links):
+        if any(link.translate(None, _QP_LITERAL) or link.endswith(b".") for link in links):
             return None
         flat = b"".join(links[i] for i in self.order)
         out: list[bytes] = []
@@ -233,11 +233,11 @@ class Base64Holes(Holes):
 
     def __init__(self, text: str, placeholders: list[str], lengths: list[int]) -> None:
         super().__init__(text, placeholders, lengths)
-        self.raw = _lf(self.filled("a")).encode()
+        raw = _lf(self.filled("a")).encode()
         self.encoded = base64_body(self.filled("a"))
-        # Where each link's bytes go, by input line: (line, offset in the line, link, first
-        # byte, end byte), in line order; a link across lines is cut in pieces.
-        self.cuts: list[tuple[int, int, int, int, int]] = []
+        # Where each link's bytes go, by input line: {line: [(offset, end offset in the line,
+        # link, first byte, end byte)]}, lines in order; a link across lines is cut in pieces.
+        cuts: dict[int, list[tuple[int, int, int, int, int]]] = {}
         at = 0
         for piece, i in zip(self.pieces, self.order, strict=False):
             at += len(_lf(piece).encode())
@@ -245,22 +245,17 @@ class Base64Holes(Holes):
             while done < lengths[i]:
                 line, offset = divmod(at + done, _B64_LINE)
                 take = min(lengths[i] - done, _B64_LINE - offset)
-                self.cuts.append((line, offset, i, done, done + take))
+                cuts.setdefault(line, []).append((offset, offset + take, i, done, done + take))
                 done += take
             at += lengths[i]
-        # The cuts by line, as fill() goes: where the line's encoding starts and ends in the
-        # cached encoding, its input bytes, and its cuts as (start, end, link, first, last).
+        # As fill() goes: where each touched line's encoding starts and ends in the cached
+        # encoding (76 characters and CRLF a whole line), its input bytes, and its cuts.
         self.lines: list[tuple[int, int, bytes, list[tuple[int, int, int, int, int]]]] = []
-        encoded_line = _B64_LINE // 3 * 4 + 2  # 76 characters and CRLF
-        for line in sorted({cut[0] for cut in self.cuts}):
-            raw = self.raw[line * _B64_LINE : (line + 1) * _B64_LINE]
-            start = line * encoded_line
-            cuts = [
-                (offset, offset + end - first, i, first, end)
-                for at_line, offset, i, first, end in self.cuts
-                if at_line == line
-            ]
-            self.lines.append((start, start + len(binascii.b2a_base64(raw)) + 1, raw, cuts))
+        for line, line_cuts in cuts.items():
+            chunk = raw[line * _B64_LINE : (line + 1) * _B64_LINE]
+            start = line * (_B64_LINE // 3 * 4 + 2)
+            end = start + -(-len(chunk) // 3) * 4 + 2
+            self.lines.append((start, end, chunk, line_cuts))
 
     def fill(self, links: list[bytes]) -> bytes | None:
         if not self.fits(links):
